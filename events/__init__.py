@@ -1,0 +1,7 @@
+"""Events: the envelope, the typed event catalogue, subjects and the JetStream event store.
+
+Importing the package registers every event type with the catalogue."""
+
+from events import blog, registry_auth, template, user
+
+__all__ = ["blog", "registry_auth", "template", "user"]

@@ -1,0 +1,12 @@
+"""Facts about the public blog."""
+
+import msgspec
+
+from events.catalog import register
+
+
+@register()
+class PostPublished(msgspec.Struct, frozen=True, kw_only=True):
+    title: str
+    summary: str
+    body: str

@@ -1,0 +1,82 @@
+"""Every event type, its current version, and the upcasters that lift old versions on read.
+
+Stored events are never rewritten: an event written as version 1 stays version 1 in JetStream and is
+lifted to the current shape each time it is read (`upcast_vN_vN+1` chain, as in eventsourcing)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from events.envelope import Envelope, RawEnvelope, decode_raw_envelope
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class UnknownEventType(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    cls: type[msgspec.Struct]
+    version: int
+    upcasters: dict[int, Upcaster] = field(default_factory=dict)
+
+    def decode(self, raw: RawEnvelope) -> Any:
+        if raw.version == self.version:
+            return msgspec.json.decode(raw.data, type=self.cls)
+        payload: dict[str, Any] = msgspec.json.decode(raw.data)
+        for version in range(raw.version, self.version):
+            payload = self.upcasters[version](payload)
+        return msgspec.convert(payload, self.cls)
+
+
+_SPECS: dict[str, EventSpec] = {}
+
+
+def register(
+    version: int = 1, upcasters: dict[int, Upcaster] | None = None
+) -> Callable[[type[msgspec.Struct]], type[msgspec.Struct]]:
+    """Class decorator: the event's type name is its class name."""
+
+    def add(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
+        missing = [v for v in range(1, version) if v not in (upcasters or {})]
+        if missing:
+            raise ValueError(f"{cls.__name__} v{version} lacks upcasters from {missing}")
+        _SPECS[cls.__name__] = EventSpec(cls, version, dict(upcasters or {}))
+        return cls
+
+    return add
+
+
+def spec_for(event_type: str) -> EventSpec:
+    try:
+        return _SPECS[event_type]
+    except KeyError:
+        raise UnknownEventType(event_type) from None
+
+
+def version_of(data: msgspec.Struct) -> int:
+    return spec_for(type(data).__name__).version
+
+
+def decode_event(payload: bytes, sequence: int = 0) -> Envelope:
+    raw = decode_raw_envelope(payload)
+    data = spec_for(raw.type).decode(raw)
+    return Envelope(
+        id=raw.id,
+        type=raw.type,
+        version=spec_for(raw.type).version,
+        aggregate=raw.aggregate,
+        occurred_at=raw.occurred_at,
+        recorded_at=raw.recorded_at,
+        actor=raw.actor,
+        correlation_id=raw.correlation_id,
+        causation_id=raw.causation_id,
+        data=data,
+        sequence=sequence,
+    )

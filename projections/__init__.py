@@ -1,0 +1,1 @@
+"""Projections: PostgreSQL read models built from the event stream, exactly once."""

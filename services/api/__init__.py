@@ -1,0 +1,1 @@
+"""The api role: authenticates, validates, sends commands and reads read models."""

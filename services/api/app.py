@@ -1,0 +1,109 @@
+"""The Litestar application: wiring only. Handlers live in one module per resource."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+from litestar import Litestar
+from litestar.connection import ASGIConnection
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.security.jwt import JWTAuth, Token
+from psycopg_pool import AsyncConnectionPool
+
+from services.api.auth import AuthController, me
+from services.api.blog import BlogController
+from services.api.command_bus import CommandBus
+from services.api.consistency import CheckpointWatcher
+from services.api.context import ApiContext
+from services.api.errors import EXCEPTION_HANDLERS
+from services.api.health import health
+from services.api.idempotency import IdempotencyMiddleware
+from services.api.login_throttle import LoginThrottle
+from services.api.registry_auth import RegistryAuthController
+from services.api.templates import TemplateController
+from services.config import Settings
+from services.nats_connection import connect_nats
+from services.security.secret_box import SecretBox
+
+log = logging.getLogger("gpuworker.api")
+
+MAX_BODY_BYTES = 1024 * 1024
+PUBLIC_PATHS = ["^/health", "^/auth/", "^/blog/", "^/docs", "^/metrics"]
+
+
+class AuthUser(msgspec.Struct, frozen=True):
+    id: str
+
+
+async def _user_from_token(
+    token: Token, _connection: ASGIConnection[Any, Any, Any, Any]
+) -> AuthUser:
+    # Access tokens are short-lived and self-contained: no database round trip per request.
+    return AuthUser(id=token.sub)
+
+
+def create_app(settings: Settings) -> Litestar:
+    jwt_auth = JWTAuth[AuthUser, Token](
+        retrieve_user_handler=_user_from_token,
+        token_secret=settings.jwt_secret,
+        exclude=PUBLIC_PATHS,
+        openapi_security_scheme_name="BearerToken",
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            settings.database_url, min_size=2, max_size=16, timeout=3.0, open=False
+        )
+        await pool.open(wait=False)
+        nc = await connect_nats(settings.nats_url, "api")
+        watcher = CheckpointWatcher(settings.database_url)
+        await watcher.start()
+        app.state.ctx = ApiContext(
+            settings=settings,
+            pool=pool,
+            nc=nc,
+            bus=CommandBus(nc, settings.request_timeout_s),
+            watcher=watcher,
+            throttle=LoginThrottle(),
+            box=SecretBox(settings.secret_key),
+            jwt=jwt_auth,
+        )
+        try:
+            yield
+        finally:
+            await watcher.stop()
+            await nc.close()
+            await pool.close()
+
+    prometheus = PrometheusConfig(app_name="gpuworker", group_path=True)
+    return Litestar(
+        route_handlers=[
+            AuthController,
+            me,
+            TemplateController,
+            RegistryAuthController,
+            BlogController,
+            health,
+            PrometheusController,
+        ],
+        lifespan=[lifespan],
+        on_app_init=[jwt_auth.on_app_init],
+        middleware=[prometheus.middleware, DefineMiddleware(IdempotencyMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="GPUWorker API",
+            version="0.1.0",
+            path="/docs",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        debug=False,
+    )

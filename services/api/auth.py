@@ -1,0 +1,167 @@
+"""POST /auth/signup, /auth/login, /auth/refresh and GET /me."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from msgspec import Meta
+
+from events.ids import derived_id, new_id
+from projections.catalog import PROJECTIONS
+from services.api import read_models
+from services.api.context import context_of
+from services.deciders.user import RotateRefreshToken, SignUp, StartSession, UserState
+from services.errors import Unauthorized
+from services.security.passwords import hash_password, verify_password
+from services.security.refresh_tokens import new_refresh_token, token_hash, user_of
+
+USERS = PROJECTIONS["users"]
+
+Email = Annotated[str, Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Password = Annotated[str, Meta(min_length=8, max_length=256)]
+
+
+class SignupIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    email: Email
+    password: Password
+
+
+class LoginIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    email: Annotated[str, Meta(max_length=254)]
+    password: Annotated[str, Meta(max_length=256)]
+
+
+class RefreshIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    refresh_token: Annotated[str, Meta(min_length=1, max_length=512)]
+
+
+class TokensOut(msgspec.Struct, kw_only=True):
+    access_token: str
+    refresh_token: str
+    token_type: str
+    expires_in: int
+
+
+class UserOut(msgspec.Struct, rename="camel", kw_only=True):
+    id: str
+    name: str
+    email: str
+    created_at: datetime
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def user_id_for(email: str) -> str:
+    return derived_id("user", normalise_email(email))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _tokens(request: Request[Any, Any, Any], user_id: str, refresh_token: str) -> TokensOut:
+    ctx = context_of(request)
+    ttl = ctx.settings.access_token_ttl_s
+    access = ctx.jwt.create_token(identifier=user_id, token_expiration=timedelta(seconds=ttl))
+    return TokensOut(
+        access_token=access, refresh_token=refresh_token, token_type="Bearer", expires_in=ttl
+    )
+
+
+class AuthController(Controller):
+    path = "/auth"
+    tags = ["auth"]
+
+    @post("/signup", status_code=201, summary="Create an account")
+    async def signup(self, request: Request[Any, Any, Any], data: SignupIn) -> TokensOut:
+        ctx = context_of(request)
+        email = normalise_email(data.email)
+        user_id = user_id_for(email)
+        refresh = new_refresh_token(user_id)
+        await ctx.execute(
+            USERS,
+            user_id,
+            SignUp(
+                actor=user_id,
+                at=_now(),
+                email=email,
+                name=data.name.strip(),
+                password_hash=await hash_password(data.password),
+                family_id=new_id(),
+                token_hash=token_hash(refresh),
+                expires_at=_now() + timedelta(seconds=ctx.settings.refresh_token_ttl_s),
+            ),
+            request,
+        )
+        return _tokens(request, user_id, refresh)
+
+    @post("/login", status_code=200, summary="Log in with email and password")
+    async def login(self, request: Request[Any, Any, Any], data: LoginIn) -> TokensOut:
+        ctx = context_of(request)
+        email = normalise_email(data.email)
+        address = request.client.host if request.client else "unknown"
+        ctx.throttle.check(email, address)
+        user_id = user_id_for(email)
+        user: UserState | None = await read_models.get(ctx.pool, USERS, user_id)
+        if not await verify_password(user.password_hash if user else None, data.password):
+            ctx.throttle.failed(email, address)
+            raise Unauthorized("email or password is incorrect")
+        ctx.throttle.succeeded(email)
+        refresh = new_refresh_token(user_id)
+        await ctx.execute(
+            USERS,
+            user_id,
+            StartSession(
+                actor=user_id,
+                at=_now(),
+                family_id=new_id(),
+                token_hash=token_hash(refresh),
+                expires_at=_now() + timedelta(seconds=ctx.settings.refresh_token_ttl_s),
+            ),
+            request,
+        )
+        return _tokens(request, user_id, refresh)
+
+    @post("/refresh", status_code=200, summary="Trade a refresh token for new tokens")
+    async def refresh(self, request: Request[Any, Any, Any], data: RefreshIn) -> TokensOut:
+        ctx = context_of(request)
+        user_id = user_of(data.refresh_token)
+        if user_id is None or not read_models.valid_id(user_id):
+            raise Unauthorized("refresh token is not valid; log in again")
+        rotated = new_refresh_token(user_id)
+        new_hash = token_hash(rotated)
+        state: UserState = await ctx.execute(
+            USERS,
+            user_id,
+            RotateRefreshToken(
+                actor=user_id,
+                at=_now(),
+                presented_hash=token_hash(data.refresh_token),
+                token_hash=new_hash,
+                expires_at=_now() + timedelta(seconds=ctx.settings.refresh_token_ttl_s),
+            ),
+            request,
+        )
+        if not any(
+            f.current_hash == new_hash and f.revoked_reason is None for f in state.families.values()
+        ):
+            raise Unauthorized(
+                "this refresh token was already used, so every session from that login was"
+                " revoked; log in again"
+            )
+        return _tokens(request, user_id, rotated)
+
+
+@get("/me", tags=["auth"], summary="The authenticated user's profile")
+async def me(request: Request[Any, Any, Any]) -> UserOut:
+    ctx = context_of(request)
+    user: UserState | None = await read_models.get(ctx.pool, USERS, request.user.id)
+    if user is None:
+        raise Unauthorized("this account no longer exists")
+    return UserOut(id=user.id, name=user.name, email=user.email, created_at=user.created_at)

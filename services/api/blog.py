@@ -1,0 +1,64 @@
+"""/blog/posts: the public, read-only blog."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get
+
+from projections.catalog import PROJECTIONS
+from services.api import read_models
+from services.api.context import context_of
+from services.deciders.blog import PostState
+from services.errors import NotFound
+
+BLOG_POSTS = PROJECTIONS["blog_posts"]
+
+
+class PostSummaryOut(msgspec.Struct, rename="camel", kw_only=True):
+    slug: str
+    title: str
+    summary: str
+    published_at: datetime
+    updated_at: datetime
+
+
+class PostOut(PostSummaryOut, kw_only=True):
+    body: str
+
+
+class BlogController(Controller):
+    path = "/blog/posts"
+    tags = ["blog"]
+
+    @get("/", summary="List blog posts, newest first")
+    async def list_posts(self, request: Request[Any, Any, Any]) -> list[PostSummaryOut]:
+        states: list[PostState] = await read_models.list_visible(
+            context_of(request).pool, BLOG_POSTS, None
+        )
+        return [
+            PostSummaryOut(
+                slug=s.slug,
+                title=s.title,
+                summary=s.summary,
+                published_at=s.published_at,
+                updated_at=s.updated_at,
+            )
+            for s in reversed(states)
+        ]
+
+    @get("/{slug:str}", summary="Read a blog post")
+    async def get_post(self, request: Request[Any, Any, Any], slug: str) -> PostOut:
+        state: PostState | None = await read_models.get(context_of(request).pool, BLOG_POSTS, slug)
+        if state is None:
+            raise NotFound(f"no blog post {slug!r}")
+        return PostOut(
+            slug=state.slug,
+            title=state.title,
+            summary=state.summary,
+            body=state.body,
+            published_at=state.published_at,
+            updated_at=state.updated_at,
+        )

@@ -1,0 +1,54 @@
+"""Sends commands to the decider runners over NATS request/reply; fails fast with 503."""
+
+from __future__ import annotations
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NatsClient
+
+from events.ids import new_id
+from events.subjects import command_subject
+from services.command_wire import CommandEnvelope, Reply
+from services.deciders.decider import Command
+from services.errors import ServiceUnavailable, from_body
+
+
+class CommandBus:
+    def __init__(self, nc: NatsClient, timeout_s: float) -> None:
+        self._nc = nc
+        self._timeout = timeout_s
+        self._encode = msgspec.json.Encoder().encode
+        self._decode = msgspec.json.Decoder(Reply).decode
+
+    async def send(
+        self, aggregate_type: str, aggregate_id: str, command: Command, correlation_id: str
+    ) -> Reply:
+        if not self._nc.is_connected:
+            raise ServiceUnavailable(
+                "the message bus (NATS) is unreachable; nothing was changed, retry shortly"
+            )
+        envelope = CommandEnvelope(
+            id=new_id(),
+            aggregate_id=aggregate_id,
+            correlation_id=correlation_id,
+            command=msgspec.Raw(self._encode(command)),
+        )
+        try:
+            msg = await self._nc.request(
+                command_subject(aggregate_type), self._encode(envelope), timeout=self._timeout
+            )
+        except nats.errors.NoRespondersError:
+            raise ServiceUnavailable(
+                "no decider runner is accepting commands; nothing was changed, retry shortly"
+            ) from None
+        except (nats.errors.TimeoutError, TimeoutError):
+            raise ServiceUnavailable(
+                f"the deciders did not answer within {self._timeout:g}s; the change may or may"
+                " not have been applied: read the resource before retrying"
+            ) from None
+        except nats.errors.Error as exc:
+            raise ServiceUnavailable(f"the message bus failed: {exc}; retry shortly") from None
+        reply = self._decode(msg.data)
+        if reply.error is not None:
+            raise from_body(reply.error)
+        return reply

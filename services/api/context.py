@@ -1,0 +1,57 @@
+"""What every handler needs, built once per process by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from litestar import Request
+from litestar.security.jwt import JWTAuth
+from nats.aio.client import Client as NatsClient
+from psycopg_pool import AsyncConnectionPool
+
+from events.ids import new_id
+from projections.aggregate_table import AggregateTable
+from services.api.command_bus import CommandBus
+from services.api.consistency import CheckpointWatcher
+from services.api.login_throttle import LoginThrottle
+from services.config import Settings
+from services.deciders.decider import Command
+from services.security.secret_box import SecretBox
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    pool: AsyncConnectionPool[Any]
+    nc: NatsClient
+    bus: CommandBus
+    watcher: CheckpointWatcher
+    throttle: LoginThrottle
+    box: SecretBox
+    jwt: JWTAuth[Any, Any]
+
+    async def execute(
+        self,
+        projection: AggregateTable,
+        aggregate_id: str,
+        command: Command,
+        request: Request[Any, Any, Any] | None = None,
+    ) -> Any:
+        """Send a command; once its events are visible in the read model, return the decider's
+        state. If the projection lags past the bound, the decider's state is still the truth and is
+        returned: the write happened and is never reported as failed."""
+        correlation_id = (request.headers.get("x-request-id") if request else None) or new_id()
+        reply = await self.bus.send(
+            projection.decider.aggregate_type, aggregate_id, command, correlation_id
+        )
+        await self.watcher.wait(
+            projection.name, reply.sequence, self.settings.read_your_writes_timeout_s
+        )
+        return msgspec.json.decode(reply.state, type=projection.decider.state_type | None)
+
+
+def context_of(request: Request[Any, Any, Any]) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx

@@ -1,0 +1,108 @@
+"""Every error the app can produce, rendered in the seed's shape.
+
+Routing (404/405), body limits (413), validation (400 naming the field), auth (401), domain errors,
+dead dependencies (503) and anything unexpected (500) all pass through here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+import nats.errors
+import psycopg
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from psycopg_pool import PoolTimeout
+
+from services.errors import ErrorBody, ErrorResponse, GpuWorkerError, error_type
+
+log = logging.getLogger("gpuworker.api")
+
+
+def error_response(code: int, message: str, headers: dict[str, str] | None = None) -> Response[Any]:
+    return Response(
+        content=ErrorResponse(ErrorBody(code=code, type=error_type(code), message=message)),
+        status_code=code,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def _validation_message(exc: ValidationException) -> str:
+    problems = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if not isinstance(item, dict):
+            continue
+        key, message = item.get("key"), str(item.get("message", "is invalid"))
+        if "unknown field" in message:
+            problems.append(message.replace("Object contains", "request body contains"))
+        elif key == "data":
+            problems.append(f"request body: {message}")
+        elif key:
+            problems.append(f"field `{key}`: {message}")
+        else:
+            problems.append(message)
+    if problems:
+        return "; ".join(problems)
+    detail = str(exc.detail or "")
+    if detail.startswith("Validation failed"):
+        return "the request is invalid"
+    # Litestar reports an undecodable body with msgspec's own words and nothing else.
+    return f"request body is not valid JSON: {detail}"
+
+
+def on_http_exception(_request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    code = exc.status_code
+    if isinstance(exc, ValidationException):
+        message = _validation_message(exc)
+    elif isinstance(exc, NotAuthorizedException):
+        message = (
+            f"{exc.detail}; send `Authorization: Bearer <access_token>` from /auth/login"
+            if exc.detail
+            else "authentication required"
+        )
+    elif code == 404:
+        message = "no such route or resource"
+    elif code == 405:
+        allowed = (exc.headers or {}).get("allow", "?")
+        message = f"method not allowed here; allowed: {allowed}"
+    elif code == 413:
+        message = "request body is too large (limit 1 MiB)"
+    else:
+        message = str(exc.detail)
+    headers = {
+        k: v for k, v in (exc.headers or {}).items() if k.lower() in ("allow", "retry-after")
+    }
+    return error_response(code, message, headers or None)
+
+
+def on_domain_error(_request: Request[Any, Any, Any], exc: GpuWorkerError) -> Response[Any]:
+    return error_response(exc.code, exc.message)
+
+
+def on_database_down(_request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.warning("PostgreSQL unavailable: %s", type(exc).__name__)
+    return error_response(503, "the database (PostgreSQL) is unavailable; retry shortly")
+
+
+def on_nats_down(_request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.warning("NATS unavailable: %s", type(exc).__name__)
+    return error_response(503, "the message bus (NATS) is unavailable; retry shortly")
+
+
+def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, msgspec.DecodeError | msgspec.ValidationError):
+        return error_response(400, f"request body is not valid JSON: {exc}")
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal error; it has been logged")
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    HTTPException: on_http_exception,
+    GpuWorkerError: on_domain_error,
+    psycopg.OperationalError: on_database_down,
+    PoolTimeout: on_database_down,
+    nats.errors.Error: on_nats_down,
+    Exception: on_unexpected,
+}

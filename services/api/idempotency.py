@@ -1,0 +1,170 @@
+"""Idempotency-Key on every POST, for 24 h: the same key and body replay the first response; the
+same key with another body is 409; a key whose first request is still running is 409 too.
+
+Keys are scoped by user (or "anon" before login). A first attempt that ended in 5xx releases its
+key, so the client's retry runs again instead of replaying a failure. Stored responses are sealed
+with the secret box: a replayed signup or login holds tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import msgspec
+import psycopg
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from services.errors import ErrorBody, ErrorResponse, error_type
+from services.security.secret_box import SecretBox
+
+log = logging.getLogger("gpuworker.api")
+
+HEADER = b"idempotency-key"
+MAX_KEY_LENGTH = 255
+TTL = "24 hours"
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _error(code: int, message: str) -> bytes:
+    return msgspec.json.encode(ErrorResponse(ErrorBody(code, error_type(code), message)))
+
+
+class IdempotencyMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        raw_key = dict(scope["headers"]).get(HEADER)
+        if raw_key is None:
+            await self.app(scope, receive, send)
+            return
+        key = raw_key.decode("latin-1").strip()
+        if not key or len(key) > MAX_KEY_LENGTH:
+            await _send_json(
+                send, 400, _error(400, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+            )
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        user = scope.get("user")
+        owner = getattr(user, "id", None) or "anon"
+        request_hash = hashlib.sha256(scope["path"].encode() + b"\n" + body).hexdigest()
+        ctx = scope["litestar_app"].state.ctx
+        pool: AsyncConnectionPool[Any] = ctx.pool
+        box: SecretBox = ctx.box
+        bound_to = f"idempotency:{owner}:{key}"
+        try:
+            outcome = await self._claim(pool, owner, key, request_hash)
+            if outcome is not None and outcome[0] > 0:
+                outcome = (outcome[0], box.open(outcome[1].decode(), bound_to).encode())
+        except (psycopg.Error, PoolTimeout):
+            await _send_json(
+                send, 503, _error(503, "the database (PostgreSQL) is unavailable; retry shortly")
+            )
+            return
+        if outcome is not None:
+            status, stored = outcome
+            await _send_json(send, abs(status), stored)
+            return
+
+        replayed = False
+
+        async def replay_body() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        captured: dict[str, Any] = {"status": 500, "body": b""}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                captured["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                captured["body"] += message.get("body", b"")
+            await send(message)
+
+        try:
+            await self.app(scope, replay_body, capture)
+        finally:
+            sealed = box.seal(captured["body"].decode("utf-8", "replace"), bound_to).encode()
+            await self._finish(pool, owner, key, captured["status"], sealed)
+
+    @staticmethod
+    async def _claim(
+        pool: AsyncConnectionPool[Any], owner: str, key: str, request_hash: str
+    ) -> tuple[int, bytes] | None:
+        """None: this request owns the key now. Otherwise the response to send instead: a stored
+        one (sealed, positive status) or a refusal (clear, status negated)."""
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "DELETE FROM idempotency_keys WHERE scope = %s AND key = %s"
+                " AND created_at < now() - %s::interval",
+                (owner, key, TTL),
+            )
+            cur = await conn.execute(
+                "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES (%s, %s, %s)"
+                " ON CONFLICT DO NOTHING RETURNING 1",
+                (owner, key, request_hash),
+            )
+            if await cur.fetchone():
+                return None
+            cur = await conn.execute(
+                "SELECT request_hash, status_code, body FROM idempotency_keys"
+                " WHERE scope = %s AND key = %s",
+                (owner, key),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return -409, _error(409, "this Idempotency-Key is being released; retry")
+        stored_hash, status, stored = row
+        if stored_hash != request_hash:
+            return -409, _error(
+                409,
+                "this Idempotency-Key was already used with a different request;"
+                " use a new key for a new request",
+            )
+        if status is None:
+            return -409, _error(
+                409, "a request with this Idempotency-Key is still in progress; retry shortly"
+            )
+        return int(status), bytes(stored)
+
+    @staticmethod
+    async def _finish(
+        pool: AsyncConnectionPool[Any], owner: str, key: str, status: int, body: bytes
+    ) -> None:
+        try:
+            async with pool.connection() as conn:
+                if status >= 500:
+                    await conn.execute(
+                        "DELETE FROM idempotency_keys WHERE scope = %s AND key = %s", (owner, key)
+                    )
+                else:
+                    await conn.execute(
+                        "UPDATE idempotency_keys SET status_code = %s, body = %s"
+                        " WHERE scope = %s AND key = %s",
+                        (status, body, owner, key),
+                    )
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("could not record idempotent response: %s", type(exc).__name__)

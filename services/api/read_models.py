@@ -1,0 +1,56 @@
+"""Queries against the projections' tables; each returns decoded aggregate states."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from events.subjects import ID_PATTERN
+from projections.aggregate_table import AggregateTable
+
+_ID = re.compile(ID_PATTERN)
+
+
+def valid_id(value: str) -> bool:
+    return bool(_ID.match(value))
+
+
+async def get(
+    pool: AsyncConnectionPool[Any], table: AggregateTable, aggregate_id: str
+) -> Any | None:
+    """The aggregate's state, deleted or not; None if it never existed."""
+    if not valid_id(aggregate_id):
+        return None
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            sql.SQL("SELECT doc::text FROM {} WHERE id = %s").format(sql.Identifier(table.name)),
+            (aggregate_id,),
+        )
+        row = await cur.fetchone()
+    return table.decode_state(row[0]) if row else None
+
+
+async def list_visible(
+    pool: AsyncConnectionPool[Any],
+    table: AggregateTable,
+    owner_id: str | None,
+    include_public: bool = False,
+) -> list[Any]:
+    """Live rows owned by `owner_id` (and public ones, owner NULL, if asked), oldest first.
+    `owner_id=None` lists only the public ones."""
+    if owner_id is None:
+        where, params = sql.SQL("owner_id IS NULL"), ()
+    elif include_public:
+        where, params = sql.SQL("(owner_id = %s OR owner_id IS NULL)"), (owner_id,)
+    else:
+        where, params = sql.SQL("owner_id = %s"), (owner_id,)
+    query = sql.SQL(
+        "SELECT doc::text FROM {} WHERE {} AND NOT deleted ORDER BY created_at, id"
+    ).format(sql.Identifier(table.name), where)
+    async with pool.connection() as conn:
+        cur = await conn.execute(query, params)
+        rows = await cur.fetchall()
+    return [table.decode_state(r[0]) for r in rows]

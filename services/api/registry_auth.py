@@ -1,0 +1,85 @@
+"""/registry-auth: saved registry credentials. The password goes in, never comes out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, post
+from msgspec import Meta
+
+from events.ids import new_id
+from projections.catalog import PROJECTIONS
+from services.api import read_models
+from services.api.context import context_of
+from services.deciders.registry_auth import (
+    CreateRegistryAuth,
+    DeleteRegistryAuth,
+    RegistryAuthState,
+)
+from services.errors import NotFound
+
+REGISTRY_AUTHS = PROJECTIONS["registry_auths"]
+
+
+class RegistryAuthIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    username: Annotated[str, Meta(min_length=1, max_length=256)]
+    password: Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+class RegistryAuthOut(msgspec.Struct, rename="camel", kw_only=True):
+    id: str
+    name: str
+    username: str
+    created_at: datetime
+
+
+def view(state: RegistryAuthState) -> RegistryAuthOut:
+    return RegistryAuthOut(
+        id=state.id, name=state.name, username=state.username, created_at=state.created_at
+    )
+
+
+def sealed_for(auth_id: str) -> str:
+    """What the password ciphertext is bound to."""
+    return f"registry_auth:{auth_id}"
+
+
+class RegistryAuthController(Controller):
+    path = "/registry-auth"
+    tags = ["registry-auth"]
+
+    @get("/", summary="List saved registry credentials (passwords are never returned)")
+    async def list_registry_auths(self, request: Request[Any, Any, Any]) -> list[RegistryAuthOut]:
+        ctx = context_of(request)
+        states = await read_models.list_visible(ctx.pool, REGISTRY_AUTHS, request.user.id)
+        return [view(s) for s in states]
+
+    @post("/", status_code=201, summary="Save registry credentials")
+    async def create_registry_auth(
+        self, request: Request[Any, Any, Any], data: RegistryAuthIn
+    ) -> RegistryAuthOut:
+        ctx = context_of(request)
+        auth_id = new_id()
+        command = CreateRegistryAuth(
+            actor=request.user.id,
+            at=datetime.now(UTC),
+            name=data.name,
+            username=data.username,
+            password_ciphertext=ctx.box.seal(data.password, sealed_for(auth_id)),
+        )
+        return view(await ctx.execute(REGISTRY_AUTHS, auth_id, command, request))
+
+    @delete("/{auth_id:str}", status_code=204, summary="Remove registry credentials")
+    async def delete_registry_auth(self, request: Request[Any, Any, Any], auth_id: str) -> None:
+        ctx = context_of(request)
+        if not read_models.valid_id(auth_id):
+            raise NotFound("registry credential not found")
+        await ctx.execute(
+            REGISTRY_AUTHS,
+            auth_id,
+            DeleteRegistryAuth(actor=request.user.id, at=datetime.now(UTC)),
+            request,
+        )

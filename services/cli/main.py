@@ -1,0 +1,94 @@
+"""`gpuworker`: one command line for every role and the operator's tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from services.config import ConfigurationError, Settings
+from services.roles.lifecycle import configure_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpuworker", description="GPUWorker control plane")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run every role, with embedded PostgreSQL and NATS if unset")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8080)
+    up.add_argument("--data-dir", type=Path, default=Path(".gpuworker"))
+    up.add_argument("--runtime", choices=["docker", "simulated"], default=None)
+    up.add_argument(
+        "--gpus", default=None, help='declared inventory, e.g. "NVIDIA A100 80GB PCIe:4"'
+    )
+    up.add_argument("--datacenter", default="US-TX-3")
+
+    api = sub.add_parser("api", help="serve the HTTP API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8080)
+    sub.add_parser("deciders", help="answer commands and append events")
+    sub.add_parser("projector", help="keep the read models up to date")
+    sub.add_parser("migrate", help="apply database migrations and exit")
+
+    projections = sub.add_parser("projections", help="projection maintenance")
+    psub = projections.add_subparsers(dest="action", required=True)
+    rebuild = psub.add_parser("rebuild", help="drop a projection and replay it from sequence 1")
+    rebuild.add_argument("name", nargs="?", help="one projection (default: all)")
+
+    blog = sub.add_parser("blog", help="the public blog")
+    bsub = blog.add_subparsers(dest="action", required=True)
+    publish = bsub.add_parser("publish", help="publish or update a post")
+    publish.add_argument("slug")
+    publish.add_argument("--title", required=True)
+    publish.add_argument("--summary", default="")
+    publish.add_argument("--body-file", type=Path, required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging()
+    if args.command == "up":
+        from services.cli.up import up
+
+        return up(args.host, args.port, args.data_dir, args.runtime, args.gpus, args.datacenter)
+    try:
+        settings = Settings.from_env()
+    except ConfigurationError as exc:
+        print(f"gpuworker: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "api":
+        from services.roles.api import run_api
+
+        asyncio.run(run_api(settings, args.host, args.port))
+    elif args.command == "deciders":
+        from services.roles.deciders import run_deciders
+
+        asyncio.run(run_deciders(settings))
+    elif args.command == "projector":
+        from services.roles.projector import run_projector
+
+        asyncio.run(run_projector(settings))
+    elif args.command == "migrate":
+        from projections.migrate import migrate
+
+        applied = asyncio.run(migrate(settings.database_url))
+        print(f"applied {len(applied)} migration(s)")
+    elif args.command == "projections":
+        from services.cli.operator import rebuild_projections
+
+        return asyncio.run(rebuild_projections(settings, args.name))
+    elif args.command == "blog":
+        from services.cli.operator import publish_post
+
+        return asyncio.run(
+            publish_post(settings, args.slug, args.title, args.summary, args.body_file.read_text())
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

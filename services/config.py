@@ -1,0 +1,44 @@
+"""Settings, read once from the environment. `gpuworker up` fills them for its embedded servers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+class ConfigurationError(Exception):
+    pass
+
+
+def _required(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigurationError(
+            f"{name} is not set; run `gpuworker up` for an embedded setup, or set {name}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    nats_url: str
+    secret_key: str
+    jwt_secret: str
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    stream_replicas: int = 1
+    request_timeout_s: float = 5.0
+    read_your_writes_timeout_s: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            database_url=_required("DATABASE_URL"),
+            nats_url=_required("NATS_URL"),
+            secret_key=_required("GPUWORKER_SECRET_KEY"),
+            jwt_secret=_required("GPUWORKER_JWT_SECRET"),
+            access_token_ttl_s=int(os.environ.get("GPUWORKER_ACCESS_TOKEN_TTL", "900")),
+            refresh_token_ttl_s=int(os.environ.get("GPUWORKER_REFRESH_TOKEN_TTL", "2592000")),
+            stream_replicas=int(os.environ.get("GPUWORKER_STREAM_REPLICAS", "1")),
+        )

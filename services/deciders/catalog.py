@@ -1,0 +1,13 @@
+"""Every decider, by aggregate type."""
+
+from typing import Any
+
+from services.deciders.blog import BLOG_POST
+from services.deciders.decider import Decider
+from services.deciders.registry_auth import REGISTRY_AUTH
+from services.deciders.template import TEMPLATE
+from services.deciders.user import USER
+
+DECIDERS: dict[str, Decider[Any]] = {
+    d.aggregate_type: d for d in (USER, TEMPLATE, REGISTRY_AUTH, BLOG_POST)
+}

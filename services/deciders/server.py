@@ -1,0 +1,74 @@
+"""The deciders role: answers commands from the `deciders` queue group on `cmd.<aggregate>`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from events.subjects import COMMANDS_ROOT, DECIDER_QUEUE
+from services.command_wire import CommandEnvelope, Reply
+from services.deciders.runner import DeciderRunner
+from services.errors import BadRequest, ErrorBody
+
+log = logging.getLogger("gpuworker.deciders")
+
+MAX_IN_FLIGHT = 256
+
+
+class DeciderServer:
+    def __init__(self, nc: NatsClient, runner: DeciderRunner) -> None:
+        self._nc = nc
+        self._runner = runner
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._decode = msgspec.json.Decoder(CommandEnvelope).decode
+        self._encode = msgspec.json.Encoder().encode
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(
+            f"{COMMANDS_ROOT}.*", queue=DECIDER_QUEUE, cb=self._on_message
+        )
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_message(self, msg: Msg) -> None:
+        # Commands on different aggregates are independent: handle them concurrently; the event
+        # store's per-aggregate concurrency check keeps same-aggregate races correct.
+        await self._slots.acquire()
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _handle(self, msg: Msg) -> None:
+        aggregate_type = msg.subject.split(".", 1)[1]
+        try:
+            envelope = self._decode(msg.data)
+            reply = await self._runner.handle(aggregate_type, envelope)
+        except (msgspec.ValidationError, KeyError) as exc:
+            reply = Reply(error=BadRequest(f"malformed command: {exc}").body())
+        except Exception:
+            log.exception("command on %s failed", msg.subject)
+            reply = Reply(
+                error=ErrorBody(
+                    code=500, type="internal_error", message="the command could not be processed"
+                )
+            )
+        if msg.reply:
+            try:
+                await msg.respond(self._encode(reply))
+            except Exception as exc:
+                log.warning("could not answer %s: %s", msg.subject, exc)

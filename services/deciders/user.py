@@ -1,0 +1,160 @@
+"""User accounts and refresh-token families (rotation on every use, reuse revokes the family).
+
+The aggregate id is derived from the normalised email, so "one account per email" is enforced by
+the event store itself: a second signup appends at expected sequence 0 and loses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from events.envelope import Envelope
+from events.user import RefreshFamilyRevoked, RefreshTokenIssued, RefreshTokenRotated, UserSignedUp
+from services.deciders.decider import Command, Decider
+from services.errors import BadRequest, Conflict, NotFound, Unauthorized
+
+
+class RefreshFamily(msgspec.Struct, kw_only=True, frozen=True):
+    current_hash: str
+    expires_at: datetime
+    retired_hashes: tuple[str, ...] = ()
+    revoked_reason: str | None = None
+
+
+class UserState(msgspec.Struct, kw_only=True, frozen=True):
+    id: str
+    email: str
+    name: str
+    password_hash: str
+    created_at: datetime
+    families: dict[str, RefreshFamily] = {}
+    version: int = 0
+
+    def family_of(self, token_hash: str) -> tuple[str, RefreshFamily] | None:
+        for family_id, family in self.families.items():
+            if token_hash == family.current_hash or token_hash in family.retired_hashes:
+                return family_id, family
+        return None
+
+
+class SignUp(Command, frozen=True, kw_only=True):
+    email: str
+    name: str
+    password_hash: str
+    family_id: str
+    token_hash: str
+    expires_at: datetime
+
+
+class StartSession(Command, frozen=True, kw_only=True):
+    """Issued by the api after it has verified the password."""
+
+    family_id: str
+    token_hash: str
+    expires_at: datetime
+
+
+class RotateRefreshToken(Command, frozen=True, kw_only=True):
+    presented_hash: str
+    token_hash: str
+    expires_at: datetime
+
+
+UserCommand = SignUp | StartSession | RotateRefreshToken
+
+
+def decide(state: UserState | None, command: UserCommand) -> list[msgspec.Struct]:
+    match command:
+        case SignUp():
+            if state is not None:
+                raise Conflict("an account with this email already exists; log in instead")
+            if not command.name.strip():
+                raise BadRequest("name must not be empty")
+            return [
+                UserSignedUp(
+                    email=command.email, name=command.name, password_hash=command.password_hash
+                ),
+                RefreshTokenIssued(
+                    family_id=command.family_id,
+                    token_hash=command.token_hash,
+                    expires_at=command.expires_at,
+                ),
+            ]
+        case StartSession():
+            if state is None:
+                raise NotFound("user not found")
+            if command.family_id in state.families:
+                raise Conflict("refresh-token family already exists")
+            return [
+                RefreshTokenIssued(
+                    family_id=command.family_id,
+                    token_hash=command.token_hash,
+                    expires_at=command.expires_at,
+                )
+            ]
+        case RotateRefreshToken():
+            found = state.family_of(command.presented_hash) if state else None
+            if found is None:
+                raise Unauthorized("refresh token is not valid; log in again")
+            family_id, family = found
+            if family.revoked_reason is not None:
+                raise Unauthorized("refresh token was revoked; log in again")
+            if command.presented_hash != family.current_hash:
+                # A rotated token came back: someone holds a copy. Kill the whole family; the api
+                # sees the revocation in the returned state and answers 401.
+                return [RefreshFamilyRevoked(family_id=family_id, reason="reuse")]
+            if command.at >= family.expires_at:
+                raise Unauthorized("refresh token has expired; log in again")
+            return [
+                RefreshTokenRotated(
+                    family_id=family_id,
+                    previous_hash=command.presented_hash,
+                    token_hash=command.token_hash,
+                    expires_at=command.expires_at,
+                )
+            ]
+    raise BadRequest(f"unknown command {type(command).__name__}")
+
+
+def evolve(state: UserState | None, event: Envelope) -> UserState:
+    data = event.data
+    if isinstance(data, UserSignedUp):
+        return UserState(
+            id=event.aggregate.id,
+            email=data.email,
+            name=data.name,
+            password_hash=data.password_hash,
+            created_at=event.occurred_at,
+            version=1,
+        )
+    assert state is not None, f"{event.type} before UserSignedUp"
+    families = dict(state.families)
+    if isinstance(data, RefreshTokenIssued):
+        families[data.family_id] = RefreshFamily(
+            current_hash=data.token_hash, expires_at=data.expires_at
+        )
+    elif isinstance(data, RefreshTokenRotated):
+        old = families[data.family_id]
+        families[data.family_id] = msgspec.structs.replace(
+            old,
+            current_hash=data.token_hash,
+            expires_at=data.expires_at,
+            retired_hashes=(*old.retired_hashes, data.previous_hash),
+        )
+    elif isinstance(data, RefreshFamilyRevoked):
+        families[data.family_id] = msgspec.structs.replace(
+            families[data.family_id], revoked_reason=data.reason
+        )
+    else:
+        raise TypeError(f"user cannot apply {event.type}")
+    return msgspec.structs.replace(state, families=families, version=state.version + 1)
+
+
+USER = Decider[UserState](
+    aggregate_type="user",
+    state_type=UserState,
+    command_type=UserCommand,
+    decide=decide,
+    evolve=evolve,
+)

@@ -1,0 +1,1 @@
+"""Each role's entry point: what `gpuworker <role>` runs until SIGINT/SIGTERM."""

