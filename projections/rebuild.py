@@ -39,14 +39,14 @@ async def read_all(nc: NatsClient, p: AggregateTable) -> dict[str, tuple[Any, in
         ),
     )
     info = await psub.consumer_info()
-    remaining = info.num_pending
+    remaining = int(info.num_pending or 0)
     states: dict[str, tuple[Any, int]] = {}
     try:
         while remaining > 0:
             msgs = await psub.fetch(min(FETCH, remaining), timeout=10)
             events = [decode_event(m.data, m.metadata.sequence.stream) for m in msgs]
             states.update(p.fold(states, events))
-            remaining = msgs[-1].metadata.num_pending
+            remaining = int(msgs[-1].metadata.num_pending or 0)
     finally:
         await psub.unsubscribe()
     return states

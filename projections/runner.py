@@ -37,12 +37,17 @@ def durable_name(projection: AggregateTable) -> str:
 
 class ProjectionRunner:
     def __init__(
-        self, nc: NatsClient, pool: AsyncConnectionPool[Any], projections: list[AggregateTable]
+        self,
+        nc: NatsClient,
+        pool: AsyncConnectionPool[Any],
+        projections: list[AggregateTable],
+        ack_wait_s: float = 30.0,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream(timeout=5)
         self._pool = pool
         self._projections = projections
+        self._ack_wait = ack_wait_s
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         # Test hook: apply and commit but do not ack, as if the process died in between.
@@ -67,7 +72,7 @@ class ProjectionRunner:
             filter_subject=p.filter_subject,
             ack_policy=AckPolicy.ALL,
             deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30,
+            ack_wait=self._ack_wait,
             max_ack_pending=20_000,
         )
         await self._js.add_consumer(STREAM, config)

@@ -10,6 +10,14 @@ from nats.aio.client import Client as NatsClient
 log = logging.getLogger("gpuworker.nats")
 
 
+def nats_servers(url: str) -> list[str]:
+    """`NATS_URL` may name a cluster: `nats://n1:4222,nats://n2:4222` becomes a list of servers."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("NATS_URL names no server")
+    return servers
+
+
 async def connect_nats(url: str, name: str) -> NatsClient:
     async def on_error(exc: Exception) -> None:
         log.warning("nats %s: %s", name, exc or type(exc).__name__)
@@ -21,7 +29,7 @@ async def connect_nats(url: str, name: str) -> NatsClient:
         log.info("nats %s: reconnected", name)
 
     return await nats.connect(
-        url,
+        nats_servers(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

@@ -20,7 +20,8 @@ from services.security.refresh_tokens import new_refresh_token, token_hash, user
 
 USERS = PROJECTIONS["users"]
 
-Email = Annotated[str, Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+# Surrounding whitespace is allowed here and stripped by normalise_email.
+Email = Annotated[str, Meta(max_length=254, pattern=r"^\s*[^@\s]+@[^@\s]+\.[^@\s]+\s*$")]
 Password = Annotated[str, Meta(min_length=8, max_length=256)]
 
 

@@ -75,8 +75,8 @@ class CheckpointWatcher:
                         self._advance(name, seq)
                     self.connected = True
                     async for note in conn.notifies():
-                        name, _, seq = note.payload.rpartition(":")
-                        self._advance(name, int(seq))
+                        name, _, sequence = note.payload.rpartition(":")
+                        self._advance(name, int(sequence))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

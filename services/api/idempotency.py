@@ -13,7 +13,8 @@ from typing import Any
 
 import msgspec
 import psycopg
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Receive, Scope, Send
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from services.errors import ErrorBody, ErrorResponse, error_type
@@ -46,7 +47,7 @@ class IdempotencyMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != ScopeType.HTTP or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         raw_key = dict(scope["headers"]).get(HEADER)
@@ -62,9 +63,9 @@ class IdempotencyMiddleware:
         body = b""
         more = True
         while more:
-            message = await receive()
+            message: Any = await receive()
             body += message.get("body", b"")
-            more = message.get("more_body", False)
+            more = bool(message.get("more_body", False))
         user = scope.get("user")
         owner = getattr(user, "id", None) or "anon"
         request_hash = hashlib.sha256(scope["path"].encode() + b"\n" + body).hexdigest()
@@ -88,7 +89,7 @@ class IdempotencyMiddleware:
 
         replayed = False
 
-        async def replay_body() -> Message:
+        async def replay_body() -> Any:
             nonlocal replayed
             if replayed:
                 return await receive()
@@ -97,7 +98,7 @@ class IdempotencyMiddleware:
 
         captured: dict[str, Any] = {"status": 500, "body": b""}
 
-        async def capture(message: Message) -> None:
+        async def capture(message: Any) -> None:
             if message["type"] == "http.response.start":
                 captured["status"] = message["status"]
             elif message["type"] == "http.response.body":

@@ -41,8 +41,9 @@ async def list_visible(
 ) -> list[Any]:
     """Live rows owned by `owner_id` (and public ones, owner NULL, if asked), oldest first.
     `owner_id=None` lists only the public ones."""
+    params: tuple[str, ...] = ()
     if owner_id is None:
-        where, params = sql.SQL("owner_id IS NULL"), ()
+        where = sql.SQL("owner_id IS NULL")
     elif include_public:
         where, params = sql.SQL("(owner_id = %s OR owner_id IS NULL)"), (owner_id,)
     else:

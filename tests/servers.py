@@ -1,0 +1,108 @@
+"""Real PostgreSQL and NATS servers for tests, on free ports in temporary folders."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from services.cli.embedded import EmbeddedNats, free_port
+from services.security.secret_box import generate_key
+
+
+def create_database(base_uri: str) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base_uri, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    # The embedded server's URI is postgresql://postgres:@/postgres?host=SOCKETDIR
+    return base_uri.replace("/postgres?", f"/{name}?", 1)
+
+
+def new_nats(tmp: Path, sync_always: bool = False) -> EmbeddedNats:
+    server = EmbeddedNats(tmp / f"nats-{uuid.uuid4().hex[:8]}", free_port(), sync_always)
+    server.start(tmp / "nats.log")
+    return server
+
+
+def settings_env(database_url: str, nats_url: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "NATS_URL": nats_url,
+        "GPUWORKER_SECRET_KEY": generate_key(),
+        "GPUWORKER_JWT_SECRET": generate_key(),
+    }
+
+
+@dataclass
+class Stack:
+    """`gpuworker up` against test servers, as a user would run it."""
+
+    url: str
+    log_path: Path
+    env: dict[str, str]
+    nats: EmbeddedNats
+    database_url: str
+    process: subprocess.Popen[bytes] | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextmanager
+def running_stack(tmp: Path, base_pg_uri: str, nats: EmbeddedNats | None = None) -> Iterator[Stack]:
+    nats = nats or new_nats(tmp)
+    database_url = create_database(base_pg_uri)
+    port = free_port()
+    env = {**os.environ, **settings_env(database_url, nats.url)}
+    log_path = tmp / f"stack-{port}.log"
+    stack = Stack(f"http://127.0.0.1:{port}", log_path, env, nats, database_url)
+    with open(log_path, "wb") as log:
+        stack.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "services.cli.main",
+                "up",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp / f"data-{port}"),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "GPUWorker is up" not in stack.logs():
+            if stack.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"stack did not start:\n{stack.logs()}")
+            time.sleep(0.1)
+        yield stack
+    finally:
+        stack.stop()
+        nats.stop()

@@ -1,0 +1,216 @@
+"""The JetStream event store against a real nats-server: appends, loads, concurrency, dedupe."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from events.catalog import decode_event
+from events.envelope import AggregateRef, Envelope, encode_envelope
+from events.ids import new_id
+from events.store import JetStreamEventStore, WrongExpectedSequence
+from events.subjects import STREAM
+from events.template import TemplateCreated, TemplateUpdated
+from services.command_wire import CommandEnvelope
+from services.deciders.catalog import DECIDERS
+from services.deciders.runner import DeciderRunner
+from services.deciders.template import CreateTemplate, TemplateState, UpdateTemplate
+
+AT = datetime(2026, 11, 29, tzinfo=UTC)
+
+
+def envelope(ref: AggregateRef, data: msgspec.Struct, version: int = 1) -> Envelope:
+    return Envelope(
+        id=new_id(),
+        type=type(data).__name__,
+        version=version,
+        aggregate=ref,
+        occurred_at=AT,
+        recorded_at=AT,
+        actor="user-1",
+        correlation_id="c",
+        data=data,
+    )
+
+
+def created(name: str = "t") -> TemplateCreated:
+    return TemplateCreated(
+        name=name,
+        image_name="img:1",
+        docker_start_cmd=None,
+        container_disk_in_gb=20,
+        volume_in_gb=0,
+        volume_mount_path="/workspace",
+        env={},
+        ports=[],
+        readme="",
+        is_public=False,
+    )
+
+
+@pytest.fixture
+async def store(nc: NatsClient) -> JetStreamEventStore:
+    s = JetStreamEventStore(nc)
+    await s.ensure_stream()
+    return s
+
+
+async def test_append_then_load_in_order(store: JetStreamEventStore) -> None:
+    ref = AggregateRef("template", new_id())
+    other = AggregateRef("template", new_id())
+    first = await store.append(ref, [envelope(ref, created())], expected_sequence=0)
+    await store.append(other, [envelope(other, created("other"))], expected_sequence=0)
+    last = await store.append(
+        ref,
+        [envelope(ref, TemplateUpdated(name="a")), envelope(ref, TemplateUpdated(name="b"))],
+        expected_sequence=first,
+    )
+    events = await store.load(ref)
+    assert [e.type for e in events] == ["TemplateCreated", "TemplateUpdated", "TemplateUpdated"]
+    assert [e.data.name for e in events] == ["t", "a", "b"]
+    assert events[-1].sequence == last
+    assert all(e.aggregate == ref for e in events)
+    # Loading after a sequence returns only what came later.
+    later = await store.load(ref, after=first)
+    assert [e.data.name for e in later] == ["a", "b"]
+
+
+async def test_dotted_ids_stay_on_their_own_subject(store: JetStreamEventStore) -> None:
+    ref = AggregateRef("template", "pytorch-cuda12-2.1")
+    await store.append(ref, [envelope(ref, created())], expected_sequence=0)
+    assert [e.aggregate.id for e in await store.load(ref)] == ["pytorch-cuda12-2.1"]
+    assert await store.load(AggregateRef("template", "pytorch-cuda12-2")) == []
+
+
+async def test_stale_writer_is_refused(store: JetStreamEventStore) -> None:
+    ref = AggregateRef("template", new_id())
+    seq = await store.append(ref, [envelope(ref, created())], expected_sequence=0)
+    await store.append(ref, [envelope(ref, TemplateUpdated(name="x"))], expected_sequence=seq)
+    with pytest.raises(WrongExpectedSequence):
+        await store.append(ref, [envelope(ref, TemplateUpdated(name="y"))], expected_sequence=seq)
+    with pytest.raises(WrongExpectedSequence):
+        # A second create of the same aggregate (expected 0) is refused too.
+        await store.append(ref, [envelope(ref, created())], expected_sequence=0)
+    assert [e.data.name for e in await store.load(ref)] == ["t", "x"]
+
+
+async def test_resent_event_is_deduplicated(store: JetStreamEventStore, nc: NatsClient) -> None:
+    ref = AggregateRef("template", new_id())
+    event = envelope(ref, created())
+    seq = await store.append(ref, [event], expected_sequence=0)
+    # The same event id published again (a retry after a lost ack) lands nowhere new.
+    js = nc.jetstream()
+    ack = await js.publish(
+        f"ev.template.{ref.id}.TemplateCreated",
+        encode_envelope(event),
+        headers={"Nats-Msg-Id": event.id},
+    )
+    assert ack.duplicate
+    assert ack.seq == seq
+    assert len(await store.load(ref)) == 1
+    info = await js.stream_info(STREAM)
+    assert info.state.messages == 1
+
+
+async def test_events_are_stored_as_versioned_json_and_upcast(
+    store: JetStreamEventStore, nc: NatsClient
+) -> None:
+    ref = AggregateRef("template", new_id())
+    v1 = {
+        "id": new_id(),
+        "type": "TemplateCreated",
+        "version": 1,
+        "aggregate": {"type": "template", "id": ref.id},
+        "occurred_at": AT.isoformat(),
+        "recorded_at": AT.isoformat(),
+        "actor": "user-1",
+        "correlation_id": "c",
+        "data": {
+            "name": "old",
+            "image_name": "img:0",
+            "docker_start_cmd": None,
+            "container_disk_in_gb": 10,
+            "volume_in_gb": 0,
+            "volume_mount_path": "/workspace",
+            "readme": "",
+            "is_public": False,
+        },
+    }
+    js = nc.jetstream()
+    await js.publish(f"ev.template.{ref.id}.TemplateCreated", msgspec.json.encode(v1))
+    (event,) = await store.load(ref)
+    assert event.version == 2
+    assert event.data == TemplateCreated(
+        name="old",
+        image_name="img:0",
+        docker_start_cmd=None,
+        container_disk_in_gb=10,
+        volume_in_gb=0,
+        volume_mount_path="/workspace",
+        env={},
+        ports=[],
+        readme="",
+        is_public=False,
+    )
+    raw = await js.get_msg(STREAM, event.sequence)
+    assert msgspec.json.decode(raw.data)["version"] == 1, "stored events are never rewritten"
+    assert decode_event(raw.data).data.env == {}
+
+
+def command(aggregate_id: str, cmd: msgspec.Struct) -> CommandEnvelope:
+    return CommandEnvelope(
+        id=new_id(),
+        aggregate_id=aggregate_id,
+        correlation_id="c",
+        command=msgspec.Raw(msgspec.json.encode(cmd)),
+    )
+
+
+async def test_two_runners_racing_on_one_aggregate_lose_no_update(
+    store: JetStreamEventStore,
+) -> None:
+    template_id = new_id()
+    owner = "user-1"
+    first = DeciderRunner(store, DECIDERS)
+    second = DeciderRunner(store, DECIDERS)
+    created_reply = await first.handle(
+        "template",
+        command(template_id, CreateTemplate(actor=owner, at=AT, name="t", image_name="i:1")),
+    )
+    assert created_reply.error is None
+    # Both runners now hold the aggregate at the same sequence in their caches.
+    await second.handle(
+        "template", command(template_id, UpdateTemplate(actor=owner, at=AT, readme="warm"))
+    )
+    await first.handle(
+        "template", command(template_id, UpdateTemplate(actor=owner, at=AT, readme="warm2"))
+    )
+    # A no-op on a cached state makes the second runner catch up: both now hold version 3.
+    await second.handle(
+        "template", command(template_id, UpdateTemplate(actor=owner, at=AT, readme="warm2"))
+    )
+    conflicts_before = first.conflicts + second.conflicts
+    a, b = await asyncio.gather(
+        first.handle(
+            "template", command(template_id, UpdateTemplate(actor=owner, at=AT, name="from-a"))
+        ),
+        second.handle(
+            "template",
+            command(template_id, UpdateTemplate(actor=owner, at=AT, image_name="from-b:1")),
+        ),
+    )
+    assert a.error is None and b.error is None
+    assert first.conflicts + second.conflicts == conflicts_before + 1, (
+        "exactly one writer loses the race, once, and retries on fresh state"
+    )
+    final = DECIDERS["template"].fold(None, await store.load(AggregateRef("template", template_id)))
+    assert isinstance(final, TemplateState)
+    assert final.name == "from-a" and final.image_name == "from-b:1", "no lost update"
+    assert final.version == 5
+    # Each runner's answer is the state it appended, at the sequence that holds it.
+    states = [msgspec.json.decode(r.state, type=TemplateState) for r in (a, b)]
+    assert sorted(s.version for s in states) == [4, 5]

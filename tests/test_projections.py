@@ -1,0 +1,274 @@
+"""Projections on a real nats-server and PostgreSQL: exactly-once effects, rebuilds, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import nats
+import psycopg
+import pytest
+from nats.aio.client import Client as NatsClient
+from psycopg_pool import AsyncConnectionPool
+
+from events.ids import new_id
+from events.store import JetStreamEventStore
+from events.subjects import STREAM
+from projections import checkpoints
+from projections.catalog import PROJECTIONS
+from projections.migrate import available, migrate
+from projections.rebuild import rebuild
+from projections.runner import ProjectionRunner, durable_name
+from services.cli.embedded import EmbeddedNats
+from services.command_wire import CommandEnvelope
+from services.deciders.catalog import DECIDERS
+from services.deciders.runner import DeciderRunner
+from services.deciders.template import (
+    CreateTemplate,
+    DeleteTemplate,
+    TemplateState,
+    UpdateTemplate,
+)
+
+TEMPLATES = PROJECTIONS["templates"]
+AT = datetime(2026, 11, 29, tzinfo=UTC)
+
+
+async def send(runner: DeciderRunner, aggregate_id: str, cmd: msgspec.Struct) -> int:
+    reply = await runner.handle(
+        "template",
+        CommandEnvelope(
+            id=new_id(),
+            aggregate_id=aggregate_id,
+            correlation_id="test",
+            command=msgspec.Raw(msgspec.json.encode(cmd)),
+        ),
+    )
+    assert reply.error is None, reply.error
+    return reply.sequence
+
+
+async def checkpoint(pool: AsyncConnectionPool[Any], name: str) -> int:
+    async with pool.connection() as conn:
+        return (await checkpoints.read_all(conn)).get(name, 0)
+
+
+async def wait_for_checkpoint(pool: AsyncConnectionPool[Any], name: str, seq: int) -> None:
+    for _ in range(200):
+        if await checkpoint(pool, name) >= seq:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name} never reached {seq} (at {await checkpoint(pool, name)})")
+
+
+async def template_row(pool: AsyncConnectionPool[Any], template_id: str) -> TemplateState:
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT doc::text FROM templates WHERE id = %s", (template_id,))
+        row = await cur.fetchone()
+    assert row is not None
+    return msgspec.json.decode(row[0], type=TemplateState)
+
+
+def dump(database_url: str, table: str) -> bytes:
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        out = bytearray()
+        with cur.copy(f"COPY (SELECT * FROM {table} ORDER BY id) TO STDOUT") as copy:
+            for chunk in copy:
+                out += chunk
+    return bytes(out)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    await migrate(database_url)
+    p: AsyncConnectionPool[Any] = AsyncConnectionPool(database_url, min_size=1, open=False)
+    await p.open()
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def runner(nc: NatsClient) -> DeciderRunner:
+    store = JetStreamEventStore(nc)
+    await store.ensure_stream()
+    return DeciderRunner(store, DECIDERS)
+
+
+async def test_migrations_are_versioned_and_applied_once(database_url: str) -> None:
+    first = await migrate(database_url)
+    assert first == [v for v, _n, _s in available()]
+    assert await migrate(database_url) == []
+
+
+async def test_redelivered_batch_has_no_second_effect(
+    nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner
+) -> None:
+    template_id = new_id()
+    await send(runner, template_id, CreateTemplate(actor="u", at=AT, name="t", image_name="i:1"))
+    last = await send(runner, template_id, UpdateTemplate(actor="u", at=AT, name="t2"))
+
+    # First projector commits the batch but "dies" before acking it.
+    crashing = ProjectionRunner(nc, pool, [TEMPLATES], ack_wait_s=1.0)
+    crashing.crash_before_ack = True
+    await crashing.start()
+    await wait_for_checkpoint(pool, "templates", last)
+    await crashing.stop()
+    js = nc.jetstream()
+    info = await js.consumer_info(STREAM, durable_name(TEMPLATES))
+    assert info.num_ack_pending == 2, "the batch was applied but never acknowledged"
+    before = await template_row(pool, template_id)
+    assert before.version == 2
+
+    # A fresh projector gets the same events again after ack_wait, and acks them this time.
+    recovered = ProjectionRunner(nc, pool, [TEMPLATES], ack_wait_s=1.0)
+    await recovered.start()
+    try:
+        for _ in range(100):
+            info = await js.consumer_info(STREAM, durable_name(TEMPLATES))
+            if info.num_ack_pending == 0 and info.num_pending == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert info.num_ack_pending == 0, "the redelivered batch was acknowledged"
+        assert info.num_redelivered >= 1 or info.delivered.consumer_seq > 2
+        after = await template_row(pool, template_id)
+        assert after == before, "applying the same events twice changed nothing"
+        assert after.version == 2
+        assert await checkpoint(pool, "templates") == last
+    finally:
+        await recovered.stop()
+
+
+async def test_rebuild_reproduces_the_tables_byte_for_byte(
+    nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner, database_url: str
+) -> None:
+    ids = [new_id() for _ in range(30)]
+    last = 0
+    for i, template_id in enumerate(ids):
+        owner = f"user-{i % 3}"
+        await send(
+            runner,
+            template_id,
+            CreateTemplate(actor=owner, at=AT, name=f"t{i}", image_name="i:1", env={"K": str(i)}),
+        )
+        last = await send(
+            runner, template_id, UpdateTemplate(actor=owner, at=AT, ports=[f"{8000 + i}/http"])
+        )
+        if i % 4 == 0:
+            last = await send(runner, template_id, DeleteTemplate(actor=owner, at=AT))
+    projector = ProjectionRunner(nc, pool, [TEMPLATES])
+    await projector.start()
+    await wait_for_checkpoint(pool, "templates", last)
+    live = dump(database_url, "templates")
+    assert live.count(b"\n") == 30
+
+    rows, _seconds = await rebuild(database_url, nc, TEMPLATES)
+    assert rows == 30
+    assert dump(database_url, "templates") == live
+
+    # Rebuilding while the projector runs, then writing more, keeps both in step.
+    more = await send(runner, ids[1], UpdateTemplate(actor="user-1", at=AT, name="renamed"))
+    await wait_for_checkpoint(pool, "templates", more)
+    await projector.stop()
+    assert (await template_row(pool, ids[1])).name == "renamed"
+    after_more = dump(database_url, "templates")
+    await rebuild(database_url, nc, TEMPLATES)
+    assert dump(database_url, "templates") == after_more
+
+
+def test_rebuild_command_line(tmp_path: Any, database_url: str, nats_server: EmbeddedNats) -> None:
+    env = {
+        "DATABASE_URL": database_url,
+        "NATS_URL": nats_server.url,
+        "GPUWORKER_SECRET_KEY": "x" * 43 + "=",
+        "GPUWORKER_JWT_SECRET": "j",
+    }
+
+    async def seed() -> None:
+        client = await nats.connect(nats_server.url)
+        store = JetStreamEventStore(client)
+        await store.ensure_stream()
+        r = DeciderRunner(store, DECIDERS)
+        for i in range(3):
+            await send(r, new_id(), CreateTemplate(actor="u", at=AT, name=f"t{i}", image_name="i"))
+        await client.close()
+
+    asyncio.run(seed())
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "projections", "rebuild", "templates"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "rebuilt templates: 3 rows" in result.stdout
+    assert dump(database_url, "templates").count(b"\n") == 3
+    unknown = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "projections", "rebuild", "nope"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert unknown.returncode == 2 and "unknown projection" in unknown.stderr
+
+
+async def test_projector_resumes_after_nats_restart(
+    nats_server: EmbeddedNats, pool: AsyncConnectionPool[Any]
+) -> None:
+    """The nats-py pitfall: a pull subscription that goes deaf after the server restarts."""
+    reconnects = 0
+
+    async def on_reconnect() -> None:
+        nonlocal reconnects
+        reconnects += 1
+
+    async def quiet(*_args: Any) -> None:
+        return None
+
+    client = await nats.connect(
+        nats_server.url,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+        reconnected_cb=on_reconnect,
+        error_cb=quiet,
+        disconnected_cb=quiet,
+    )
+    store = JetStreamEventStore(client)
+    await store.ensure_stream()
+    deciders = DeciderRunner(store, DECIDERS)
+    projector = ProjectionRunner(client, pool, [TEMPLATES])
+    await projector.start()
+    try:
+        first = new_id()
+        seq = await send(
+            deciders, first, CreateTemplate(actor="u", at=AT, name="a", image_name="i")
+        )
+        await wait_for_checkpoint(pool, "templates", seq)
+
+        nats_server.stop()
+        await asyncio.sleep(1.0)
+        nats_server.start()
+        for _ in range(100):
+            if reconnects and client.is_connected:
+                break
+            await asyncio.sleep(0.1)
+        assert reconnects >= 1
+
+        second = new_id()
+        seq2 = await send(
+            deciders, second, CreateTemplate(actor="u", at=AT, name="b", image_name="i")
+        )
+        await wait_for_checkpoint(pool, "templates", seq2)
+        assert (await template_row(pool, second)).name == "b"
+    finally:
+        await projector.stop()
+        await client.close()
