@@ -1,0 +1,1 @@
+"""The billing ledger: integer micro-USD, usage sessions, double-entry postings."""
