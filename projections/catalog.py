@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from projections.aggregate_table import AggregateTable
 from services.deciders.blog import BLOG_POST
+from services.deciders.host import HOST
+from services.deciders.instance import INSTANCE
 from services.deciders.registry_auth import REGISTRY_AUTH
 from services.deciders.template import TEMPLATE
 from services.deciders.user import USER
@@ -30,6 +32,19 @@ PROJECTIONS: dict[str, AggregateTable] = {
             owner_of=lambda s: s.owner_id,
             created_at_of=lambda s: s.created_at,
             deleted_of=lambda s: s.deleted,
+        ),
+        AggregateTable(
+            name="hosts",
+            decider=HOST,
+            owner_of=lambda s: None,
+            created_at_of=lambda s: s.registered_at,
+        ),
+        AggregateTable(
+            name="instances",
+            decider=INSTANCE,
+            owner_of=lambda s: s.owner_id,
+            created_at_of=lambda s: s.created_at,
+            deleted_of=lambda s: s.status == "TERMINATED",
         ),
         AggregateTable(
             name="blog_posts",

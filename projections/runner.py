@@ -1,8 +1,8 @@
 """The projector role: one durable pull consumer per projection; batches apply exactly once.
 
 Each batch's rows and checkpoint commit in one PostgreSQL transaction; events at or below the
-checkpoint are skipped, so a redelivered batch (crash before ack) has no second effect. The ack comes
-after the commit (AckPolicy.ALL: one ack per batch)."""
+checkpoint are skipped, so a redelivered batch (crash before ack) has no second effect. The ack
+comes after the commit (AckPolicy.ALL: one ack per batch)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,9 @@ from services.cli.embedded import EmbeddedNats, free_port
 from services.security.secret_box import generate_key
 
 
+SIMULATED_GPUS = "NVIDIA GeForce RTX 4090:4,NVIDIA A100 80GB PCIe:2"
+
+
 def create_database(base_uri: str) -> str:
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(base_uri, autocommit=True) as conn:
@@ -73,7 +76,13 @@ class Stack:
 
 
 @contextmanager
-def running_stack(tmp: Path, base_pg_uri: str, nats: EmbeddedNats | None = None) -> Iterator[Stack]:
+def running_stack(
+    tmp: Path,
+    base_pg_uri: str,
+    nats: EmbeddedNats | None = None,
+    runtime: str = "simulated",
+    gpus: str = SIMULATED_GPUS,
+) -> Iterator[Stack]:
     nats = nats or new_nats(tmp)
     database_url = create_database(base_pg_uri)
     port = free_port()
@@ -91,6 +100,10 @@ def running_stack(tmp: Path, base_pg_uri: str, nats: EmbeddedNats | None = None)
                 str(port),
                 "--data-dir",
                 str(tmp / f"data-{port}"),
+                "--runtime",
+                runtime,
+                "--gpus",
+                gpus,
             ],
             env=env,
             stdout=log,

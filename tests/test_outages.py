@@ -42,6 +42,7 @@ def test_nats_outage_gives_503_then_recovers(own_stack: Stack) -> None:
     with own_stack.client(token) as c:
         before = c.post("/templates", json={"name": "before", "imageName": "img:1"})
         assert before.status_code == 201
+        assert c.get(f"/templates/{before.json()['id']}").status_code == 200
 
         own_stack.nats.stop()
         started = time.monotonic()

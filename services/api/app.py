@@ -19,12 +19,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.api.auth import AuthController, me
 from services.api.blog import BlogController
+from services.api.catalog import datacenters, gpu_types
 from services.api.command_bus import CommandBus
 from services.api.consistency import CheckpointWatcher
 from services.api.context import ApiContext
 from services.api.errors import EXCEPTION_HANDLERS
 from services.api.health import health
 from services.api.idempotency import IdempotencyMiddleware
+from services.api.instances import InstanceController
 from services.api.login_throttle import LoginThrottle
 from services.api.registry_auth import RegistryAuthController
 from services.api.templates import TemplateController
@@ -90,6 +92,9 @@ def create_app(settings: Settings) -> Litestar:
             me,
             TemplateController,
             RegistryAuthController,
+            gpu_types,
+            datacenters,
+            InstanceController,
             BlogController,
             health,
             PrometheusController,

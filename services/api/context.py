@@ -38,13 +38,15 @@ class ApiContext:
         aggregate_id: str,
         command: Command,
         request: Request[Any, Any, Any] | None = None,
+        via: str | None = None,
     ) -> Any:
         """Send a command; once its events are visible in the read model, return the decider's
         state. If the projection lags past the bound, the decider's state is still the truth and is
         returned: the write happened and is never reported as failed."""
         correlation_id = (request.headers.get("x-request-id") if request else None) or new_id()
+        # `via` names a service subject (e.g. "placement") that answers for the aggregate.
         reply = await self.bus.send(
-            projection.decider.aggregate_type, aggregate_id, command, correlation_id
+            via or projection.decider.aggregate_type, aggregate_id, command, correlation_id
         )
         await self.watcher.wait(
             projection.name, reply.sequence, self.settings.read_your_writes_timeout_s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,26 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8080)
     sub.add_parser("deciders", help="answer commands and append events")
+    agent = sub.add_parser("agent", help="run a GPU host's executor")
+    agent.add_argument("--host-id", default=os.environ.get("GPUWORKER_HOST_ID"))
+    agent.add_argument("--datacenter", default=os.environ.get("GPUWORKER_DATACENTER", "US-TX-3"))
+    agent.add_argument(
+        "--cloud-type",
+        choices=["SECURE", "COMMUNITY"],
+        default=os.environ.get("GPUWORKER_CLOUD_TYPE", "SECURE"),
+    )
+    agent.add_argument(
+        "--runtime",
+        choices=["docker", "simulated"],
+        default=os.environ.get("GPUWORKER_RUNTIME") or None,
+    )
+    agent.add_argument("--gpus", default=os.environ.get("GPUWORKER_GPUS") or None)
+    agent.add_argument(
+        "--simulate-hosts",
+        type=int,
+        default=int(os.environ.get("GPUWORKER_SIMULATE_HOSTS", "1")),
+        help="run N simulated hosts in this process (scale tests)",
+    )
     sub.add_parser("projector", help="keep the read models up to date")
     sub.add_parser("migrate", help="apply database migrations and exit")
 
@@ -68,6 +89,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.roles.deciders import run_deciders
 
         asyncio.run(run_deciders(settings))
+    elif args.command == "agent":
+        from services.roles.agent import run_agent
+
+        asyncio.run(
+            run_agent(
+                settings,
+                args.host_id,
+                args.datacenter,
+                args.cloud_type,
+                args.runtime,
+                args.gpus,
+                args.simulate_hosts,
+            )
+        )
     elif args.command == "projector":
         from services.roles.projector import run_projector
 

@@ -21,7 +21,7 @@ from services.cli.embedded import (
 
 log = logging.getLogger("gpuworker.up")
 
-ROLES = ("deciders", "projector", "api")
+ROLES = ("deciders", "projector", "api", "agent")
 
 
 def _wait_healthy(url: str, children: list[subprocess.Popen[bytes]], timeout_s: float) -> None:

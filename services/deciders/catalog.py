@@ -4,10 +4,12 @@ from typing import Any
 
 from services.deciders.blog import BLOG_POST
 from services.deciders.decider import Decider
+from services.deciders.host import HOST
+from services.deciders.instance import INSTANCE
 from services.deciders.registry_auth import REGISTRY_AUTH
 from services.deciders.template import TEMPLATE
 from services.deciders.user import USER
 
 DECIDERS: dict[str, Decider[Any]] = {
-    d.aggregate_type: d for d in (USER, TEMPLATE, REGISTRY_AUTH, BLOG_POST)
+    d.aggregate_type: d for d in (USER, TEMPLATE, REGISTRY_AUTH, BLOG_POST, HOST, INSTANCE)
 }

@@ -83,6 +83,15 @@ class DeciderRunner:
             return self._reply(state, sequence)
         raise ServiceUnavailable("too much contention on this resource; retry shortly")
 
+    async def current(self, aggregate_type: str, aggregate_id: str) -> tuple[Any, int]:
+        """The aggregate's state, caught up with the store now."""
+        decider = self._deciders[aggregate_type]
+        ref = AggregateRef(aggregate_type, aggregate_id)
+        state, sequence, fresh = await self._load(decider, ref)
+        if not fresh:
+            state, sequence = await self._catch_up(decider, ref, state, sequence)
+        return state, sequence
+
     @staticmethod
     def _reply(state: Any, sequence: int) -> Reply:
         return Reply(sequence=sequence, state=msgspec.Raw(msgspec.json.encode(state)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -21,9 +22,16 @@ MAX_IN_FLIGHT = 256
 
 
 class DeciderServer:
-    def __init__(self, nc: NatsClient, runner: DeciderRunner) -> None:
+    def __init__(
+        self,
+        nc: NatsClient,
+        runner: DeciderRunner,
+        services: dict[str, Callable[[CommandEnvelope], Awaitable[Reply]]] | None = None,
+    ) -> None:
         self._nc = nc
         self._runner = runner
+        # Subjects that are not one aggregate's commands (e.g. `cmd.placement`) go to a service.
+        self._services = services or {}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._decode = msgspec.json.Decoder(CommandEnvelope).decode
@@ -57,7 +65,11 @@ class DeciderServer:
         aggregate_type = msg.subject.split(".", 1)[1]
         try:
             envelope = self._decode(msg.data)
-            reply = await self._runner.handle(aggregate_type, envelope)
+            service = self._services.get(aggregate_type)
+            if service is not None:
+                reply = await service(envelope)
+            else:
+                reply = await self._runner.handle(aggregate_type, envelope)
         except (msgspec.ValidationError, KeyError) as exc:
             reply = Reply(error=BadRequest(f"malformed command: {exc}").body())
         except Exception:

@@ -64,6 +64,14 @@ class RotateRefreshToken(Command, frozen=True, kw_only=True):
 UserCommand = SignUp | StartSession | RotateRefreshToken
 
 
+def _refuse_known_hash(state: UserState, token_hash: str) -> None:
+    """A new refresh token must be new: a hash the account already holds (current or retired, in
+    any family) would sit in two places at once, and a retired hash made current again would turn a
+    stolen copy back into a valid token instead of revoking the family."""
+    if state.family_of(token_hash) is not None:
+        raise Conflict("refresh token hash already in use; issue a new token")
+
+
 def decide(state: UserState | None, command: UserCommand) -> list[msgspec.Struct]:
     match command:
         case SignUp():
@@ -86,6 +94,7 @@ def decide(state: UserState | None, command: UserCommand) -> list[msgspec.Struct
                 raise NotFound("user not found")
             if command.family_id in state.families:
                 raise Conflict("refresh-token family already exists")
+            _refuse_known_hash(state, command.token_hash)
             return [
                 RefreshTokenIssued(
                     family_id=command.family_id,
@@ -106,6 +115,7 @@ def decide(state: UserState | None, command: UserCommand) -> list[msgspec.Struct
                 return [RefreshFamilyRevoked(family_id=family_id, reason="reuse")]
             if command.at >= family.expires_at:
                 raise Unauthorized("refresh token has expired; log in again")
+            _refuse_known_hash(state, command.token_hash)
             return [
                 RefreshTokenRotated(
                     family_id=family_id,

@@ -12,6 +12,10 @@ from services.command_wire import CommandEnvelope
 from services.config import Settings
 from services.deciders.builtin_templates import builtin_templates
 from services.deciders.catalog import DECIDERS
+from services.deciders.fleet_view import FleetView
+from services.deciders.gpu_releaser import GpuReleaser
+from services.deciders.host_monitor import HostMonitor
+from services.deciders.placement_service import PlacementService
 from services.deciders.runner import DeciderRunner
 from services.deciders.server import DeciderServer
 from services.nats_connection import connect_nats
@@ -39,12 +43,22 @@ async def run_deciders(settings: Settings) -> None:
     nc = await connect_nats(settings.nats_url, "deciders")
     await ensure_stream(nc, settings.stream_replicas)
     runner = DeciderRunner(JetStreamEventStore(nc), DECIDERS)
-    server = DeciderServer(nc, runner)
+    fleet = FleetView()
+    await fleet.follow(nc)
+    placement = PlacementService(runner, fleet)
+    server = DeciderServer(nc, runner, {"placement": placement.handle})
     await server.start()
+    monitor = HostMonitor(nc, runner, fleet)
+    await monitor.start()
+    releaser = GpuReleaser(nc, runner, fleet)
+    await releaser.start()
     await seed_builtins(runner)
     log.info("deciders ready")
     try:
         await until_signalled()
     finally:
+        await releaser.stop()
+        await monitor.stop()
+        await fleet.stop()
         await server.stop()
         await nc.drain()

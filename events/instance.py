@@ -1,0 +1,116 @@
+"""Facts about GPU instances: what customers asked for, and what hosts saw happen."""
+
+from datetime import datetime
+
+import msgspec
+
+from events.catalog import register
+
+
+@register()
+class InstanceCreated(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    gpu_type_id: str
+    gpu_count: int
+    cloud_type: str
+    datacenter_id: str
+    host_id: str
+    gpu_uuids: list[str]
+    lease_id: str
+    template_id: str
+    image_name: str
+    docker_start_cmd: str | None
+    env: dict[str, str]
+    ports: list[str]
+    container_disk_in_gb: int
+    volume_in_gb: int
+    volume_mount_path: str
+    network_volume_id: str | None
+    # Per GPU, micro-USD per hour, from the rate card version in force at creation.
+    price_per_hour_micros: int
+    rate_card_version: str
+
+
+@register()
+class InstanceStartRequested(msgspec.Struct, frozen=True, kw_only=True):
+    gpu_uuids: list[str]
+    lease_id: str
+
+
+@register()
+class InstanceStopRequested(msgspec.Struct, frozen=True):
+    pass
+
+
+@register()
+class InstanceRestartRequested(msgspec.Struct, frozen=True):
+    pass
+
+
+@register()
+class InstanceTerminateRequested(msgspec.Struct, frozen=True):
+    pass
+
+
+@register()
+class InstanceRenamed(msgspec.Struct, frozen=True):
+    name: str
+
+
+@register()
+class InstanceReconfigured(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Image, command, env or ports changed: the host recreates the container."""
+
+    image_name: str | None = None
+    docker_start_cmd: str | None = None
+    env: dict[str, str] | None = None
+    ports: list[str] | None = None
+    container_disk_in_gb: int | None = None
+    volume_in_gb: int | None = None
+
+
+# What the host saw. `occurred_at` of the envelope is the host's clock at the moment it happened.
+
+
+@register()
+class InstanceProvisioning(msgspec.Struct, frozen=True):
+    pass
+
+
+@register()
+class InstanceRunning(msgspec.Struct, frozen=True):
+    pass
+
+
+# The four below end a GPU lease: `lease_id` names it, so the host's allocation can be released
+# exactly once and never a newer one.
+
+
+@register()
+class InstanceExited(msgspec.Struct, frozen=True, kw_only=True):
+    exit_code: int | None
+    reason: str
+    lease_id: str | None = None
+
+
+@register()
+class InstanceFailed(msgspec.Struct, frozen=True, kw_only=True):
+    reason: str
+    lease_id: str | None = None
+
+
+@register()
+class InstanceStopped(msgspec.Struct, frozen=True, kw_only=True):
+    lease_id: str | None = None
+
+
+@register()
+class InstanceTerminated(msgspec.Struct, frozen=True, kw_only=True):
+    lease_id: str | None = None
+
+
+@register()
+class InstanceHostLost(msgspec.Struct, frozen=True):
+    """The instance's host stopped heartbeating: its state is unknown until the host returns."""
+
+    since: datetime

@@ -1,0 +1,114 @@
+"""The versioned rate card (ledger/rate_card.toml), read once into integer micro-USD."""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime
+from importlib import resources
+
+import msgspec
+
+from ledger.money import usd_to_micros
+
+
+class GpuPrice(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    display_name: str
+    memory_gb: int
+    secure_per_hour: int
+    community_per_hour: int
+    serverless_per_second: int
+
+    def per_hour(self, cloud_type: str) -> int:
+        return self.secure_per_hour if cloud_type == "SECURE" else self.community_per_hour
+
+
+class StoragePrice(msgspec.Struct, frozen=True, kw_only=True):
+    volume_per_gb_month: int
+    stopped_disk_per_gb_month: int
+
+
+class RateCardVersion(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    effective_from: datetime
+    storage: StoragePrice
+    gpus: tuple[GpuPrice, ...]
+
+    def gpu(self, gpu_type_id: str) -> GpuPrice | None:
+        return next((g for g in self.gpus if g.id == gpu_type_id), None)
+
+
+class _RawGpu(msgspec.Struct, kw_only=True):
+    id: str
+    display_name: str
+    memory_gb: int
+    secure_per_hour: str
+    community_per_hour: str
+    serverless_per_second: str
+
+
+class _RawStorage(msgspec.Struct, kw_only=True):
+    volume_per_gb_month: str
+    stopped_disk_per_gb_month: str
+
+
+class _RawVersion(msgspec.Struct, kw_only=True):
+    id: str
+    effective_from: datetime
+    storage: _RawStorage
+    gpus: list[_RawGpu]
+
+
+class _RawCard(msgspec.Struct, kw_only=True):
+    versions: list[_RawVersion]
+
+
+def parse(text: str) -> tuple[RateCardVersion, ...]:
+    raw = msgspec.toml.decode(text, type=_RawCard)
+    versions = tuple(
+        RateCardVersion(
+            id=v.id,
+            effective_from=v.effective_from,
+            storage=StoragePrice(
+                volume_per_gb_month=usd_to_micros(v.storage.volume_per_gb_month),
+                stopped_disk_per_gb_month=usd_to_micros(v.storage.stopped_disk_per_gb_month),
+            ),
+            gpus=tuple(
+                GpuPrice(
+                    id=g.id,
+                    display_name=g.display_name,
+                    memory_gb=g.memory_gb,
+                    secure_per_hour=usd_to_micros(g.secure_per_hour),
+                    community_per_hour=usd_to_micros(g.community_per_hour),
+                    serverless_per_second=usd_to_micros(g.serverless_per_second),
+                )
+                for g in v.gpus
+            ),
+        )
+        for v in raw.versions
+    )
+    if not versions:
+        raise ValueError("the rate card has no versions")
+    starts = [v.effective_from for v in versions]
+    if starts != sorted(starts) or len(set(starts)) != len(starts):
+        raise ValueError("rate card versions must be in strictly increasing effective_from order")
+    return versions
+
+
+@functools.cache
+def rate_card() -> tuple[RateCardVersion, ...]:
+    return parse(resources.files("ledger").joinpath("rate_card.toml").read_text())
+
+
+def in_force(at: datetime) -> RateCardVersion:
+    """The version in force at `at` (the earliest one for times before it)."""
+    versions = rate_card()
+    current = versions[0]
+    for version in versions:
+        if version.effective_from <= at:
+            current = version
+    return current
+
+
+def gpu_type_ids() -> list[str]:
+    return [g.id for g in rate_card()[-1].gpus]

@@ -1,0 +1,330 @@
+"""An agent drives the containers of one or more hosts towards what the events say.
+
+Level-triggered, like a kubelet: every instance on this agent's hosts is reconciled (desired status
+from the events vs. what the runtime really has) when its events change, when the runtime reports
+a death, and on a timer. The agent never decides business rules: it does the work and reports what
+happened, with the time it happened, through the instance decider."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from events.catalog import decode_event
+from events.host import HostGpu
+from events.subjects import STREAM, aggregate_type_filter
+from services.agent.runtime import ContainerSpec, ContainerState, ImagePullFailed, Runtime
+from services.api.command_bus import CommandBus
+from services.deciders.host import RegisterHost
+from services.deciders.instance import INSTANCE, InstanceState, Observation, ReportObservation
+from services.errors import GpuWorkerError
+
+log = logging.getLogger("gpuworker.agent")
+
+HEARTBEAT_SUBJECT = "hb.agent"
+MEMORY_MB_PER_GPU = 2048
+
+
+class HostSpec(msgspec.Struct, frozen=True, kw_only=True):
+    host_id: str
+    datacenter_id: str
+    cloud_type: str
+    gpus: list[HostGpu]
+    inventory_source: str
+
+
+class Heartbeat(msgspec.Struct, frozen=True):
+    agent: str
+    hosts: list[str]
+    at: datetime
+
+
+def container_spec(state: InstanceState, real_gpus: bool) -> ContainerSpec:
+    return ContainerSpec(
+        instance_id=state.id,
+        image=state.image_name,
+        command=state.docker_start_cmd,
+        env=state.env,
+        ports=state.ports,
+        # Declared (simulated) GPUs have made-up UUIDs that no driver knows.
+        gpu_uuids=state.gpu_uuids if real_gpus else [],
+        memory_mb=MEMORY_MB_PER_GPU * state.gpu_count,
+        volume_name=f"gpuworker-{state.id}-disk" if state.volume_in_gb > 0 else None,
+        volume_mount_path=state.volume_mount_path,
+    )
+
+
+class HostAgent:
+    def __init__(
+        self,
+        name: str,
+        nc: NatsClient,
+        bus: CommandBus,
+        hosts: list[HostSpec],
+        runtime: Runtime,
+        heartbeat_s: float = 2.0,
+        resync_s: float = 15.0,
+        workers: int = 16,
+    ) -> None:
+        self.name = name
+        self._nc = nc
+        self._bus = bus
+        self._hosts = {h.host_id: h for h in hosts}
+        self._runtime = runtime
+        self._heartbeat_s = heartbeat_s
+        self._resync_s = resync_s
+        self._workers = workers
+        # instance id -> (state, stream sequence it is known at)
+        self._instances: dict[str, tuple[InstanceState, int]] = {}
+        self._generation_applied: dict[str, int] = {}
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sub: Any = None
+        self._caught_up = asyncio.Event()
+        self.reports = 0
+
+    def instances(self) -> dict[str, InstanceState]:
+        return {k: v[0] for k, v in self._instances.items()}
+
+    async def start(self) -> None:
+        for host in self._hosts.values():
+            await self._register(host)
+        js = self._nc.jetstream()
+        self._sub = await js.subscribe(
+            aggregate_type_filter("instance"),
+            stream=STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            cb=self._on_event,
+        )
+        while True:
+            info = await self._sub.consumer_info()
+            if not info.num_pending and not self._sub.pending_msgs:
+                break
+            await asyncio.sleep(0.05)
+        await self._reconcile_leftovers()
+        for instance_id in list(self._instances):
+            self._schedule(instance_id)
+        self._tasks += [asyncio.create_task(self._work()) for _ in range(self._workers)]
+        self._tasks.append(asyncio.create_task(self._heartbeat()))
+        self._tasks.append(asyncio.create_task(self._watch()))
+        self._tasks.append(asyncio.create_task(self._resync()))
+        log.info(
+            "agent %s ready: %d host(s), runtime %s",
+            self.name,
+            len(self._hosts),
+            self._runtime.name,
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+        await self._runtime.close()
+
+    async def _register(self, host: HostSpec) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._bus.send(
+                    "host",
+                    host.host_id,
+                    RegisterHost(
+                        actor=f"system:agent:{host.host_id}",
+                        at=datetime.now(UTC),
+                        datacenter_id=host.datacenter_id,
+                        cloud_type=host.cloud_type,
+                        gpus=host.gpus,
+                        inventory_source=host.inventory_source,
+                        runtime=self._runtime.name,
+                    ),
+                    correlation_id=f"register:{host.host_id}",
+                )
+                return
+            except GpuWorkerError as exc:
+                if exc.code != 503:
+                    raise
+                log.warning("registering %s: %s; retrying", host.host_id, exc.message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _accept(self, state: InstanceState, sequence: int) -> bool:
+        if state.host_id not in self._hosts:
+            return False
+        known = self._instances.get(state.id)
+        if known is not None and sequence <= known[1]:
+            return False
+        self._instances[state.id] = (state, sequence)
+        return True
+
+    async def _on_event(self, msg: Msg) -> None:
+        sequence = msg.metadata.sequence.stream
+        event = decode_event(msg.data, sequence)
+        known = self._instances.get(event.aggregate.id)
+        if known is not None and sequence <= known[1]:
+            return
+        if known is None and event.type != "InstanceCreated":
+            return  # not one of ours (we saw its creation, or it is on another agent's host)
+        state = INSTANCE.evolve(known[0] if known else None, event)
+        if self._accept(state, sequence):
+            self._schedule(state.id)
+
+    def _schedule(self, instance_id: str) -> None:
+        if instance_id not in self._queued:
+            self._queued.add(instance_id)
+            self._queue.put_nowait(instance_id)
+
+    async def _work(self) -> None:
+        while True:
+            instance_id = await self._queue.get()
+            self._queued.discard(instance_id)
+            lock = self._locks.setdefault(instance_id, asyncio.Lock())
+            async with lock:
+                try:
+                    await self.reconcile(instance_id)
+                except asyncio.CancelledError:
+                    raise
+                except GpuWorkerError as exc:
+                    log.warning("instance %s: %s (will retry)", instance_id, exc.message)
+                except Exception:
+                    log.exception("reconciling instance %s failed (will retry)", instance_id)
+
+    async def _report(
+        self,
+        state: InstanceState,
+        observed: Observation,
+        at: datetime | None = None,
+        exit_code: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        reply = await self._bus.send(
+            "instance",
+            state.id,
+            ReportObservation(
+                actor=f"system:agent:{state.host_id}",
+                at=at or datetime.now(UTC),
+                observed=observed,
+                exit_code=exit_code,
+                reason=reason,
+            ),
+            correlation_id=f"agent:{state.id}",
+        )
+        self.reports += 1
+        fresh = msgspec.json.decode(reply.state, type=InstanceState | None)
+        if fresh is not None:
+            self._accept(fresh, reply.sequence)
+
+    async def reconcile(self, instance_id: str) -> None:
+        state = self._instances[instance_id][0]
+        actual = await self._runtime.inspect(instance_id)
+        status = state.status
+        if status in ("PENDING", "PROVISIONING"):
+            await self._bring_up(state, actual)
+        elif status == "RESTARTING":
+            if actual.status == "missing":
+                running = await self._runtime.create_and_start(self._spec(state))
+            else:
+                running = await self._runtime.restart(instance_id)
+            await self._report(state, "running", running.started_at)
+        elif status == "RUNNING":
+            if actual.status in ("exited", "missing"):
+                reason = actual.reason or (
+                    "the container disappeared" if actual.status == "missing" else None
+                )
+                await self._report(state, "exited", actual.finished_at, actual.exit_code, reason)
+            elif self._generation_applied.get(instance_id, state.config_generation) != (
+                state.config_generation
+            ):
+                await self._recreate(state)
+        elif status == "STOPPING":
+            if actual.status in ("running", "created"):
+                actual = await self._runtime.stop(instance_id)
+            await self._report(state, "stopped", actual.finished_at)
+        elif status in ("STOPPED", "EXITED", "FAILED"):
+            if actual.status == "running":
+                await self._runtime.stop(instance_id)
+        elif status == "TERMINATING":
+            await self._runtime.remove(instance_id, remove_volume=True)
+            await self._report(state, "terminated")
+        elif status == "TERMINATED" and actual.status != "missing":
+            await self._runtime.remove(instance_id, remove_volume=True)
+
+    def _spec(self, state: InstanceState) -> ContainerSpec:
+        host = self._hosts[state.host_id]
+        return container_spec(state, real_gpus=host.inventory_source == "nvml")
+
+    async def _bring_up(self, state: InstanceState, actual: ContainerState) -> None:
+        if actual.status == "running":
+            self._generation_applied[state.id] = state.config_generation
+            await self._report(state, "running", actual.started_at)
+            return
+        if state.status == "PENDING":
+            await self._report(state, "provisioning")
+        try:
+            await self._runtime.ensure_image(state.image_name, None)
+        except ImagePullFailed as exc:
+            await self._report(state, "failed", reason=str(exc))
+            return
+        running = await self._runtime.create_and_start(self._spec(state))
+        self._generation_applied[state.id] = state.config_generation
+        if running.status == "running":
+            await self._report(state, "running", running.started_at)
+        else:
+            await self._report(
+                state, "exited", running.finished_at, running.exit_code, running.reason
+            )
+
+    async def _recreate(self, state: InstanceState) -> None:
+        """Image, command, env or ports changed: a new container on the same disk."""
+        await self._runtime.remove(state.id, remove_volume=False)
+        try:
+            await self._runtime.ensure_image(state.image_name, None)
+        except ImagePullFailed as exc:
+            await self._report(state, "failed", reason=str(exc))
+            return
+        await self._runtime.create_and_start(self._spec(state))
+        self._generation_applied[state.id] = state.config_generation
+
+    async def _reconcile_leftovers(self) -> None:
+        """After a restart: containers with no live instance behind them are removed; instances
+        whose containers vanished are found by the first reconcile of each."""
+        known = self._instances
+        for container in await self._runtime.list_managed():
+            state = known.get(container.instance_id)
+            if state is None or state[0].status == "TERMINATED":
+                log.warning("removing left-over container of instance %s", container.instance_id)
+                await self._runtime.remove(container.instance_id, remove_volume=True)
+
+    async def _heartbeat(self) -> None:
+        encode = msgspec.json.Encoder().encode
+        while True:
+            if self._nc.is_connected:
+                beat = Heartbeat(agent=self.name, hosts=list(self._hosts), at=datetime.now(UTC))
+                try:
+                    await self._nc.publish(HEARTBEAT_SUBJECT, encode(beat))
+                except Exception as exc:
+                    log.debug("heartbeat not sent: %s", exc)
+            await asyncio.sleep(self._heartbeat_s)
+
+    async def _watch(self) -> None:
+        async for event in self._runtime.watch():
+            if event.instance_id in self._instances:
+                self._schedule(event.instance_id)
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self._resync_s)
+            for instance_id, (state, _seq) in list(self._instances.items()):
+                if state.status != "TERMINATED":
+                    self._schedule(instance_id)

@@ -1,0 +1,232 @@
+"""A runtime without containers, for development and scale tests (as kwok simulates nodes).
+
+Each instance is an in-memory state machine that changes on timers and shows what Docker would show:
+
+- `create_and_start` takes `start_delay_s`, then the instance is "running" (idempotent by id).
+- `stop` takes `start_delay_s`, then "exited" with code 143 (the process honoured SIGTERM).
+- `restart` is stop + start; `remove` forgets the instance and, if asked, its volume.
+- `ensure_image` fails with ImagePullFailed for any image whose name contains "does-not-exist"
+  (the way to rehearse a pull failure) and succeeds for every other name.
+- `watch()` reports every death ("exited") and removal ("missing"), the ones this runtime caused
+  included, as Docker's event stream does.
+
+Test hooks: `kill_from_outside` (like `docker kill`) and `remove_from_outside` (like `docker rm -f`,
+which keeps the volume)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from services.agent.runtime import (
+    ContainerNotFound,
+    ContainerSpec,
+    ContainerState,
+    ContainerStatus,
+    ImagePullFailed,
+    RegistryCredentials,
+    RuntimeEvent,
+)
+
+UNPULLABLE_MARKER = "does-not-exist"
+SIGTERM_EXIT_CODE = 143
+SIGKILL_EXIT_CODE = 137
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Container:
+    spec: ContainerSpec
+    status: ContainerStatus = "created"
+    exit_code: int | None = None
+    reason: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    # One start/stop at a time per container, as Docker serialises them.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def state(self) -> ContainerState:
+        return ContainerState(
+            instance_id=self.spec.instance_id,
+            status=self.status,
+            exit_code=self.exit_code,
+            reason=self.reason,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )
+
+
+class _Watch(AsyncIterator[RuntimeEvent]):
+    def __init__(self, subscribers: set[_Watch]) -> None:
+        self.subscribers = subscribers
+        self.queue: asyncio.Queue[RuntimeEvent | None] = asyncio.Queue()
+        self.done = False
+
+    def __aiter__(self) -> _Watch:
+        return self
+
+    async def __anext__(self) -> RuntimeEvent:
+        if self.done:
+            raise StopAsyncIteration
+        event = await self.queue.get()
+        if event is None:
+            self.done = True
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        self.subscribers.discard(self)
+        self.queue.put_nowait(None)
+
+
+class SimulatedRuntime:
+    """`Runtime` with no containers behind it."""
+
+    name = "simulated"
+
+    def __init__(
+        self,
+        host_id: str,
+        start_delay_s: float = 0.05,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.host_id = host_id
+        self.start_delay_s = start_delay_s
+        self._clock = clock
+        self._containers: dict[str, _Container] = {}
+        # Named volumes: name -> files in it (path -> content), and which instance owns each.
+        self.volumes: dict[str, dict[str, str]] = {}
+        self._volume_owner: dict[str, str] = {}
+        self._watches: set[_Watch] = set()
+
+    async def ensure_image(self, image: str, auth: RegistryCredentials | None) -> None:
+        if UNPULLABLE_MARKER in image:
+            raise ImagePullFailed(
+                f"image pull failed for {image}: repository does not exist or may require "
+                "'docker login' (simulated)"
+            )
+
+    async def create_and_start(self, spec: ContainerSpec) -> ContainerState:
+        await self.ensure_image(spec.image, spec.registry_auth)
+        if spec.instance_id not in self._containers:
+            self._containers[spec.instance_id] = _Container(spec=spec)
+            if spec.volume_name:
+                self.volumes.setdefault(spec.volume_name, {})
+                self._volume_owner[spec.volume_name] = spec.instance_id
+        return await self.start(spec.instance_id)
+
+    async def start(self, instance_id: str) -> ContainerState:
+        container = self._require(instance_id)
+        async with container.lock:
+            if container.status == "running":
+                return container.state()
+            await asyncio.sleep(self.start_delay_s)
+            if self._containers.get(instance_id) is container:  # not removed meanwhile
+                container.status = "running"
+                container.exit_code = None
+                container.reason = None
+                container.started_at = self._clock()
+        return self._state(instance_id)
+
+    async def stop(self, instance_id: str, timeout_s: float = 10) -> ContainerState:
+        container = self._require(instance_id)
+        async with container.lock:
+            if container.status != "running":
+                return container.state()
+            await asyncio.sleep(min(self.start_delay_s, timeout_s))
+            # Killed or removed meanwhile: that death stands.
+            if self._containers.get(instance_id) is container and container.status == "running":
+                self._die(container, SIGTERM_EXIT_CODE)
+        return self._state(instance_id)
+
+    async def restart(self, instance_id: str, timeout_s: float = 10) -> ContainerState:
+        await self.stop(instance_id, timeout_s)
+        return await self.start(instance_id)
+
+    async def remove(self, instance_id: str, remove_volume: bool = True) -> None:
+        if instance_id in self._containers:
+            self.remove_from_outside(instance_id)
+        if remove_volume:
+            for name, owner in list(self._volume_owner.items()):
+                if owner == instance_id:
+                    del self._volume_owner[name]
+                    self.volumes.pop(name, None)
+
+    async def inspect(self, instance_id: str) -> ContainerState:
+        return self._state(instance_id)
+
+    async def list_managed(self) -> list[ContainerState]:
+        return [c.state() for c in self._containers.values()]
+
+    def watch(self) -> AsyncIterator[RuntimeEvent]:
+        """Events from the moment of this call on."""
+        watch = _Watch(self._watches)
+        self._watches.add(watch)
+        return watch
+
+    async def close(self) -> None:
+        for watch in list(self._watches):
+            await watch.aclose()
+
+    # -- test hooks: what an operator could do to a real container behind the agent's back ----
+
+    def kill_from_outside(self, instance_id: str, exit_code: int = SIGKILL_EXIT_CODE) -> None:
+        """Like `docker kill`: the instance dies at once with `exit_code`."""
+        container = self._require(instance_id)
+        if container.status != "running":
+            raise RuntimeError(f"instance {instance_id} is not running")
+        self._die(container, exit_code)
+
+    def remove_from_outside(self, instance_id: str) -> None:
+        """Like `docker rm -f`: killed if running, then gone; its named volume stays."""
+        container = self._require(instance_id)
+        if container.status == "running":
+            self._die(container, SIGKILL_EXIT_CODE)
+        del self._containers[instance_id]
+        self._emit(
+            RuntimeEvent(
+                instance_id=instance_id,
+                status="missing",
+                reason="container removed",
+                occurred_at=self._clock(),
+            )
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _die(self, container: _Container, exit_code: int) -> None:
+        now = self._clock()
+        container.status = "exited"
+        container.exit_code = exit_code
+        container.reason = f"exited with code {exit_code}"
+        container.finished_at = now
+        self._emit(
+            RuntimeEvent(
+                instance_id=container.spec.instance_id,
+                status="exited",
+                exit_code=exit_code,
+                reason=container.reason,
+                occurred_at=now,
+            )
+        )
+
+    def _emit(self, event: RuntimeEvent) -> None:
+        for watch in self._watches:
+            watch.queue.put_nowait(event)
+
+    def _state(self, instance_id: str) -> ContainerState:
+        container = self._containers.get(instance_id)
+        if container is None:
+            return ContainerState(instance_id=instance_id, status="missing")
+        return container.state()
+
+    def _require(self, instance_id: str) -> _Container:
+        container = self._containers.get(instance_id)
+        if container is None:
+            raise ContainerNotFound(f"no container for instance {instance_id}")
+        return container

@@ -1,0 +1,255 @@
+"""/instances: rent GPUs as containers; start, stop, restart, change and terminate them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, Request, delete, get, patch, post
+from msgspec import Meta
+
+from events.ids import new_id
+from ledger.money import MICROS_PER_USD
+from ledger.rate_card import gpu_type_ids, in_force
+from projections.catalog import PROJECTIONS
+from services.api import read_models
+from services.api.context import context_of
+from services.api.templates import (
+    TEMPLATES,
+    ContainerDisk,
+    Env,
+    Image,
+    MountPath,
+    Name,
+    Ports,
+    StartCmd,
+    VolumeDisk,
+)
+from services.datacenters import DATACENTERS
+from services.deciders.instance import (
+    InstanceState,
+    RestartInstance,
+    StopInstance,
+    TerminateInstance,
+    UpdateInstance,
+)
+from services.deciders.placement_service import PlaceInstance, StartPlacedInstance
+from services.deciders.template import TemplateState
+from services.errors import BadRequest, NotFound
+
+INSTANCES = PROJECTIONS["instances"]
+
+CloudType = Literal["SECURE", "COMMUNITY"]
+GpuCount = Annotated[int, Meta(ge=1, le=8)]
+
+
+class InstanceIn(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    name: Name
+    gpu_type_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    template_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    cloud_type: CloudType = "SECURE"
+    gpu_count: GpuCount = 1
+    env: Env | None = None
+    ports: Ports | None = None
+    container_disk_in_gb: ContainerDisk | None = None
+    volume_in_gb: VolumeDisk | None = None
+    volume_mount_path: MountPath | None = None
+    data_center_id: Annotated[str, Meta(max_length=64)] | None = None
+    network_volume_id: Annotated[str, Meta(max_length=128)] | None = None
+
+
+class InstancePatch(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    name: Name | None = None
+    image_name: Image | None = None
+    docker_start_cmd: StartCmd | None = None
+    env: Env | None = None
+    ports: Ports | None = None
+    container_disk_in_gb: ContainerDisk | None = None
+    volume_in_gb: VolumeDisk | None = None
+
+
+class InstanceOut(msgspec.Struct, rename="camel", kw_only=True):
+    id: str
+    name: str
+    status: str
+    desired_status: str
+    actions: list[str]
+    gpu_type_id: str
+    gpu_count: int
+    cloud_type: str
+    data_center_id: str
+    host_id: str
+    template_id: str
+    image_name: str
+    docker_start_cmd: str | None
+    env: dict[str, str]
+    ports: list[str]
+    container_disk_in_gb: int
+    volume_in_gb: int
+    volume_mount_path: str
+    network_volume_id: str | None
+    cost_per_hr: float
+    cost_per_hr_micros: int
+    rate_card_version: str
+    created_at: datetime
+    last_status_change: datetime
+    failure_reason: str | None
+    exit_code: int | None
+    host_lost: bool
+
+
+def view(state: InstanceState) -> InstanceOut:
+    cost = state.price_per_hour_micros * state.gpu_count
+    return InstanceOut(
+        id=state.id,
+        name=state.name,
+        status=state.status,
+        desired_status=state.desired_status,
+        actions=state.actions,
+        gpu_type_id=state.gpu_type_id,
+        gpu_count=state.gpu_count,
+        cloud_type=state.cloud_type,
+        data_center_id=state.datacenter_id,
+        host_id=state.host_id,
+        template_id=state.template_id,
+        image_name=state.image_name,
+        docker_start_cmd=state.docker_start_cmd,
+        env=state.env,
+        ports=state.ports,
+        container_disk_in_gb=state.container_disk_in_gb,
+        volume_in_gb=state.volume_in_gb,
+        volume_mount_path=state.volume_mount_path,
+        network_volume_id=state.network_volume_id,
+        cost_per_hr=cost / MICROS_PER_USD,
+        cost_per_hr_micros=cost,
+        rate_card_version=state.rate_card_version,
+        created_at=state.created_at,
+        last_status_change=state.last_status_change,
+        failure_reason=state.failure_reason,
+        exit_code=state.exit_code,
+        host_lost=state.host_lost,
+    )
+
+
+def _mine(state: InstanceState | None, user_id: str) -> InstanceState:
+    if state is None or state.status == "TERMINATED" or state.owner_id != user_id:
+        raise NotFound("instance not found")
+    return state
+
+
+def _checked_id(instance_id: str) -> str:
+    if not read_models.valid_id(instance_id):
+        raise NotFound("instance not found")
+    return instance_id
+
+
+class InstanceController(Controller):
+    path = "/instances"
+    tags = ["instances"]
+
+    @get("/", summary="List your instances")
+    async def list_instances(self, request: Request[Any, Any, Any]) -> list[InstanceOut]:
+        ctx = context_of(request)
+        states = await read_models.list_visible(ctx.pool, INSTANCES, request.user.id)
+        return [view(s) for s in states]
+
+    @post("/", status_code=201, summary="Rent a GPU instance")
+    async def create_instance(
+        self, request: Request[Any, Any, Any], data: InstanceIn
+    ) -> InstanceOut:
+        ctx = context_of(request)
+        now = datetime.now(UTC)
+        card = in_force(now)
+        gpu = card.gpu(data.gpu_type_id)
+        if gpu is None:
+            raise BadRequest(
+                f"field `gpuTypeId`: unknown GPU type {data.gpu_type_id!r};"
+                f" known: {', '.join(gpu_type_ids())}"
+            )
+        if data.data_center_id is not None and data.data_center_id not in DATACENTERS:
+            raise BadRequest(
+                f"field `dataCenterId`: unknown data center {data.data_center_id!r};"
+                f" known: {', '.join(DATACENTERS)}"
+            )
+        if data.network_volume_id is not None:
+            raise BadRequest(f"field `networkVolumeId`: no volume {data.network_volume_id!r}")
+        template: TemplateState | None = await read_models.get(
+            ctx.pool, TEMPLATES, data.template_id
+        )
+        if (
+            template is None
+            or template.deleted
+            or not (template.is_public or template.owner_id == request.user.id)
+        ):
+            raise BadRequest(f"field `templateId`: no template {data.template_id!r}")
+        command = PlaceInstance(
+            actor=request.user.id,
+            at=now,
+            name=data.name,
+            gpu_type_id=gpu.id,
+            gpu_count=data.gpu_count,
+            cloud_type=data.cloud_type,
+            datacenter_id=data.data_center_id,
+            template_id=template.id,
+            image_name=template.image_name,
+            docker_start_cmd=template.docker_start_cmd,
+            env={**template.env, **(data.env or {})},
+            ports=data.ports if data.ports is not None else template.ports,
+            container_disk_in_gb=data.container_disk_in_gb or template.container_disk_in_gb,
+            volume_in_gb=data.volume_in_gb
+            if data.volume_in_gb is not None
+            else template.volume_in_gb,
+            volume_mount_path=data.volume_mount_path or template.volume_mount_path,
+            network_volume_id=None,
+            price_per_hour_micros=gpu.per_hour(data.cloud_type),
+            rate_card_version=card.id,
+        )
+        state = await ctx.execute(INSTANCES, new_id(), command, request, via="placement")
+        return view(state)
+
+    @get("/{instance_id:str}", summary="Get an instance")
+    async def get_instance(self, request: Request[Any, Any, Any], instance_id: str) -> InstanceOut:
+        ctx = context_of(request)
+        state = await read_models.get(ctx.pool, INSTANCES, instance_id)
+        return view(_mine(state, request.user.id))
+
+    @patch("/{instance_id:str}", summary="Rename, change image/env/ports, or grow disks")
+    async def update_instance(
+        self, request: Request[Any, Any, Any], instance_id: str, data: InstancePatch
+    ) -> InstanceOut:
+        ctx = context_of(request)
+        changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
+        command = UpdateInstance(actor=request.user.id, at=datetime.now(UTC), **changes)
+        return view(await ctx.execute(INSTANCES, _checked_id(instance_id), command, request))
+
+    @delete("/{instance_id:str}", status_code=204, summary="Terminate an instance")
+    async def delete_instance(self, request: Request[Any, Any, Any], instance_id: str) -> None:
+        ctx = context_of(request)
+        command = TerminateInstance(actor=request.user.id, at=datetime.now(UTC))
+        await ctx.execute(INSTANCES, _checked_id(instance_id), command, request)
+
+    @post("/{instance_id:str}/start", status_code=200, summary="Start a stopped instance")
+    async def start_instance(
+        self, request: Request[Any, Any, Any], instance_id: str
+    ) -> InstanceOut:
+        ctx = context_of(request)
+        command = StartPlacedInstance(actor=request.user.id, at=datetime.now(UTC))
+        state = await ctx.execute(
+            INSTANCES, _checked_id(instance_id), command, request, via="placement"
+        )
+        return view(state)
+
+    @post("/{instance_id:str}/stop", status_code=200, summary="Stop a running instance")
+    async def stop_instance(self, request: Request[Any, Any, Any], instance_id: str) -> InstanceOut:
+        ctx = context_of(request)
+        command = StopInstance(actor=request.user.id, at=datetime.now(UTC))
+        return view(await ctx.execute(INSTANCES, _checked_id(instance_id), command, request))
+
+    @post("/{instance_id:str}/restart", status_code=200, summary="Restart a running instance")
+    async def restart_instance(
+        self, request: Request[Any, Any, Any], instance_id: str
+    ) -> InstanceOut:
+        ctx = context_of(request)
+        command = RestartInstance(actor=request.user.id, at=datetime.now(UTC))
+        return view(await ctx.execute(INSTANCES, _checked_id(instance_id), command, request))

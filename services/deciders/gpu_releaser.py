@@ -1,0 +1,113 @@
+"""Gives GPUs back: every event that ends an instance's lease (stopped, exited, failed,
+terminated) becomes a ReleaseGpus on the instance's host.
+
+A durable consumer, so a release is never lost (at least once), and releases are idempotent by
+lease id, so a redelivery frees nothing twice and never a newer lease."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from events.catalog import decode_event
+from events.ids import new_id
+from events.instance import InstanceExited, InstanceFailed, InstanceStopped, InstanceTerminated
+from events.subjects import STREAM, aggregate_type_filter
+from services.command_wire import CommandEnvelope
+from services.deciders.fleet_view import FleetView
+from services.deciders.host import HostState, ReleaseGpus
+from services.deciders.instance import InstanceState
+from services.deciders.runner import DeciderRunner
+
+log = logging.getLogger("gpuworker.gpu-releaser")
+
+DURABLE = "gpu_releaser"
+LEASE_ENDING = (InstanceExited, InstanceFailed, InstanceStopped, InstanceTerminated)
+
+
+class GpuReleaser:
+    def __init__(self, nc: NatsClient, runner: DeciderRunner, fleet: FleetView) -> None:
+        self._js = nc.jetstream(timeout=5)
+        self._runner = runner
+        self._fleet = fleet
+        self._task: asyncio.Task[None] | None = None
+        self.released = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="gpu-releaser")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _subscribe(self) -> Any:
+        await self._js.add_consumer(
+            STREAM,
+            ConsumerConfig(
+                durable_name=DURABLE,
+                filter_subject=aggregate_type_filter("instance"),
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=30,
+            ),
+        )
+        return await self._js.pull_subscribe_bind(durable=DURABLE, stream=STREAM)
+
+    async def _run(self) -> None:
+        psub: Any = None
+        while True:
+            try:
+                if psub is None:
+                    psub = await self._subscribe()
+                try:
+                    msgs = await psub.fetch(100, timeout=1.0)
+                except TimeoutError:
+                    continue
+                for msg in msgs:
+                    event = decode_event(msg.data, msg.metadata.sequence.stream)
+                    if isinstance(event.data, LEASE_ENDING) and event.data.lease_id:
+                        await self.release(event.aggregate.id, event.data.lease_id)
+                    await msg.ack()
+            except asyncio.CancelledError:
+                raise
+            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                log.warning("gpu releaser: %s; re-subscribing", exc or type(exc).__name__)
+                psub = None
+                await asyncio.sleep(0.5)
+
+    async def release(self, instance_id: str, lease_id: str) -> None:
+        instance, _seq = await self._runner.current("instance", instance_id)
+        if not isinstance(instance, InstanceState):
+            return
+        reply = await self._runner.handle(
+            "host",
+            CommandEnvelope(
+                id=new_id(),
+                aggregate_id=instance.host_id,
+                correlation_id=f"release:{instance_id}",
+                command=msgspec.Raw(
+                    msgspec.json.encode(
+                        ReleaseGpus(
+                            actor="system:gpu-releaser",
+                            at=datetime.now(UTC),
+                            instance_id=instance_id,
+                            lease_id=lease_id,
+                        )
+                    )
+                ),
+            ),
+        )
+        if reply.error is not None:
+            # Raising keeps the message unacked: it is redelivered and retried.
+            raise nats.errors.Error(f"release failed: {reply.error.message}")
+        self._fleet.offer(msgspec.json.decode(reply.state, type=HostState), reply.sequence)
+        self.released += 1

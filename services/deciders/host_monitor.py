@@ -1,0 +1,102 @@
+"""Marks hosts lost when their agent stops heartbeating, and recovered when it comes back.
+
+Run by every deciders replica; the host decider makes repeated marks no-ops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from events.ids import new_id
+from services.agent.host_agent import HEARTBEAT_SUBJECT, Heartbeat
+from services.command_wire import CommandEnvelope
+from services.deciders.fleet_view import FleetView
+from services.deciders.host import HostState, MarkHostLost, MarkHostRecovered
+from services.deciders.runner import DeciderRunner
+
+log = logging.getLogger("gpuworker.hosts")
+
+ACTOR = "system:host-monitor"
+
+
+class HostMonitor:
+    def __init__(
+        self, nc: NatsClient, runner: DeciderRunner, fleet: FleetView, timeout_s: float = 10.0
+    ) -> None:
+        self._nc = nc
+        self._runner = runner
+        self._fleet = fleet
+        self._timeout = timeout_s
+        self._last_seen: dict[str, float] = {}
+        self._started = time.monotonic()
+        self._sub: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._decode = msgspec.json.Decoder(Heartbeat).decode
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(HEARTBEAT_SUBJECT, cb=self._on_heartbeat)
+        self._task = asyncio.create_task(self._check_forever())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            beat = self._decode(msg.data)
+        except msgspec.ValidationError:
+            return
+        now = time.monotonic()
+        for host_id in beat.hosts:
+            self._last_seen[host_id] = now
+            host = self._fleet.get(host_id)
+            if host is not None and not host.available:
+                await self._mark(host_id, MarkHostRecovered(actor=ACTOR, at=datetime.now(UTC)))
+
+    async def _check_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await self.check()
+
+    async def check(self) -> None:
+        now = time.monotonic()
+        if now - self._started < self._timeout:
+            return  # just started: give every agent one timeout to be heard
+        for host in self._fleet.hosts():
+            seen = self._last_seen.get(host.id, self._started)
+            if host.available and now - seen > self._timeout:
+                silent = int(now - seen)
+                await self._mark(
+                    host.id,
+                    MarkHostLost(
+                        actor=ACTOR,
+                        at=datetime.now(UTC),
+                        reason=f"no heartbeat for {silent}s",
+                    ),
+                )
+
+    async def _mark(self, host_id: str, command: MarkHostLost | MarkHostRecovered) -> None:
+        reply = await self._runner.handle(
+            "host",
+            CommandEnvelope(
+                id=new_id(),
+                aggregate_id=host_id,
+                correlation_id=f"monitor:{host_id}",
+                command=msgspec.Raw(msgspec.json.encode(command)),
+            ),
+        )
+        if reply.error is None:
+            self._fleet.offer(msgspec.json.decode(reply.state, type=HostState), reply.sequence)
+            log.info("host %s: %s", host_id, type(command).__name__)
+        else:
+            log.warning("host %s: %s failed: %s", host_id, type(command).__name__, reply.error)

@@ -1,0 +1,387 @@
+"""GPU instances: what a customer may ask for in each status, and what a host's reports mean.
+
+Observed status: PENDING -> PROVISIONING -> RUNNING -> STOPPING -> STOPPED, RESTARTING,
+TERMINATING -> TERMINATED, FAILED, and EXITED (the container ended on its own; start re-runs it).
+`desired_status` is what the customer asked for last."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from events.envelope import Envelope
+from events.instance import (
+    InstanceCreated,
+    InstanceExited,
+    InstanceFailed,
+    InstanceHostLost,
+    InstanceProvisioning,
+    InstanceReconfigured,
+    InstanceRenamed,
+    InstanceRestartRequested,
+    InstanceRunning,
+    InstanceStartRequested,
+    InstanceStopped,
+    InstanceStopRequested,
+    InstanceTerminated,
+    InstanceTerminateRequested,
+)
+from services.deciders.decider import Command, Decider, is_system
+from services.errors import BadRequest, Conflict, NotFound
+
+Status = Literal[
+    "PENDING",
+    "PROVISIONING",
+    "RUNNING",
+    "STOPPING",
+    "STOPPED",
+    "RESTARTING",
+    "TERMINATING",
+    "TERMINATED",
+    "FAILED",
+    "EXITED",
+]
+
+# Statuses in which the instance holds its GPUs.
+HOLDS_GPUS: frozenset[str] = frozenset(
+    {"PENDING", "PROVISIONING", "RUNNING", "STOPPING", "RESTARTING"}
+)
+STARTABLE: frozenset[str] = frozenset({"STOPPED", "EXITED", "FAILED"})
+STOPPABLE: frozenset[str] = frozenset({"PENDING", "PROVISIONING", "RUNNING", "RESTARTING"})
+
+
+class InstanceState(msgspec.Struct, kw_only=True, frozen=True):
+    id: str
+    owner_id: str
+    name: str
+    gpu_type_id: str
+    gpu_count: int
+    cloud_type: str
+    datacenter_id: str
+    host_id: str
+    gpu_uuids: list[str]
+    lease_id: str | None
+    template_id: str
+    image_name: str
+    docker_start_cmd: str | None
+    env: dict[str, str]
+    ports: list[str]
+    container_disk_in_gb: int
+    volume_in_gb: int
+    volume_mount_path: str
+    network_volume_id: str | None
+    price_per_hour_micros: int
+    rate_card_version: str
+    status: Status
+    desired_status: Literal["RUNNING", "STOPPED", "TERMINATED"]
+    failure_reason: str | None = None
+    exit_code: int | None = None
+    host_lost: bool = False
+    # Bumped when the container must be recreated (image, command, env or ports changed).
+    config_generation: int = 0
+    created_at: datetime
+    last_status_change: datetime
+    version: int = 0
+
+    @property
+    def actions(self) -> list[str]:
+        if self.status in ("TERMINATING", "TERMINATED"):
+            return []
+        allowed = []
+        if self.status in STARTABLE:
+            allowed.append("start")
+        if self.status in STOPPABLE:
+            allowed.append("stop")
+        if self.status == "RUNNING":
+            allowed.append("restart")
+        allowed.append("terminate")
+        return allowed
+
+
+class CreateInstance(Command, frozen=True, kw_only=True):
+    """Sent by placement once GPUs are allocated on `host_id` under `lease_id`."""
+
+    name: str
+    gpu_type_id: str
+    gpu_count: int
+    cloud_type: str
+    datacenter_id: str
+    host_id: str
+    gpu_uuids: list[str]
+    lease_id: str
+    template_id: str
+    image_name: str
+    docker_start_cmd: str | None
+    env: dict[str, str]
+    ports: list[str]
+    container_disk_in_gb: int
+    volume_in_gb: int
+    volume_mount_path: str
+    network_volume_id: str | None
+    price_per_hour_micros: int
+    rate_card_version: str
+
+
+class StartInstance(Command, frozen=True, kw_only=True):
+    """Sent by placement once GPUs are re-acquired under a new lease."""
+
+    gpu_uuids: list[str]
+    lease_id: str
+
+
+class StopInstance(Command, frozen=True, kw_only=True):
+    pass
+
+
+class RestartInstance(Command, frozen=True, kw_only=True):
+    pass
+
+
+class TerminateInstance(Command, frozen=True, kw_only=True):
+    pass
+
+
+class UpdateInstance(Command, frozen=True, kw_only=True):
+    name: str | None = None
+    image_name: str | None = None
+    docker_start_cmd: str | None = None
+    env: dict[str, str] | None = None
+    ports: list[str] | None = None
+    container_disk_in_gb: int | None = None
+    volume_in_gb: int | None = None
+
+
+Observation = Literal[
+    "provisioning", "running", "exited", "failed", "stopped", "terminated", "host_lost"
+]
+
+
+class ReportObservation(Command, frozen=True, kw_only=True):
+    """From the instance's host (actor `system:agent:<host>`); `at` is when it happened there."""
+
+    observed: Observation
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+InstanceCommand = (
+    CreateInstance
+    | StartInstance
+    | StopInstance
+    | RestartInstance
+    | TerminateInstance
+    | UpdateInstance
+    | ReportObservation
+)
+
+
+def _owned(state: InstanceState | None, actor: str) -> InstanceState:
+    if (
+        state is None
+        or state.status == "TERMINATED"
+        or not (state.owner_id == actor or is_system(actor))
+    ):
+        raise NotFound("instance not found")
+    return state
+
+
+def _refuse(state: InstanceState, action: str, needs: str) -> Conflict:
+    return Conflict(f"cannot {action} instance {state.id}: it is {state.status}; {needs}")
+
+
+def _observe(state: InstanceState, command: ReportObservation) -> list[msgspec.Struct]:
+    if not is_system(command.actor):
+        raise NotFound("instance not found")
+    lease = state.lease_id
+    if state.status == "TERMINATED":
+        return []  # late news about a terminated instance changes nothing
+    match command.observed:
+        case "provisioning":
+            return [InstanceProvisioning()] if state.status in ("PENDING", "RESTARTING") else []
+        case "running":
+            # A stop or terminate already asked for wins over a late "running".
+            if state.status in ("RUNNING", "STOPPING", "STOPPED", "TERMINATING"):
+                return []
+            return [InstanceRunning()]
+        case "exited":
+            # A restart or terminate kills the container on purpose: that death is expected.
+            if state.status in ("STOPPED", "EXITED", "FAILED", "RESTARTING", "TERMINATING"):
+                return []
+            if state.status == "STOPPING":
+                return [InstanceStopped(lease_id=lease)]
+            code = command.exit_code
+            reason = command.reason or f"the container exited with code {code}"
+            return [InstanceExited(exit_code=code, reason=reason, lease_id=lease)]
+        case "failed":
+            if state.status == "FAILED":
+                return []
+            return [InstanceFailed(reason=command.reason or "failed on its host", lease_id=lease)]
+        case "stopped":
+            if state.status in ("STOPPED", "TERMINATING"):
+                return []
+            return [InstanceStopped(lease_id=lease)]
+        case "terminated":
+            if state.status != "TERMINATING":
+                return []
+            return [InstanceTerminated(lease_id=lease)]
+        case "host_lost":
+            return [] if state.host_lost else [InstanceHostLost(since=command.at)]
+    raise BadRequest(f"unknown observation {command.observed}")
+
+
+def decide(state: InstanceState | None, command: InstanceCommand) -> list[msgspec.Struct]:
+    if isinstance(command, CreateInstance):
+        if state is not None:
+            raise Conflict("an instance with this id already exists")
+        if command.gpu_count != len(command.gpu_uuids) or command.gpu_count < 1:
+            raise BadRequest("gpuCount must match the GPUs allocated")
+        if not command.name.strip():
+            raise BadRequest("name must not be empty")
+        fields = msgspec.structs.asdict(command)
+        del fields["actor"], fields["at"]
+        return [InstanceCreated(**fields)]
+    current = _owned(state, command.actor)
+    match command:
+        case ReportObservation():
+            return _observe(current, command)
+        case StartInstance():
+            if current.status not in STARTABLE:
+                raise _refuse(current, "start", "start needs STOPPED, EXITED or FAILED")
+            return [InstanceStartRequested(gpu_uuids=command.gpu_uuids, lease_id=command.lease_id)]
+        case StopInstance():
+            if current.status not in STOPPABLE:
+                raise _refuse(current, "stop", "only a running or starting instance stops")
+            return [InstanceStopRequested()]
+        case RestartInstance():
+            if current.status != "RUNNING":
+                raise _refuse(current, "restart", "only a RUNNING instance restarts")
+            return [InstanceRestartRequested()]
+        case TerminateInstance():
+            if current.status == "TERMINATING":
+                return []
+            return [InstanceTerminateRequested()]
+        case UpdateInstance():
+            return _update(current, command)
+    raise BadRequest(f"unknown command {type(command).__name__}")
+
+
+def _update(state: InstanceState, command: UpdateInstance) -> list[msgspec.Struct]:
+    if state.status == "TERMINATING":
+        raise _refuse(state, "change", "it is being terminated")
+    events: list[msgspec.Struct] = []
+    if command.name is not None and command.name != state.name:
+        if not command.name.strip():
+            raise BadRequest("name must not be empty")
+        events.append(InstanceRenamed(command.name))
+    for field in ("container_disk_in_gb", "volume_in_gb"):
+        new, old = getattr(command, field), getattr(state, field)
+        if new is not None and new < old:
+            camel = "containerDiskInGb" if field == "container_disk_in_gb" else "volumeInGb"
+            raise BadRequest(f"{camel} may only grow: it is {old} GB, asked for {new} GB")
+    changes = {
+        field: getattr(command, field)
+        for field in (
+            "image_name",
+            "docker_start_cmd",
+            "env",
+            "ports",
+            "container_disk_in_gb",
+            "volume_in_gb",
+        )
+        if getattr(command, field) is not None and getattr(command, field) != getattr(state, field)
+    }
+    if changes:
+        events.append(InstanceReconfigured(**changes))
+    return events
+
+
+def _status(
+    state: InstanceState, status: Status, event: Envelope, **changes: object
+) -> InstanceState:
+    return msgspec.structs.replace(
+        state,
+        status=status,
+        last_status_change=event.occurred_at
+        if status != state.status
+        else state.last_status_change,
+        version=state.version + 1,
+        **changes,
+    )
+
+
+def evolve(state: InstanceState | None, event: Envelope) -> InstanceState:
+    data = event.data
+    if isinstance(data, InstanceCreated):
+        return InstanceState(
+            id=event.aggregate.id,
+            owner_id=event.actor,
+            status="PENDING",
+            desired_status="RUNNING",
+            created_at=event.occurred_at,
+            last_status_change=event.occurred_at,
+            version=1,
+            **msgspec.structs.asdict(data),
+        )
+    assert state is not None, f"{event.type} before InstanceCreated"
+    released: dict[str, object] = {"gpu_uuids": [], "lease_id": None}
+    match data:
+        case InstanceStartRequested():
+            return _status(
+                state,
+                "PENDING",
+                event,
+                desired_status="RUNNING",
+                gpu_uuids=data.gpu_uuids,
+                lease_id=data.lease_id,
+                failure_reason=None,
+                exit_code=None,
+            )
+        case InstanceStopRequested():
+            return _status(state, "STOPPING", event, desired_status="STOPPED")
+        case InstanceRestartRequested():
+            return _status(state, "RESTARTING", event)
+        case InstanceTerminateRequested():
+            return _status(state, "TERMINATING", event, desired_status="TERMINATED")
+        case InstanceRenamed():
+            return msgspec.structs.replace(state, name=data.name, version=state.version + 1)
+        case InstanceReconfigured():
+            changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
+            return msgspec.structs.replace(
+                state,
+                config_generation=state.config_generation + 1,
+                version=state.version + 1,
+                **changes,
+            )
+        case InstanceProvisioning():
+            return _status(state, "PROVISIONING", event, host_lost=False)
+        case InstanceRunning():
+            return _status(state, "RUNNING", event, host_lost=False, failure_reason=None)
+        case InstanceExited():
+            return _status(
+                state,
+                "EXITED",
+                event,
+                exit_code=data.exit_code,
+                failure_reason=data.reason,
+                **released,
+            )
+        case InstanceFailed():
+            return _status(state, "FAILED", event, failure_reason=data.reason, **released)
+        case InstanceStopped():
+            return _status(state, "STOPPED", event, **released)
+        case InstanceTerminated():
+            return _status(state, "TERMINATED", event, **released)
+        case InstanceHostLost():
+            return msgspec.structs.replace(state, host_lost=True, version=state.version + 1)
+    raise TypeError(f"instance cannot apply {event.type}")
+
+
+INSTANCE = Decider[InstanceState](
+    aggregate_type="instance",
+    state_type=InstanceState,
+    command_type=InstanceCommand,
+    decide=decide,
+    evolve=evolve,
+)

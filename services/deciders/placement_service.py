@@ -1,0 +1,215 @@
+"""Placement: allocate GPUs on a host, then create (or start) the instance that holds them.
+
+Two aggregates, in this order. If the instance step is refused, the allocation is released at
+once; if this process dies in between, the lease is orphaned and the GPU sweeper (which compares
+host leases with instance leases) frees it."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from events.ids import new_id
+from services.command_wire import CommandEnvelope, Reply
+from services.deciders.decider import Command, is_system
+from services.deciders.fleet_view import FleetView
+from services.deciders.host import AllocateGpus, HostState, ReleaseGpus
+from services.deciders.instance import (
+    STARTABLE,
+    CreateInstance,
+    InstanceState,
+    StartInstance,
+)
+from services.deciders.placement import candidates
+from services.deciders.runner import DeciderRunner
+from services.errors import Conflict, GpuWorkerError, NotFound
+
+log = logging.getLogger("gpuworker.placement")
+
+MAX_HOSTS_TRIED = 8
+PLACEMENT_ACTOR = "system:placement"
+
+
+class PlaceInstance(Command, frozen=True, kw_only=True):
+    """CreateInstance without the host, GPUs and lease: placement chooses those."""
+
+    name: str
+    gpu_type_id: str
+    gpu_count: int
+    cloud_type: str
+    datacenter_id: str | None
+    template_id: str
+    image_name: str
+    docker_start_cmd: str | None
+    env: dict[str, str]
+    ports: list[str]
+    container_disk_in_gb: int
+    volume_in_gb: int
+    volume_mount_path: str
+    network_volume_id: str | None
+    price_per_hour_micros: int
+    rate_card_version: str
+
+
+class StartPlacedInstance(Command, frozen=True, kw_only=True):
+    pass
+
+
+PlacementCommand = PlaceInstance | StartPlacedInstance
+
+
+def no_capacity(count: int, gpu_type_id: str, datacenter_id: str | None, cloud_type: str) -> str:
+    where = f"in {datacenter_id}" if datacenter_id else "in any data center"
+    return (
+        f"no capacity: no {cloud_type} host {where} has {count} free {gpu_type_id}"
+        f" GPU{'s' if count > 1 else ''} right now; try fewer GPUs, another GPU type or data"
+        " center, or retry later"
+    )
+
+
+def _envelope(aggregate_id: str, command: Command, correlation_id: str) -> CommandEnvelope:
+    return CommandEnvelope(
+        id=new_id(),
+        aggregate_id=aggregate_id,
+        correlation_id=correlation_id,
+        command=msgspec.Raw(msgspec.json.encode(command)),
+    )
+
+
+class PlacementService:
+    def __init__(self, runner: DeciderRunner, fleet: FleetView) -> None:
+        self._runner = runner
+        self._fleet = fleet
+        self._decode = msgspec.json.Decoder(PlacementCommand).decode
+
+    async def handle(self, envelope: CommandEnvelope) -> Reply:
+        try:
+            command = self._decode(envelope.command)
+            if isinstance(command, PlaceInstance):
+                return await self._place(envelope, command)
+            return await self._start(envelope, command)
+        except GpuWorkerError as err:
+            return Reply(error=err.body())
+
+    async def _allocate(
+        self, host_id: str, instance_id: str, gpu_type_id: str, count: int, correlation_id: str
+    ) -> tuple[str, list[str]] | None:
+        lease_id = new_id()
+        reply = await self._runner.handle(
+            "host",
+            _envelope(
+                host_id,
+                AllocateGpus(
+                    actor=PLACEMENT_ACTOR,
+                    at=datetime.now(UTC),
+                    instance_id=instance_id,
+                    lease_id=lease_id,
+                    gpu_type_id=gpu_type_id,
+                    count=count,
+                ),
+                correlation_id,
+            ),
+        )
+        if reply.error is not None:
+            if reply.error.code == 409:
+                return None
+            raise GpuWorkerError(reply.error.message)
+        state = msgspec.json.decode(reply.state, type=HostState)
+        self._fleet.offer(state, reply.sequence)
+        return lease_id, state.held_by(instance_id)[lease_id]
+
+    async def release(self, host_id: str, instance_id: str, lease_id: str, cid: str) -> None:
+        reply = await self._runner.handle(
+            "host",
+            _envelope(
+                host_id,
+                ReleaseGpus(
+                    actor=PLACEMENT_ACTOR,
+                    at=datetime.now(UTC),
+                    instance_id=instance_id,
+                    lease_id=lease_id,
+                ),
+                cid,
+            ),
+        )
+        if reply.error is not None:
+            log.warning("could not release lease %s on %s: %s", lease_id, host_id, reply.error)
+        else:
+            self._fleet.offer(msgspec.json.decode(reply.state, type=HostState), reply.sequence)
+
+    async def _place(self, envelope: CommandEnvelope, command: PlaceInstance) -> Reply:
+        instance_id = envelope.aggregate_id
+        hosts = candidates(
+            self._fleet.hosts(),
+            command.gpu_type_id,
+            command.gpu_count,
+            command.datacenter_id,
+            command.cloud_type,
+        )
+        for host in hosts[:MAX_HOSTS_TRIED]:
+            allocated = await self._allocate(
+                host.id,
+                instance_id,
+                command.gpu_type_id,
+                command.gpu_count,
+                envelope.correlation_id,
+            )
+            if allocated is None:
+                continue
+            lease_id, gpu_uuids = allocated
+            fields: dict[str, Any] = msgspec.structs.asdict(command)
+            fields["datacenter_id"] = host.datacenter_id
+            create = CreateInstance(
+                **fields, host_id=host.id, gpu_uuids=gpu_uuids, lease_id=lease_id
+            )
+            reply = await self._runner.handle(
+                "instance", _envelope(instance_id, create, envelope.correlation_id)
+            )
+            if reply.error is not None:
+                await self.release(host.id, instance_id, lease_id, envelope.correlation_id)
+            return reply
+        raise Conflict(
+            no_capacity(
+                command.gpu_count, command.gpu_type_id, command.datacenter_id, command.cloud_type
+            )
+        )
+
+    async def _start(self, envelope: CommandEnvelope, command: StartPlacedInstance) -> Reply:
+        instance_id = envelope.aggregate_id
+        state, _seq = await self._runner.current("instance", instance_id)
+        if (
+            not isinstance(state, InstanceState)
+            or state.status == "TERMINATED"
+            or not (state.owner_id == command.actor or is_system(command.actor))
+        ):
+            raise NotFound("instance not found")
+        if state.status not in STARTABLE:
+            raise Conflict(
+                f"cannot start instance {instance_id}: it is {state.status};"
+                " start needs STOPPED, EXITED or FAILED"
+            )
+        allocated = await self._allocate(
+            state.host_id, instance_id, state.gpu_type_id, state.gpu_count, envelope.correlation_id
+        )
+        if allocated is None:
+            raise Conflict(
+                f"no capacity: host {state.host_id}, where this instance's disk lives, has no"
+                f" {state.gpu_count} free {state.gpu_type_id} right now; retry later"
+            )
+        lease_id, gpu_uuids = allocated
+        reply = await self._runner.handle(
+            "instance",
+            _envelope(
+                instance_id,
+                StartInstance(
+                    actor=command.actor, at=command.at, gpu_uuids=gpu_uuids, lease_id=lease_id
+                ),
+                envelope.correlation_id,
+            ),
+        )
+        if reply.error is not None:
+            await self.release(state.host_id, instance_id, lease_id, envelope.correlation_id)
+        return reply

@@ -1,0 +1,95 @@
+"""`gpuworker agent`: the executor of one GPU host (or, simulated, of many)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from events.host import HostGpu
+from services.agent.declared_inventory import DeclaredInventory
+from services.agent.host_agent import HostAgent, HostSpec
+from services.agent.inventory import GpuInventory
+from services.agent.inventory_detect import detect_inventory
+from services.agent.runtime import Runtime
+from services.agent.simulated_runtime import SimulatedRuntime
+from services.api.command_bus import CommandBus
+from services.config import Settings
+from services.nats_connection import connect_nats
+from services.roles.lifecycle import ensure_stream, until_signalled
+
+log = logging.getLogger("gpuworker.agent")
+
+
+def docker_reachable() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        client.close()
+        return True
+    except Exception:
+        return False
+
+
+def choose_runtime(requested: str | None, host_id: str) -> Runtime:
+    if requested == "simulated":
+        return SimulatedRuntime(host_id)
+    if requested == "docker" or (requested is None and docker_reachable()):
+        from services.agent.docker_runtime import DockerRuntime
+
+        return DockerRuntime(host_id)
+    log.warning("Docker is not reachable: using the SIMULATED runtime (no containers)")
+    return SimulatedRuntime(host_id)
+
+
+def host_spec(host_id: str, inventory: GpuInventory, datacenter: str, cloud: str) -> HostSpec:
+    return HostSpec(
+        host_id=host_id,
+        datacenter_id=datacenter,
+        cloud_type=cloud,
+        inventory_source=inventory.source,
+        gpus=[
+            HostGpu(index=d.index, uuid=d.uuid, gpu_type_id=d.name, memory_mb=d.memory_mb)
+            for d in inventory.devices()
+        ],
+    )
+
+
+async def run_agent(
+    settings: Settings,
+    host_id: str | None,
+    datacenter: str,
+    cloud_type: str,
+    runtime_name: str | None,
+    gpus: str | None,
+    simulate_hosts: int,
+) -> None:
+    host_id = host_id or socket.gethostname().split(".")[0]
+    if simulate_hosts > 1:
+        if runtime_name == "docker":
+            raise SystemExit("--simulate-hosts needs the simulated runtime")
+        spec = gpus or "NVIDIA GeForce RTX 4090:8"
+        hosts = [
+            host_spec(
+                f"{host_id}-{i:04d}",
+                DeclaredInventory.parse(spec, f"{host_id}-{i:04d}"),
+                datacenter,
+                cloud_type,
+            )
+            for i in range(simulate_hosts)
+        ]
+        runtime: Runtime = SimulatedRuntime(host_id)
+        log.warning("simulating %d hosts with %s each (no containers)", simulate_hosts, spec)
+    else:
+        hosts = [host_spec(host_id, detect_inventory(gpus, host_id), datacenter, cloud_type)]
+        runtime = choose_runtime(runtime_name, host_id)
+    nc = await connect_nats(settings.nats_url, f"agent-{host_id}")
+    await ensure_stream(nc, settings.stream_replicas)
+    agent = HostAgent(host_id, nc, CommandBus(nc, settings.request_timeout_s), hosts, runtime)
+    await agent.start()
+    try:
+        await until_signalled()
+    finally:
+        await agent.stop()
+        await nc.close()
