@@ -107,6 +107,7 @@ def decide(state: UserState | None, command: UserCommand) -> list[msgspec.Struct
             if found is None:
                 raise Unauthorized("refresh token is not valid; log in again")
             family_id, family = found
+            assert state is not None  # found came from it
             if family.revoked_reason is not None:
                 raise Unauthorized("refresh token was revoked; log in again")
             if command.presented_hash != family.current_hash:
