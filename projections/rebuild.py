@@ -44,6 +44,8 @@ async def read_all(nc: NatsClient, p: AggregateTable) -> dict[str, tuple[Any, in
     try:
         while remaining > 0:
             msgs = await psub.fetch(min(FETCH, remaining), timeout=10)
+            if not msgs:
+                continue
             events = [decode_event(m.data, m.metadata.sequence.stream) for m in msgs]
             states.update(p.fold(states, events))
             remaining = int(msgs[-1].metadata.num_pending or 0)

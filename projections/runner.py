@@ -91,7 +91,19 @@ class ProjectionRunner:
                 except TimeoutError:
                     idle += 1
                     if idle % IDLE_CHECK_EVERY == 0:
-                        await psub.consumer_info()
+                        info = await psub.consumer_info()
+                        if info.num_pending:
+                            # Work is waiting but our fetches come back empty: deaf.
+                            log.warning(
+                                "projection %s: fetches idle with %d pending; re-subscribing",
+                                p.name,
+                                info.num_pending,
+                            )
+                            await self._drop(psub)
+                            psub = None
+                    continue
+                if not msgs:
+                    # nats-py's fetch can come back empty instead of timing out.
                     continue
                 idle = 0
                 await self._apply_until_committed(p, msgs)
@@ -105,6 +117,12 @@ class ProjectionRunner:
                 await self._drop(psub)
                 psub = None
                 await asyncio.sleep(0.5)
+            except Exception:
+                # A projection that stops silently is the worst outcome: say why, keep going.
+                log.exception("projection %s: unexpected error; retrying", p.name)
+                await self._drop(psub)
+                psub = None
+                await asyncio.sleep(1.0)
 
     @staticmethod
     async def _drop(psub: Any) -> None:

@@ -245,10 +245,20 @@ class DockerRuntime:
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # 409: someone created it meanwhile; use that one
                     raise
-                container = self._client.containers.get(container_name(spec.instance_id))
+                container = self._await_created(spec.instance_id)
         container.start()
         container.reload()
         return state_from_attrs(spec.instance_id, container.attrs)
+
+    def _await_created(self, instance_id: str) -> Any:
+        """The container a concurrent create is making: Docker reserves the name a moment
+        before the container can be inspected."""
+        deadline = time.monotonic() + _GONE_TIMEOUT_S
+        while (container := self._get(instance_id)) is None:
+            if time.monotonic() > deadline:
+                raise ContainerNotFound(f"container for instance {instance_id} never appeared")
+            time.sleep(0.05)
+        return container
 
     async def stop(self, instance_id: str, timeout_s: float = 10) -> ContainerState:
         return await asyncio.to_thread(self._stop, instance_id, timeout_s)

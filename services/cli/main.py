@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.cli import client
 from services.config import ConfigurationError, Settings
 from services.roles.lifecycle import configure_logging
 
@@ -59,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     rebuild = psub.add_parser("rebuild", help="drop a projection and replay it from sequence 1")
     rebuild.add_argument("name", nargs="?", help="one projection (default: all)")
 
+    client.add_parsers(sub)
+
     blog = sub.add_parser("blog", help="the public blog")
     bsub = blog.add_subparsers(dest="action", required=True)
     publish = bsub.add_parser("publish", help="publish or update a post")
@@ -71,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("login", "instances"):
+        return client.run(args.command, args)
     configure_logging()
     if args.command == "up":
         from services.cli.up import up

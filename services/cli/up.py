@@ -24,6 +24,14 @@ log = logging.getLogger("gpuworker.up")
 ROLES = ("deciders", "projector", "api", "agent")
 
 
+def roles() -> tuple[str, ...]:
+    """The roles `up` runs: all of them, less the agent when GPUWORKER_AGENT=0 (the host's agent
+    runs on its own, e.g. under systemd or a test that restarts it)."""
+    if os.environ.get("GPUWORKER_AGENT") == "0":
+        return tuple(role for role in ROLES if role != "agent")
+    return ROLES
+
+
 def _wait_healthy(url: str, children: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -80,7 +88,7 @@ def up(
             env["GPUWORKER_RUNTIME"] = runtime
         if gpus:
             env["GPUWORKER_GPUS"] = gpus
-        for role in ROLES:
+        for role in roles():
             args = [sys.executable, "-m", "services.cli.main", role]
             if role == "api":
                 args += ["--host", host, "--port", str(port)]

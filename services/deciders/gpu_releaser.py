@@ -83,6 +83,10 @@ class GpuReleaser:
                 log.warning("gpu releaser: %s; re-subscribing", exc or type(exc).__name__)
                 psub = None
                 await asyncio.sleep(0.5)
+            except Exception:
+                log.exception("gpu releaser: unexpected error; retrying")
+                psub = None
+                await asyncio.sleep(1.0)
 
     async def release(self, instance_id: str, lease_id: str) -> None:
         instance, _seq = await self._runner.current("instance", instance_id)

@@ -1,0 +1,182 @@
+"""The customer's command line (like runpodctl): `gpuworker login`, `gpuworker instances …`.
+
+Talks to the HTTP API only. The access token is kept in ~/.config/gpuworker/credentials.json
+(0600); GPUWORKER_API_URL and GPUWORKER_TOKEN override it."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+COLUMNS = (
+    ("id", "ID"),
+    ("name", "NAME"),
+    ("status", "STATUS"),
+    ("gpuCount", "GPUS"),
+    ("gpuTypeId", "GPU TYPE"),
+    ("dataCenterId", "DC"),
+    ("costPerHr", "$/HR"),
+)
+
+
+def _credentials_path() -> Path:
+    base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return base / "gpuworker" / "credentials.json"
+
+
+def _load() -> dict[str, str]:
+    path = _credentials_path()
+    saved: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if os.environ.get("GPUWORKER_API_URL"):
+        saved["url"] = os.environ["GPUWORKER_API_URL"]
+    if os.environ.get("GPUWORKER_TOKEN"):
+        saved["access_token"] = os.environ["GPUWORKER_TOKEN"]
+    saved.setdefault("url", DEFAULT_URL)
+    return saved
+
+
+def _save(data: dict[str, str]) -> None:
+    path = _credentials_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+
+
+class ApiError(Exception):
+    pass
+
+
+def _call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    creds = _load()
+    headers = {}
+    if creds.get("access_token"):
+        headers["authorization"] = f"Bearer {creds['access_token']}"
+    try:
+        response = httpx.request(
+            method, creds["url"] + path, json=body, headers=headers, timeout=30
+        )
+    except httpx.HTTPError as exc:
+        raise ApiError(f"cannot reach {creds['url']}: {exc}") from exc
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        raise ApiError(f"{response.status_code}: {message}")
+    return response.json() if response.content else None
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    cells = [[str(row.get(key, "")) for key, _ in COLUMNS] for row in rows]
+    widths = [
+        max([len(title)] + [len(r[i]) for r in cells]) for i, (_, title) in enumerate(COLUMNS)
+    ]
+    lines = ["  ".join(title.ljust(w) for (_, title), w in zip(COLUMNS, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def _print(result: Any, as_json: bool) -> None:
+    if as_json or not isinstance(result, dict | list):
+        print(json.dumps(result, indent=2))
+    elif isinstance(result, list):
+        print(table(result))
+    else:
+        print(table([result]))
+        if result.get("failureReason"):
+            print(f"reason: {result['failureReason']}")
+
+
+def login(url: str, email: str, password: str | None) -> int:
+    secret = password if password is not None else getpass.getpass("password: ")
+    try:
+        response = httpx.post(
+            url + "/auth/login", json={"email": email, "password": secret}, timeout=30
+        )
+    except httpx.HTTPError as exc:
+        print(f"gpuworker: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(f"gpuworker: login failed: {response.text}", file=sys.stderr)
+        return 1
+    tokens = response.json()
+    _save({"url": url, "access_token": tokens["access_token"]})
+    print(f"logged in to {url} as {email}")
+    return 0
+
+
+def instances(action: str, args: Any) -> int:
+    try:
+        result: Any
+        if action == "list":
+            result = _call("GET", "/instances")
+        elif action == "get":
+            result = _call("GET", f"/instances/{args.id}")
+        elif action == "create":
+            body: dict[str, Any] = {
+                "name": args.name,
+                "gpuTypeId": args.gpu_type,
+                "templateId": args.template,
+                "gpuCount": args.gpu_count,
+                "cloudType": args.cloud_type,
+            }
+            if args.datacenter:
+                body["dataCenterId"] = args.datacenter
+            if args.env:
+                body["env"] = dict(item.split("=", 1) for item in args.env)
+            result = _call("POST", "/instances", body)
+        elif action in ("start", "stop", "restart"):
+            result = _call("POST", f"/instances/{args.id}/{action}")
+        elif action == "delete":
+            _call("DELETE", f"/instances/{args.id}")
+            print(f"instance {args.id} is terminating")
+            return 0
+        else:
+            raise ApiError(f"unknown action {action}")
+    except ApiError as exc:
+        print(f"gpuworker: {exc}", file=sys.stderr)
+        return 1
+    _print(result, args.json)
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    login_p = sub.add_parser("login", help="log in to a GPUWorker API and keep the token")
+    login_p.add_argument("email")
+    login_p.add_argument("--url", default=os.environ.get("GPUWORKER_API_URL", DEFAULT_URL))
+    login_p.add_argument("--password", help="(default: prompt)")
+
+    inst = sub.add_parser("instances", help="GPU instances: list, create, get, start, stop, …")
+    isub = inst.add_subparsers(dest="action", required=True)
+    for name in ("list",):
+        p = isub.add_parser(name)
+        p.add_argument("--json", action="store_true")
+    for name in ("get", "start", "stop", "restart", "delete"):
+        p = isub.add_parser(name)
+        p.add_argument("id")
+        p.add_argument("--json", action="store_true")
+    create = isub.add_parser("create")
+    create.add_argument("--name", required=True)
+    create.add_argument("--gpu-type", required=True, help='e.g. "NVIDIA GeForce RTX 4090"')
+    create.add_argument("--template", required=True, help="e.g. pytorch-cuda12-2.1")
+    create.add_argument("--gpu-count", type=int, default=1)
+    create.add_argument("--cloud-type", choices=["SECURE", "COMMUNITY"], default="SECURE")
+    create.add_argument("--datacenter")
+    create.add_argument("--env", action="append", metavar="KEY=VALUE")
+    create.add_argument("--json", action="store_true")
+
+
+def run(command: str, args: Any, argv: Sequence[str] | None = None) -> int:
+    del argv
+    if command == "login":
+        return login(args.url, args.email, args.password)
+    return instances(args.action, args)
