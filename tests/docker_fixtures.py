@@ -1,0 +1,73 @@
+"""Docker fixtures shared by the tests that drive real containers.
+
+Import them explicitly where needed:
+`from tests.docker_fixtures import busybox_image, docker_client  # noqa: F401`.
+No Docker engine is a test failure, never a skip (the engine is part of what is tested)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+from collections.abc import Iterator
+
+import docker
+import docker.errors
+import pytest
+
+BUSYBOX_IMAGE = "local/busybox:latest"
+BUSYBOX_APPLETS = ("sh", "sleep", "echo", "cat", "ls", "wget")
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    problem = ""
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except Exception as exc:
+        problem = str(exc)
+    if problem:
+        ci = " (CI=true: this is an error)" if os.environ.get("CI") == "true" else ""
+        pytest.fail(
+            f"no Docker engine reachable ({problem}){ci}: start one with "
+            "`setsid dockerd --host unix:///var/run/docker.sock >/tmp/dockerd.log 2>&1 &`",
+            pytrace=False,
+        )
+    yield client
+    client.close()
+
+
+def _busybox_rootfs_tar() -> bytes:
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    if not os.path.exists(busybox):
+        pytest.fail("busybox not found: `apt-get install busybox-static`", pytrace=False)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for folder in ("bin", "tmp"):
+            info = tarfile.TarInfo(folder)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if folder == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(busybox, arcname="bin/busybox")
+        for applet in BUSYBOX_APPLETS:
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            tar.addfile(link)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client: docker.DockerClient) -> str:
+    """`local/busybox:latest`, imported from the host's busybox if missing (no registry here)."""
+    try:
+        docker_client.images.get(BUSYBOX_IMAGE)
+    except docker.errors.ImageNotFound:
+        repository, _, tag = BUSYBOX_IMAGE.rpartition(":")
+        docker_client.api.import_image_from_data(
+            _busybox_rootfs_tar(), repository=repository, tag=tag
+        )
+        docker_client.images.get(BUSYBOX_IMAGE)
+    return BUSYBOX_IMAGE
