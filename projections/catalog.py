@@ -9,6 +9,7 @@ from services.deciders.instance import INSTANCE
 from services.deciders.registry_auth import REGISTRY_AUTH
 from services.deciders.template import TEMPLATE
 from services.deciders.user import USER
+from services.deciders.volume import VOLUME
 
 PROJECTIONS: dict[str, AggregateTable] = {
     p.name: p
@@ -45,6 +46,13 @@ PROJECTIONS: dict[str, AggregateTable] = {
             owner_of=lambda s: s.owner_id,
             created_at_of=lambda s: s.created_at,
             deleted_of=lambda s: s.status == "TERMINATED",
+        ),
+        AggregateTable(
+            name="volumes",
+            decider=VOLUME,
+            owner_of=lambda s: s.owner_id,
+            created_at_of=lambda s: s.created_at,
+            deleted_of=lambda s: s.status == "DELETED",
         ),
         AggregateTable(
             name="blog_posts",

@@ -314,6 +314,31 @@ class DockerRuntime:
         for name in volume_names:
             self._remove_volume(name)
 
+    async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+        def create() -> None:
+            try:
+                self._client.volumes.get(name)
+            except docker.errors.NotFound:
+                self._client.volumes.create(
+                    name=name,
+                    labels={LABEL_MANAGED: "true", LABEL_HOST: self.host_id, **labels},
+                )
+
+        await asyncio.to_thread(create)
+
+    async def remove_volume(self, name: str) -> None:
+        await asyncio.to_thread(self._remove_volume, name)
+
+    async def volume_exists(self, name: str) -> bool:
+        def exists() -> bool:
+            try:
+                self._client.volumes.get(name)
+            except docker.errors.NotFound:
+                return False
+            return True
+
+        return await asyncio.to_thread(exists)
+
     def _remove_volume(self, name: str) -> None:
         def gone() -> bool:
             try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from nats.aio.client import Client as NatsClient
@@ -24,6 +24,7 @@ from services.agent.runtime import ContainerSpec, ContainerState, ImagePullFaile
 from services.api.command_bus import CommandBus
 from services.deciders.host import RegisterHost
 from services.deciders.instance import INSTANCE, InstanceState, Observation, ReportObservation
+from services.deciders.volume import VOLUME, ReportVolume, VolumeState
 from services.errors import GpuWorkerError
 
 log = logging.getLogger("gpuworker.agent")
@@ -46,6 +47,20 @@ class Heartbeat(msgspec.Struct, frozen=True):
     at: datetime
 
 
+VOLUME_KEY = "volume:"
+
+
+def network_volume_name(volume_id: str) -> str:
+    return f"gpuworker-vol-{volume_id}"
+
+
+def instance_volume_name(state: InstanceState) -> str | None:
+    """A network volume replaces the instance's own disk at the mount path."""
+    if state.network_volume_id:
+        return network_volume_name(state.network_volume_id)
+    return f"gpuworker-{state.id}-disk" if state.volume_in_gb > 0 else None
+
+
 def container_spec(state: InstanceState, real_gpus: bool) -> ContainerSpec:
     return ContainerSpec(
         instance_id=state.id,
@@ -56,7 +71,7 @@ def container_spec(state: InstanceState, real_gpus: bool) -> ContainerSpec:
         # Declared (simulated) GPUs have made-up UUIDs that no driver knows.
         gpu_uuids=state.gpu_uuids if real_gpus else [],
         memory_mb=MEMORY_MB_PER_GPU * state.gpu_count,
-        volume_name=f"gpuworker-{state.id}-disk" if state.volume_in_gb > 0 else None,
+        volume_name=instance_volume_name(state),
         volume_mount_path=state.volume_mount_path,
     )
 
@@ -83,6 +98,9 @@ class HostAgent:
         self._workers = workers
         # instance id -> (state, stream sequence it is known at)
         self._instances: dict[str, tuple[InstanceState, int]] = {}
+        # volume id -> (state, sequence), for network volumes stored on this agent's hosts
+        self._volumes: dict[str, tuple[VolumeState, int]] = {}
+        self._volume_sub: Any = None
         self._generation_applied: dict[str, int] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
@@ -106,12 +124,22 @@ class HostAgent:
             deliver_policy=DeliverPolicy.ALL,
             cb=self._on_event,
         )
-        while True:
-            info = await self._sub.consumer_info()
-            if not info.num_pending and not self._sub.pending_msgs:
-                break
-            await asyncio.sleep(0.05)
+        self._volume_sub = await js.subscribe(
+            aggregate_type_filter("volume"),
+            stream=STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            cb=self._on_volume_event,
+        )
+        for sub in (self._sub, self._volume_sub):
+            while True:
+                info = await sub.consumer_info()
+                if not info.num_pending and not sub.pending_msgs:
+                    break
+                await asyncio.sleep(0.05)
         await self._reconcile_leftovers()
+        for volume_id in list(self._volumes):
+            self._schedule(VOLUME_KEY + volume_id)
         for instance_id in list(self._instances):
             self._schedule(instance_id)
         self._tasks += [asyncio.create_task(self._work()) for _ in range(self._workers)]
@@ -129,8 +157,9 @@ class HostAgent:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._sub is not None:
-            await self._sub.unsubscribe()
+        for sub in (self._sub, self._volume_sub):
+            if sub is not None:
+                await sub.unsubscribe()
         await self._runtime.close()
 
     async def _register(self, host: HostSpec) -> None:
@@ -180,6 +209,76 @@ class HostAgent:
         if self._accept(state, sequence):
             self._schedule(state.id)
 
+    async def _on_volume_event(self, msg: Msg) -> None:
+        sequence = msg.metadata.sequence.stream
+        event = decode_event(msg.data, sequence)
+        known = self._volumes.get(event.aggregate.id)
+        if known is not None and sequence <= known[1]:
+            return
+        if known is None and event.type != "VolumeCreated":
+            return
+        state = VOLUME.evolve(known[0] if known else None, event)
+        if self._accept_volume(state, sequence):
+            self._schedule(VOLUME_KEY + state.id)
+
+    def _accept_volume(self, state: VolumeState, sequence: int) -> bool:
+        if state.host_id not in self._hosts:
+            return False
+        known = self._volumes.get(state.id)
+        if known is not None and sequence <= known[1]:
+            return False
+        self._volumes[state.id] = (state, sequence)
+        return True
+
+    async def reconcile_volume(self, volume_id: str) -> None:
+        state = self._volumes[volume_id][0]
+        name = network_volume_name(volume_id)
+        if state.status == "CREATING":
+            try:
+                await self._runtime.ensure_volume(
+                    name,
+                    {
+                        "gpuworker.network-volume": volume_id,
+                        "gpuworker.size-gb": str(state.size_gb),
+                    },
+                )
+            except Exception as exc:
+                await self._report_volume(
+                    state, "failed", reason=f"could not create storage: {exc}"
+                )
+                return
+            await self._report_volume(state, "provisioned")
+        elif state.status == "AVAILABLE" and state.provisioned_gb < state.size_gb:
+            # Docker named volumes have no size of their own: the quota is what we record.
+            await self._report_volume(state, "resized", size_gb=state.size_gb)
+        elif state.status == "DELETING":
+            await self._runtime.remove_volume(name)
+            await self._report_volume(state, "deleted")
+
+    async def _report_volume(
+        self,
+        state: VolumeState,
+        observed: Literal["provisioned", "resized", "failed", "deleted"],
+        size_gb: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        reply = await self._bus.send(
+            "volume",
+            state.id,
+            ReportVolume(
+                actor=f"system:agent:{state.host_id}",
+                at=datetime.now(UTC),
+                observed=observed,
+                size_gb=size_gb,
+                reason=reason,
+            ),
+            correlation_id=f"agent:{state.id}",
+        )
+        self.reports += 1
+        fresh = msgspec.json.decode(reply.state, type=VolumeState | None)
+        if fresh is not None:
+            self._accept_volume(fresh, reply.sequence)
+
     def _schedule(self, instance_id: str) -> None:
         if instance_id not in self._queued:
             self._queued.add(instance_id)
@@ -192,7 +291,10 @@ class HostAgent:
             lock = self._locks.setdefault(instance_id, asyncio.Lock())
             async with lock:
                 try:
-                    await self.reconcile(instance_id)
+                    if instance_id.startswith(VOLUME_KEY):
+                        await self.reconcile_volume(instance_id.removeprefix(VOLUME_KEY))
+                    else:
+                        await self.reconcile(instance_id)
                 except asyncio.CancelledError:
                     raise
                 except GpuWorkerError as exc:
@@ -255,10 +357,11 @@ class HostAgent:
             if actual.status == "running":
                 await self._runtime.stop(instance_id)
         elif status == "TERMINATING":
-            await self._runtime.remove(instance_id, remove_volume=True)
+            # A network volume outlives the instance; the instance's own disk does not.
+            await self._runtime.remove(instance_id, remove_volume=not state.network_volume_id)
             await self._report(state, "terminated")
         elif status == "TERMINATED" and actual.status != "missing":
-            await self._runtime.remove(instance_id, remove_volume=True)
+            await self._runtime.remove(instance_id, remove_volume=not state.network_volume_id)
 
     def _spec(self, state: InstanceState) -> ContainerSpec:
         host = self._hosts[state.host_id]
@@ -304,7 +407,8 @@ class HostAgent:
             state = known.get(container.instance_id)
             if state is None or state[0].status == "TERMINATED":
                 log.warning("removing left-over container of instance %s", container.instance_id)
-                await self._runtime.remove(container.instance_id, remove_volume=True)
+                keep = state is not None and state[0].network_volume_id is not None
+                await self._runtime.remove(container.instance_id, remove_volume=not keep)
 
     async def _heartbeat(self) -> None:
         encode = msgspec.json.Encoder().encode

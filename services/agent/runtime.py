@@ -98,6 +98,16 @@ class Runtime(Protocol):
         """Every container this host's runtime manages (by label), whatever its state."""
         ...
 
+    async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+        """A named volume that outlives containers (network volumes); existing is fine."""
+        ...
+
+    async def remove_volume(self, name: str) -> None:
+        """Gone, with its data, when this returns. Missing is not an error."""
+        ...
+
+    async def volume_exists(self, name: str) -> bool: ...
+
     def watch(self) -> AsyncIterator[RuntimeEvent]:
         """Deaths and removals that happen behind our back, as they happen."""
         ...

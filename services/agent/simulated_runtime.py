@@ -115,8 +115,8 @@ class SimulatedRuntime:
         await self.ensure_image(spec.image, spec.registry_auth)
         if spec.instance_id not in self._containers:
             self._containers[spec.instance_id] = _Container(spec=spec)
-            if spec.volume_name:
-                self.volumes.setdefault(spec.volume_name, {})
+            if spec.volume_name and spec.volume_name not in self.volumes:
+                self.volumes[spec.volume_name] = {}
                 self._volume_owner[spec.volume_name] = spec.instance_id
         return await self.start(spec.instance_id)
 
@@ -159,6 +159,17 @@ class SimulatedRuntime:
 
     async def inspect(self, instance_id: str) -> ContainerState:
         return self._state(instance_id)
+
+    async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+        del labels
+        self.volumes.setdefault(name, {})
+
+    async def remove_volume(self, name: str) -> None:
+        self.volumes.pop(name, None)
+        self._volume_owner.pop(name, None)
+
+    async def volume_exists(self, name: str) -> bool:
+        return name in self.volumes
 
     async def list_managed(self) -> list[ContainerState]:
         return [c.state() for c in self._containers.values()]

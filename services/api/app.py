@@ -30,6 +30,7 @@ from services.api.instances import InstanceController
 from services.api.login_throttle import LoginThrottle
 from services.api.registry_auth import RegistryAuthController
 from services.api.templates import TemplateController
+from services.api.volumes import VolumeController
 from services.config import Settings
 from services.nats_connection import connect_nats
 from services.security.secret_box import SecretBox
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> Litestar:
             gpu_types,
             datacenters,
             InstanceController,
+            VolumeController,
             BlogController,
             health,
             PrometheusController,

@@ -36,9 +36,11 @@ from services.deciders.instance import (
 )
 from services.deciders.placement_service import PlaceInstance, StartPlacedInstance
 from services.deciders.template import TemplateState
+from services.deciders.volume import VolumeState
 from services.errors import BadRequest, NotFound
 
 INSTANCES = PROJECTIONS["instances"]
+VOLUMES = PROJECTIONS["volumes"]
 
 CloudType = Literal["SECURE", "COMMUNITY"]
 GpuCount = Annotated[int, Meta(ge=1, le=8)]
@@ -173,7 +175,16 @@ class InstanceController(Controller):
                 f" known: {', '.join(DATACENTERS)}"
             )
         if data.network_volume_id is not None:
-            raise BadRequest(f"field `networkVolumeId`: no volume {data.network_volume_id!r}")
+            volume: VolumeState | None = await read_models.get(
+                ctx.pool, VOLUMES, data.network_volume_id
+            )
+            if volume is None or volume.owner_id != request.user.id or volume.status == "DELETED":
+                raise BadRequest(f"field `networkVolumeId`: no volume {data.network_volume_id!r}")
+            if data.data_center_id is not None and data.data_center_id != volume.datacenter_id:
+                raise BadRequest(
+                    f"field `networkVolumeId`: volume {volume.id} is in {volume.datacenter_id},"
+                    f" not in the requested data center {data.data_center_id}"
+                )
         template: TemplateState | None = await read_models.get(
             ctx.pool, TEMPLATES, data.template_id
         )
@@ -201,7 +212,7 @@ class InstanceController(Controller):
             if data.volume_in_gb is not None
             else template.volume_in_gb,
             volume_mount_path=data.volume_mount_path or template.volume_mount_path,
-            network_volume_id=None,
+            network_volume_id=data.network_volume_id,
             price_per_hour_micros=gpu.per_hour(data.cloud_type),
             rate_card_version=card.id,
         )

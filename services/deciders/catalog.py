@@ -9,7 +9,8 @@ from services.deciders.instance import INSTANCE
 from services.deciders.registry_auth import REGISTRY_AUTH
 from services.deciders.template import TEMPLATE
 from services.deciders.user import USER
+from services.deciders.volume import VOLUME
 
 DECIDERS: dict[str, Decider[Any]] = {
-    d.aggregate_type: d for d in (USER, TEMPLATE, REGISTRY_AUTH, BLOG_POST, HOST, INSTANCE)
+    d.aggregate_type: d for d in (USER, TEMPLATE, REGISTRY_AUTH, BLOG_POST, HOST, INSTANCE, VOLUME)
 }

@@ -1,5 +1,6 @@
 """Gives GPUs back: every event that ends an instance's lease (stopped, exited, failed,
-terminated) becomes a ReleaseGpus on the instance's host.
+terminated) becomes a ReleaseGpus on the instance's host; a terminated instance is also detached
+from its network volume.
 
 A durable consumer, so a release is never lost (at least once), and releases are idempotent by
 lease id, so a redelivery frees nothing twice and never a newer lease."""
@@ -26,6 +27,7 @@ from services.deciders.fleet_view import FleetView
 from services.deciders.host import HostState, ReleaseGpus
 from services.deciders.instance import InstanceState
 from services.deciders.runner import DeciderRunner
+from services.deciders.volume import DetachVolume
 
 log = logging.getLogger("gpuworker.gpu-releaser")
 
@@ -76,6 +78,8 @@ class GpuReleaser:
                     event = decode_event(msg.data, msg.metadata.sequence.stream)
                     if isinstance(event.data, LEASE_ENDING) and event.data.lease_id:
                         await self.release(event.aggregate.id, event.data.lease_id)
+                    if isinstance(event.data, InstanceTerminated):
+                        await self.detach(event.aggregate.id)
                     await msg.ack()
             except asyncio.CancelledError:
                 raise
@@ -87,6 +91,31 @@ class GpuReleaser:
                 log.exception("gpu releaser: unexpected error; retrying")
                 psub = None
                 await asyncio.sleep(1.0)
+
+    async def detach(self, instance_id: str) -> None:
+        """A terminated instance no longer protects its network volume from deletion."""
+        instance, _seq = await self._runner.current("instance", instance_id)
+        if not isinstance(instance, InstanceState) or instance.network_volume_id is None:
+            return
+        reply = await self._runner.handle(
+            "volume",
+            CommandEnvelope(
+                id=new_id(),
+                aggregate_id=instance.network_volume_id,
+                correlation_id=f"detach:{instance_id}",
+                command=msgspec.Raw(
+                    msgspec.json.encode(
+                        DetachVolume(
+                            actor="system:gpu-releaser",
+                            at=datetime.now(UTC),
+                            instance_id=instance_id,
+                        )
+                    )
+                ),
+            ),
+        )
+        if reply.error is not None and reply.error.code != 404:
+            raise nats.errors.Error(f"detach failed: {reply.error.message}")
 
     async def release(self, instance_id: str, lease_id: str) -> None:
         instance, _seq = await self._runner.current("instance", instance_id)

@@ -25,7 +25,8 @@ from services.deciders.instance import (
 )
 from services.deciders.placement import candidates
 from services.deciders.runner import DeciderRunner
-from services.errors import Conflict, GpuWorkerError, NotFound
+from services.deciders.volume import AttachVolume, DetachVolume, VolumeState
+from services.errors import BadRequest, Conflict, GpuWorkerError, NotFound, from_body
 
 log = logging.getLogger("gpuworker.placement")
 
@@ -140,15 +141,70 @@ class PlacementService:
         else:
             self._fleet.offer(msgspec.json.decode(reply.state, type=HostState), reply.sequence)
 
+    async def _volume(self, command: PlaceInstance, instance_id: str, cid: str) -> VolumeState:
+        """Attach the network volume first: it pins the instance to the volume's host, and a
+        delete of the volume racing with this create is refused by the volume aggregate."""
+        assert command.network_volume_id is not None
+        volume, _seq = await self._runner.current("volume", command.network_volume_id)
+        if not isinstance(volume, VolumeState) or volume.owner_id != command.actor:
+            raise BadRequest(f"field `networkVolumeId`: no volume {command.network_volume_id!r}")
+        if command.datacenter_id is not None and command.datacenter_id != volume.datacenter_id:
+            raise BadRequest(
+                f"field `networkVolumeId`: volume {volume.id} is in {volume.datacenter_id},"
+                f" not in the requested data center {command.datacenter_id}"
+            )
+        reply = await self._runner.handle(
+            "volume",
+            _envelope(
+                volume.id,
+                AttachVolume(actor=command.actor, at=command.at, instance_id=instance_id),
+                cid,
+            ),
+        )
+        if reply.error is not None:
+            raise from_body(reply.error)
+        return volume
+
+    async def _detach(self, volume_id: str, instance_id: str, cid: str) -> None:
+        reply = await self._runner.handle(
+            "volume",
+            _envelope(
+                volume_id,
+                DetachVolume(actor=PLACEMENT_ACTOR, at=datetime.now(UTC), instance_id=instance_id),
+                cid,
+            ),
+        )
+        if reply.error is not None:
+            log.warning(
+                "could not detach %s from volume %s: %s", instance_id, volume_id, reply.error
+            )
+
     async def _place(self, envelope: CommandEnvelope, command: PlaceInstance) -> Reply:
         instance_id = envelope.aggregate_id
+        cid = envelope.correlation_id
+        volume = (
+            await self._volume(command, instance_id, cid) if command.network_volume_id else None
+        )
         hosts = candidates(
             self._fleet.hosts(),
             command.gpu_type_id,
             command.gpu_count,
-            command.datacenter_id,
+            volume.datacenter_id if volume else command.datacenter_id,
             command.cloud_type,
         )
+        if volume is not None:
+            hosts = [h for h in hosts if h.id == volume.host_id]
+        try:
+            return await self._place_on(envelope, command, hosts)
+        except GpuWorkerError:
+            if volume is not None:
+                await self._detach(volume.id, instance_id, cid)
+            raise
+
+    async def _place_on(
+        self, envelope: CommandEnvelope, command: PlaceInstance, hosts: list[HostState]
+    ) -> Reply:
+        instance_id = envelope.aggregate_id
         for host in hosts[:MAX_HOSTS_TRIED]:
             allocated = await self._allocate(
                 host.id,
@@ -170,6 +226,7 @@ class PlacementService:
             )
             if reply.error is not None:
                 await self.release(host.id, instance_id, lease_id, envelope.correlation_id)
+                raise from_body(reply.error)
             return reply
         raise Conflict(
             no_capacity(

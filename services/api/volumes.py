@@ -1,0 +1,168 @@
+"""/volumes: network storage volumes in a data center, mounted by instances, grow-only."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, patch, post
+from msgspec import Meta
+
+from events.ids import new_id
+from ledger.money import MICROS_PER_USD
+from ledger.rate_card import in_force
+from projections.catalog import PROJECTIONS
+from services.api import read_models
+from services.api.context import context_of
+from services.api.templates import Name
+from services.datacenters import DATACENTERS
+from services.deciders.host import HostState
+from services.deciders.volume import (
+    MAX_SIZE_GB,
+    MIN_SIZE_GB,
+    CreateVolume,
+    DeleteVolume,
+    UpdateVolume,
+    VolumeState,
+)
+from services.errors import BadRequest, Conflict, NotFound
+
+VOLUMES = PROJECTIONS["volumes"]
+HOSTS = PROJECTIONS["hosts"]
+
+Size = Annotated[int, Meta(ge=MIN_SIZE_GB, le=MAX_SIZE_GB)]
+
+
+class VolumeIn(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    name: Name
+    size: Size
+    data_center_id: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class VolumePatch(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    name: Name | None = None
+    size: Size | None = None
+
+
+class VolumeOut(msgspec.Struct, rename="camel", kw_only=True):
+    id: str
+    name: str
+    size: int
+    data_center_id: str
+    status: str
+    created_at: datetime
+    cost_per_month: float
+    cost_per_month_micros: int
+    attached_instances: list[str]
+    failure_reason: str | None
+
+
+class VolumeDeletedOut(msgspec.Struct, rename="camel", kw_only=True):
+    id: str
+    status: str
+    message: str
+
+
+def view(state: VolumeState) -> VolumeOut:
+    cost = state.price_per_gb_month_micros * state.size_gb
+    return VolumeOut(
+        id=state.id,
+        name=state.name,
+        size=state.size_gb,
+        data_center_id=state.datacenter_id,
+        status=state.status,
+        created_at=state.created_at,
+        cost_per_month=cost / MICROS_PER_USD,
+        cost_per_month_micros=cost,
+        attached_instances=list(state.attached),
+        failure_reason=state.failure_reason,
+    )
+
+
+def _mine(state: VolumeState | None, user_id: str) -> VolumeState:
+    if state is None or state.status == "DELETED" or state.owner_id != user_id:
+        raise NotFound("volume not found")
+    return state
+
+
+def _checked_id(volume_id: str) -> str:
+    if not read_models.valid_id(volume_id):
+        raise NotFound("volume not found")
+    return volume_id
+
+
+class VolumeController(Controller):
+    path = "/volumes"
+    tags = ["volumes"]
+
+    @get("/", summary="List your network volumes")
+    async def list_volumes(self, request: Request[Any, Any, Any]) -> list[VolumeOut]:
+        states = await read_models.list_visible(context_of(request).pool, VOLUMES, request.user.id)
+        return [view(s) for s in states]
+
+    @post("/", status_code=201, summary="Create a network volume")
+    async def create_volume(self, request: Request[Any, Any, Any], data: VolumeIn) -> VolumeOut:
+        ctx = context_of(request)
+        if data.data_center_id not in DATACENTERS:
+            raise BadRequest(
+                f"field `dataCenterId`: unknown data center {data.data_center_id!r};"
+                f" known: {', '.join(DATACENTERS)}"
+            )
+        hosts: list[HostState] = await read_models.list_visible(ctx.pool, HOSTS, None)
+        storage = sorted(
+            (h for h in hosts if h.datacenter_id == data.data_center_id and h.available),
+            key=lambda h: h.id,
+        )
+        if not storage:
+            raise Conflict(
+                f"no storage host is available in {data.data_center_id} right now;"
+                " choose another data center or retry later"
+            )
+        now = datetime.now(UTC)
+        card = in_force(now)
+        volume_id = new_id()
+        # Spread volumes over the data center's hosts, stably by id.
+        host = storage[int(volume_id.replace("-", ""), 16) % len(storage)]
+        command = CreateVolume(
+            actor=request.user.id,
+            at=now,
+            name=data.name,
+            size_gb=data.size,
+            datacenter_id=data.data_center_id,
+            host_id=host.id,
+            price_per_gb_month_micros=card.storage.volume_per_gb_month,
+            rate_card_version=card.id,
+        )
+        return view(await ctx.execute(VOLUMES, volume_id, command, request))
+
+    @get("/{volume_id:str}", summary="Get a network volume")
+    async def get_volume(self, request: Request[Any, Any, Any], volume_id: str) -> VolumeOut:
+        state = await read_models.get(context_of(request).pool, VOLUMES, volume_id)
+        return view(_mine(state, request.user.id))
+
+    @patch("/{volume_id:str}", summary="Rename or grow a network volume (volumes only grow)")
+    async def update_volume(
+        self, request: Request[Any, Any, Any], volume_id: str, data: VolumePatch
+    ) -> VolumeOut:
+        ctx = context_of(request)
+        command = UpdateVolume(
+            actor=request.user.id, at=datetime.now(UTC), name=data.name, size_gb=data.size
+        )
+        return view(await ctx.execute(VOLUMES, _checked_id(volume_id), command, request))
+
+    @delete("/{volume_id:str}", status_code=202, summary="Delete a volume: its data is lost")
+    async def delete_volume(
+        self, request: Request[Any, Any, Any], volume_id: str
+    ) -> Response[VolumeDeletedOut]:
+        ctx = context_of(request)
+        command = DeleteVolume(actor=request.user.id, at=datetime.now(UTC))
+        state: VolumeState = await ctx.execute(VOLUMES, _checked_id(volume_id), command, request)
+        return Response(
+            VolumeDeletedOut(
+                id=state.id,
+                status=state.status,
+                message=f"volume {state.id} is being deleted: its data is permanently lost",
+            ),
+            status_code=202,
+        )
