@@ -16,6 +16,15 @@ from typing import Any
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+VOLUME_COLUMNS = (
+    ("id", "ID"),
+    ("name", "NAME"),
+    ("status", "STATUS"),
+    ("size", "GB"),
+    ("dataCenterId", "DC"),
+    ("costPerMonth", "$/MONTH"),
+    ("attachedInstances", "ATTACHED"),
+)
 COLUMNS = (
     ("id", "ID"),
     ("name", "NAME"),
@@ -75,23 +84,26 @@ def _call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     return response.json() if response.content else None
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    cells = [[str(row.get(key, "")) for key, _ in COLUMNS] for row in rows]
+def table(rows: list[dict[str, Any]], columns: tuple[tuple[str, str], ...] = COLUMNS) -> str:
+    def cell(value: Any) -> str:
+        return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    cells = [[cell(row.get(key, "")) for key, _ in columns] for row in rows]
     widths = [
-        max([len(title)] + [len(r[i]) for r in cells]) for i, (_, title) in enumerate(COLUMNS)
+        max([len(title)] + [len(r[i]) for r in cells]) for i, (_, title) in enumerate(columns)
     ]
-    lines = ["  ".join(title.ljust(w) for (_, title), w in zip(COLUMNS, widths, strict=True))]
+    lines = ["  ".join(title.ljust(w) for (_, title), w in zip(columns, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join(lines)
 
 
-def _print(result: Any, as_json: bool) -> None:
+def _print(result: Any, as_json: bool, columns: tuple[tuple[str, str], ...] = COLUMNS) -> None:
     if as_json or not isinstance(result, dict | list):
         print(json.dumps(result, indent=2))
     elif isinstance(result, list):
-        print(table(result))
+        print(table(result, columns))
     else:
-        print(table([result]))
+        print(table([result], columns))
         if result.get("failureReason"):
             print(f"reason: {result['failureReason']}")
 
@@ -149,6 +161,29 @@ def instances(action: str, args: Any) -> int:
     return 0
 
 
+def volumes(action: str, args: Any) -> int:
+    try:
+        result: Any
+        if action == "list":
+            result = _call("GET", "/volumes")
+        elif action == "create":
+            body = {"name": args.name, "size": args.size, "dataCenterId": args.datacenter}
+            result = _call("POST", "/volumes", body)
+        elif action == "resize":
+            result = _call("PATCH", f"/volumes/{args.id}", {"size": args.size})
+        elif action == "delete":
+            result = _call("DELETE", f"/volumes/{args.id}")
+            print(result["message"] if isinstance(result, dict) else result)
+            return 0
+        else:
+            raise ApiError(f"unknown action {action}")
+    except ApiError as exc:
+        print(f"gpuworker: {exc}", file=sys.stderr)
+        return 1
+    _print(result, args.json, VOLUME_COLUMNS)
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
     login_p = sub.add_parser("login", help="log in to a GPUWorker API and keep the token")
     login_p.add_argument("email")
@@ -174,9 +209,28 @@ def add_parsers(sub: Any) -> None:
     create.add_argument("--env", action="append", metavar="KEY=VALUE")
     create.add_argument("--json", action="store_true")
 
+    vol = sub.add_parser("volumes", help="network volumes: list, create, resize, delete")
+    vsub = vol.add_subparsers(dest="action", required=True)
+    vlist = vsub.add_parser("list")
+    vlist.add_argument("--json", action="store_true")
+    vcreate = vsub.add_parser("create")
+    vcreate.add_argument("--name", required=True)
+    vcreate.add_argument("--size", type=int, required=True, help="GB, 10 to 4000")
+    vcreate.add_argument("--datacenter", required=True, help="e.g. US-TX-3")
+    vcreate.add_argument("--json", action="store_true")
+    vresize = vsub.add_parser("resize")
+    vresize.add_argument("id")
+    vresize.add_argument("--size", type=int, required=True, help="new size in GB (only grows)")
+    vresize.add_argument("--json", action="store_true")
+    vdelete = vsub.add_parser("delete", help="delete a volume: its data is permanently lost")
+    vdelete.add_argument("id")
+    vdelete.add_argument("--json", action="store_true")
+
 
 def run(command: str, args: Any, argv: Sequence[str] | None = None) -> int:
     del argv
     if command == "login":
         return login(args.url, args.email, args.password)
+    if command == "volumes":
+        return volumes(args.action, args)
     return instances(args.action, args)
