@@ -29,6 +29,7 @@ class InstanceCreated(msgspec.Struct, frozen=True, kw_only=True):
     # Per GPU, micro-USD per hour, from the rate card version in force at creation.
     price_per_hour_micros: int
     rate_card_version: str
+    registry_auth_id: str | None = None
 
 
 @register()

@@ -24,6 +24,8 @@ class TemplateCreated(msgspec.Struct, frozen=True, kw_only=True):
     ports: list[str]
     readme: str
     is_public: bool
+    # Saved registry credential used to pull a private image (its id, never the secret).
+    container_registry_auth_id: str | None = None
 
 
 @register()
@@ -39,6 +41,7 @@ class TemplateUpdated(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     env: dict[str, str] | None = None
     ports: list[str] | None = None
     readme: str | None = None
+    container_registry_auth_id: str | None = None
 
 
 @register()

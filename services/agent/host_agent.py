@@ -20,6 +20,7 @@ from nats.js.api import DeliverPolicy
 from events.catalog import decode_event
 from events.host import HostGpu
 from events.subjects import STREAM, aggregate_type_filter
+from services.agent.registry_credentials import RegistryCredentialStore
 from services.agent.runtime import ContainerSpec, ContainerState, ImagePullFailed, Runtime
 from services.api.command_bus import CommandBus
 from services.deciders.host import RegisterHost
@@ -87,7 +88,9 @@ class HostAgent:
         heartbeat_s: float = 2.0,
         resync_s: float = 15.0,
         workers: int = 16,
+        credentials: RegistryCredentialStore | None = None,
     ) -> None:
+        self._credentials = credentials
         self.name = name
         self._nc = nc
         self._bus = bus
@@ -367,6 +370,20 @@ class HostAgent:
         host = self._hosts[state.host_id]
         return container_spec(state, real_gpus=host.inventory_source == "nvml")
 
+    async def _pull(self, state: InstanceState) -> bool:
+        """Make sure the image is here; False (and a "failed" report) if it cannot be had."""
+        auth = None
+        if state.registry_auth_id and self._credentials is not None:
+            auth = await self._credentials.for_pull(
+                state.registry_auth_id, state.owner_id, state.image_name
+            )
+        try:
+            await self._runtime.ensure_image(state.image_name, auth)
+        except ImagePullFailed as exc:
+            await self._report(state, "failed", reason=str(exc))
+            return False
+        return True
+
     async def _bring_up(self, state: InstanceState, actual: ContainerState) -> None:
         if actual.status == "running":
             self._generation_applied[state.id] = state.config_generation
@@ -374,10 +391,7 @@ class HostAgent:
             return
         if state.status == "PENDING":
             await self._report(state, "provisioning")
-        try:
-            await self._runtime.ensure_image(state.image_name, None)
-        except ImagePullFailed as exc:
-            await self._report(state, "failed", reason=str(exc))
+        if not await self._pull(state):
             return
         running = await self._runtime.create_and_start(self._spec(state))
         self._generation_applied[state.id] = state.config_generation
@@ -391,10 +405,7 @@ class HostAgent:
     async def _recreate(self, state: InstanceState) -> None:
         """Image, command, env or ports changed: a new container on the same disk."""
         await self._runtime.remove(state.id, remove_volume=False)
-        try:
-            await self._runtime.ensure_image(state.image_name, None)
-        except ImagePullFailed as exc:
-            await self._report(state, "failed", reason=str(exc))
+        if not await self._pull(state):
             return
         await self._runtime.create_and_start(self._spec(state))
         self._generation_applied[state.id] = state.config_generation

@@ -215,6 +215,7 @@ class InstanceController(Controller):
             network_volume_id=data.network_volume_id,
             price_per_hour_micros=gpu.per_hour(data.cloud_type),
             rate_card_version=card.id,
+            registry_auth_id=template.container_registry_auth_id,
         )
         state = await ctx.execute(INSTANCES, new_id(), command, request, via="placement")
         return view(state)

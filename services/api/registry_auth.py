@@ -17,6 +17,7 @@ from services.deciders.registry_auth import (
     CreateRegistryAuth,
     DeleteRegistryAuth,
     RegistryAuthState,
+    sealed_for,
 )
 from services.errors import NotFound
 
@@ -40,11 +41,6 @@ def view(state: RegistryAuthState) -> RegistryAuthOut:
     return RegistryAuthOut(
         id=state.id, name=state.name, username=state.username, created_at=state.created_at
     )
-
-
-def sealed_for(auth_id: str) -> str:
-    """What the password ciphertext is bound to."""
-    return f"registry_auth:{auth_id}"
 
 
 class RegistryAuthController(Controller):

@@ -13,6 +13,7 @@ from events.ids import new_id
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
+from services.deciders.registry_auth import RegistryAuthState
 from services.deciders.template import (
     MAX_DISK_GB,
     CreateTemplate,
@@ -20,7 +21,7 @@ from services.deciders.template import (
     TemplateState,
     UpdateTemplate,
 )
-from services.errors import NotFound
+from services.errors import BadRequest, NotFound
 
 TEMPLATES = PROJECTIONS["templates"]
 
@@ -48,6 +49,7 @@ class TemplateIn(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_
     env: Env = {}
     ports: Ports = []
     readme: Readme = ""
+    container_registry_auth_id: Annotated[str, Meta(max_length=128)] | None = None
 
 
 class TemplatePatch(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
@@ -60,6 +62,7 @@ class TemplatePatch(msgspec.Struct, rename="camel", forbid_unknown_fields=True, 
     env: Env | None = None
     ports: Ports | None = None
     readme: Readme | None = None
+    container_registry_auth_id: Annotated[str, Meta(max_length=128)] | None = None
 
 
 class TemplateOut(msgspec.Struct, rename="camel", kw_only=True):
@@ -74,6 +77,7 @@ class TemplateOut(msgspec.Struct, rename="camel", kw_only=True):
     ports: list[str]
     readme: str
     is_public: bool
+    container_registry_auth_id: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -91,9 +95,21 @@ def view(state: TemplateState) -> TemplateOut:
         ports=state.ports,
         readme=state.readme,
         is_public=state.is_public,
+        container_registry_auth_id=state.container_registry_auth_id,
         created_at=state.created_at,
         updated_at=state.updated_at,
     )
+
+
+async def check_registry_auth(request: Request[Any, Any, Any], auth_id: str | None) -> None:
+    """A template may only name one of its owner's own saved registry credentials."""
+    if auth_id is None:
+        return
+    state: RegistryAuthState | None = await read_models.get(
+        context_of(request).pool, PROJECTIONS["registry_auths"], auth_id
+    )
+    if state is None or state.deleted or state.owner_id != request.user.id:
+        raise BadRequest(f"field `containerRegistryAuthId`: no registry credential {auth_id!r}")
 
 
 def visible_to(state: TemplateState | None, user_id: str) -> TemplateState:
@@ -119,6 +135,7 @@ class TemplateController(Controller):
         self, request: Request[Any, Any, Any], data: TemplateIn
     ) -> TemplateOut:
         ctx = context_of(request)
+        await check_registry_auth(request, data.container_registry_auth_id)
         command = CreateTemplate(
             actor=request.user.id, at=datetime.now(UTC), **msgspec.structs.asdict(data)
         )
@@ -137,6 +154,7 @@ class TemplateController(Controller):
         ctx = context_of(request)
         if not read_models.valid_id(template_id):
             raise NotFound("template not found")
+        await check_registry_auth(request, data.container_registry_auth_id)
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         command = UpdateTemplate(actor=request.user.id, at=datetime.now(UTC), **changes)
         return view(await ctx.execute(TEMPLATES, template_id, command, request))

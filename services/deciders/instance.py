@@ -74,6 +74,7 @@ class InstanceState(msgspec.Struct, kw_only=True, frozen=True):
     network_volume_id: str | None
     price_per_hour_micros: int
     rate_card_version: str
+    registry_auth_id: str | None = None
     status: Status
     desired_status: Literal["RUNNING", "STOPPED", "TERMINATED"]
     failure_reason: str | None = None
@@ -122,6 +123,7 @@ class CreateInstance(Command, frozen=True, kw_only=True):
     network_volume_id: str | None
     price_per_hour_micros: int
     rate_card_version: str
+    registry_auth_id: str | None = None
 
 
 class StartInstance(Command, frozen=True, kw_only=True):

@@ -53,6 +53,7 @@ class PlaceInstance(Command, frozen=True, kw_only=True):
     network_volume_id: str | None
     price_per_hour_micros: int
     rate_card_version: str
+    registry_auth_id: str | None = None
 
 
 class StartPlacedInstance(Command, frozen=True, kw_only=True):

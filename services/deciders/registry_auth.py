@@ -12,6 +12,11 @@ from services.deciders.decider import Command, Decider
 from services.errors import BadRequest, Conflict, NotFound
 
 
+def sealed_for(auth_id: str) -> str:
+    """What a credential's password ciphertext is bound to (AES-GCM associated data)."""
+    return f"registry_auth:{auth_id}"
+
+
 class RegistryAuthState(msgspec.Struct, kw_only=True, frozen=True):
     id: str
     owner_id: str

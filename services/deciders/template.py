@@ -28,6 +28,7 @@ class TemplateState(msgspec.Struct, kw_only=True, frozen=True):
     ports: list[str]
     readme: str
     is_public: bool
+    container_registry_auth_id: str | None = None
     created_at: datetime
     updated_at: datetime
     deleted: bool = False
@@ -45,6 +46,7 @@ class CreateTemplate(Command, frozen=True, kw_only=True):
     ports: list[str] = []
     readme: str = ""
     is_public: bool = False
+    container_registry_auth_id: str | None = None
 
 
 class UpdateTemplate(Command, frozen=True, kw_only=True):
@@ -57,6 +59,7 @@ class UpdateTemplate(Command, frozen=True, kw_only=True):
     env: dict[str, str] | None = None
     ports: list[str] | None = None
     readme: str | None = None
+    container_registry_auth_id: str | None = None
 
 
 class DeleteTemplate(Command, frozen=True, kw_only=True):
@@ -75,6 +78,7 @@ _CHANGEABLE = (
     "env",
     "ports",
     "readme",
+    "container_registry_auth_id",
 )
 
 
@@ -124,6 +128,7 @@ def decide(state: TemplateState | None, command: TemplateCommand) -> list[msgspe
                     ports=command.ports,
                     readme=command.readme,
                     is_public=command.is_public,
+                    container_registry_auth_id=command.container_registry_auth_id,
                 )
             ]
         case UpdateTemplate():

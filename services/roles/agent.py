@@ -6,16 +6,19 @@ import logging
 import socket
 
 from events.host import HostGpu
+from events.store import JetStreamEventStore
 from services.agent.declared_inventory import DeclaredInventory
 from services.agent.host_agent import HostAgent, HostSpec
 from services.agent.inventory import GpuInventory
 from services.agent.inventory_detect import detect_inventory
+from services.agent.registry_credentials import RegistryCredentialStore
 from services.agent.runtime import Runtime
 from services.agent.simulated_runtime import SimulatedRuntime
 from services.api.command_bus import CommandBus
 from services.config import Settings
 from services.nats_connection import connect_nats
 from services.roles.lifecycle import ensure_stream, until_signalled
+from services.security.secret_box import SecretBox
 
 log = logging.getLogger("gpuworker.agent")
 
@@ -86,7 +89,15 @@ async def run_agent(
         runtime = choose_runtime(runtime_name, host_id)
     nc = await connect_nats(settings.nats_url, f"agent-{host_id}")
     await ensure_stream(nc, settings.stream_replicas)
-    agent = HostAgent(host_id, nc, CommandBus(nc, settings.request_timeout_s), hosts, runtime)
+    credentials = RegistryCredentialStore(JetStreamEventStore(nc), SecretBox(settings.secret_key))
+    agent = HostAgent(
+        host_id,
+        nc,
+        CommandBus(nc, settings.request_timeout_s),
+        hosts,
+        runtime,
+        credentials=credentials,
+    )
     await agent.start()
     try:
         await until_signalled()
