@@ -30,6 +30,8 @@ class Settings:
     stream_replicas: int = 1
     request_timeout_s: float = 5.0
     read_your_writes_timeout_s: float = 5.0
+    # A host whose agent is silent this long is marked lost (and its GPUs unavailable).
+    host_timeout_s: float = 10.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -41,4 +43,5 @@ class Settings:
             access_token_ttl_s=int(os.environ.get("GPUWORKER_ACCESS_TOKEN_TTL", "900")),
             refresh_token_ttl_s=int(os.environ.get("GPUWORKER_REFRESH_TOKEN_TTL", "2592000")),
             stream_replicas=int(os.environ.get("GPUWORKER_STREAM_REPLICAS", "1")),
+            host_timeout_s=float(os.environ.get("GPUWORKER_HOST_TIMEOUT", "10")),
         )

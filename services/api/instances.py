@@ -27,6 +27,7 @@ from services.api.templates import (
     VolumeDisk,
 )
 from services.datacenters import DATACENTERS
+from services.deciders.host import HostState
 from services.deciders.instance import (
     InstanceState,
     RestartInstance,
@@ -40,6 +41,7 @@ from services.deciders.volume import VolumeState
 from services.errors import BadRequest, NotFound
 
 INSTANCES = PROJECTIONS["instances"]
+HOSTS = PROJECTIONS["hosts"]
 VOLUMES = PROJECTIONS["volumes"]
 
 CloudType = Literal["SECURE", "COMMUNITY"]
@@ -101,7 +103,7 @@ class InstanceOut(msgspec.Struct, rename="camel", kw_only=True):
     host_lost: bool
 
 
-def view(state: InstanceState) -> InstanceOut:
+def view(state: InstanceState, host_down: bool = False) -> InstanceOut:
     cost = state.price_per_hour_micros * state.gpu_count
     return InstanceOut(
         id=state.id,
@@ -130,8 +132,18 @@ def view(state: InstanceState) -> InstanceOut:
         last_status_change=state.last_status_change,
         failure_reason=state.failure_reason,
         exit_code=state.exit_code,
-        host_lost=state.host_lost,
+        host_lost=state.host_lost or host_down,
     )
+
+
+async def views(request: Request[Any, Any, Any], states: list[InstanceState]) -> list[InstanceOut]:
+    """Instances on a host that stopped heartbeating are shown as such (hostLost: true)."""
+    hosts: dict[str, HostState] = await read_models.get_many(
+        context_of(request).pool, HOSTS, sorted({s.host_id for s in states})
+    )
+    return [
+        view(s, host_down=s.host_id in hosts and not hosts[s.host_id].available) for s in states
+    ]
 
 
 def _mine(state: InstanceState | None, user_id: str) -> InstanceState:
@@ -154,7 +166,7 @@ class InstanceController(Controller):
     async def list_instances(self, request: Request[Any, Any, Any]) -> list[InstanceOut]:
         ctx = context_of(request)
         states = await read_models.list_visible(ctx.pool, INSTANCES, request.user.id)
-        return [view(s) for s in states]
+        return await views(request, states)
 
     @post("/", status_code=201, summary="Rent a GPU instance")
     async def create_instance(
@@ -224,7 +236,7 @@ class InstanceController(Controller):
     async def get_instance(self, request: Request[Any, Any, Any], instance_id: str) -> InstanceOut:
         ctx = context_of(request)
         state = await read_models.get(ctx.pool, INSTANCES, instance_id)
-        return view(_mine(state, request.user.id))
+        return (await views(request, [_mine(state, request.user.id)]))[0]
 
     @patch("/{instance_id:str}", summary="Rename, change image/env/ports, or grow disks")
     async def update_instance(

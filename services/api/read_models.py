@@ -33,6 +33,22 @@ async def get(
     return table.decode_state(row[0]) if row else None
 
 
+async def get_many(
+    pool: AsyncConnectionPool[Any], table: AggregateTable, ids: list[str]
+) -> dict[str, Any]:
+    if not ids:
+        return {}
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            sql.SQL("SELECT id, doc::text FROM {} WHERE id = ANY(%s)").format(
+                sql.Identifier(table.name)
+            ),
+            (ids,),
+        )
+        rows = await cur.fetchall()
+    return {row[0]: table.decode_state(row[1]) for row in rows}
+
+
 async def list_visible(
     pool: AsyncConnectionPool[Any],
     table: AggregateTable,

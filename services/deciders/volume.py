@@ -168,8 +168,12 @@ def _observe(state: VolumeState, command: ReportVolume) -> list[msgspec.Struct]:
         case "provisioned":
             return [VolumeProvisioned()] if state.status == "CREATING" else []
         case "resized":
+            # Progress only, and never past what the volume was asked to be: a stale or bogus
+            # report must not leave provisioned_gb above size_gb.
             size = command.size_gb or 0
-            return [VolumeResized(size_gb=size)] if size > state.provisioned_gb else []
+            if state.provisioned_gb < size <= state.size_gb:
+                return [VolumeResized(size_gb=size)]
+            return []
         case "failed":
             if state.status != "CREATING":
                 return []

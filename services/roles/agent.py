@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 
 from events.host import HostGpu
@@ -97,6 +98,7 @@ async def run_agent(
         hosts,
         runtime,
         credentials=credentials,
+        heartbeat_s=float(os.environ.get("GPUWORKER_HEARTBEAT", "2")),
     )
     await agent.start()
     try:

@@ -48,7 +48,7 @@ async def run_deciders(settings: Settings) -> None:
     placement = PlacementService(runner, fleet)
     server = DeciderServer(nc, runner, {"placement": placement.handle})
     await server.start()
-    monitor = HostMonitor(nc, runner, fleet)
+    monitor = HostMonitor(nc, runner, fleet, timeout_s=settings.host_timeout_s)
     await monitor.start()
     releaser = GpuReleaser(nc, runner, fleet)
     await releaser.start()
