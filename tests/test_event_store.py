@@ -157,6 +157,7 @@ async def test_events_are_stored_as_versioned_json_and_upcast(
         is_public=False,
     )
     raw = await js.get_msg(STREAM, event.sequence)
+    assert raw.data is not None
     assert msgspec.json.decode(raw.data)["version"] == 1, "stored events are never rewritten"
     assert decode_event(raw.data).data.env == {}
 
