@@ -117,8 +117,14 @@ class HostAgent:
         return {k: v[0] for k, v in self._instances.items()}
 
     async def start(self) -> None:
-        for host in self._hosts.values():
-            await self._register(host)
+        # Bounded concurrency: a simulated fleet registers a thousand hosts at start.
+        slots = asyncio.Semaphore(32)
+
+        async def register(host: HostSpec) -> None:
+            async with slots:
+                await self._register(host)
+
+        await asyncio.gather(*(register(h) for h in self._hosts.values()))
         js = self._nc.jetstream()
         self._sub = await js.subscribe(
             aggregate_type_filter("instance"),

@@ -6,7 +6,9 @@ host leases with instance leases) frees it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -86,6 +88,8 @@ class PlacementService:
         self._runner = runner
         self._fleet = fleet
         self._decode = msgspec.json.Decoder(PlacementCommand).decode
+        self._claiming: defaultdict[str, int] = defaultdict(int)
+        self._host_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def handle(self, envelope: CommandEnvelope) -> Reply:
         try:
@@ -186,34 +190,68 @@ class PlacementService:
         volume = (
             await self._volume(command, instance_id, cid) if command.network_volume_id else None
         )
-        hosts = candidates(
-            self._fleet.hosts(),
-            command.gpu_type_id,
-            command.gpu_count,
-            volume.datacenter_id if volume else command.datacenter_id,
-            command.cloud_type,
-        )
-        if volume is not None:
-            hosts = [h for h in hosts if h.id == volume.host_id]
         try:
-            return await self._place_on(envelope, command, hosts)
+            return await self._place_on(
+                envelope,
+                command,
+                volume.datacenter_id if volume else command.datacenter_id,
+                volume.host_id if volume else None,
+            )
         except GpuWorkerError:
             if volume is not None:
                 await self._detach(volume.id, instance_id, cid)
             raise
 
+    def _next_host(
+        self,
+        command: PlaceInstance,
+        datacenter_id: str | None,
+        only_host: str | None,
+        tried: set[str],
+    ) -> HostState | None:
+        ranked = candidates(
+            self._fleet.hosts(),
+            command.gpu_type_id,
+            command.gpu_count,
+            datacenter_id,
+            command.cloud_type,
+            self._claiming,
+        )
+        return next(
+            (h for h in ranked if h.id not in tried and (only_host is None or h.id == only_host)),
+            None,
+        )
+
+    async def _claim(
+        self, host_id: str, instance_id: str, command: PlaceInstance, cid: str
+    ) -> tuple[str, list[str]] | None:
+        """Allocate on one host. Placements in this process take turns per host (the host
+        aggregate would refuse all but one of them anyway), and while one waits its GPUs count
+        as taken, so the next placement ranks other hosts first."""
+        self._claiming[host_id] += command.gpu_count
+        try:
+            async with self._host_locks[host_id]:
+                return await self._allocate(
+                    host_id, instance_id, command.gpu_type_id, command.gpu_count, cid
+                )
+        finally:
+            self._claiming[host_id] -= command.gpu_count
+
     async def _place_on(
-        self, envelope: CommandEnvelope, command: PlaceInstance, hosts: list[HostState]
+        self,
+        envelope: CommandEnvelope,
+        command: PlaceInstance,
+        datacenter_id: str | None,
+        only_host: str | None,
     ) -> Reply:
         instance_id = envelope.aggregate_id
-        for host in hosts[:MAX_HOSTS_TRIED]:
-            allocated = await self._allocate(
-                host.id,
-                instance_id,
-                command.gpu_type_id,
-                command.gpu_count,
-                envelope.correlation_id,
-            )
+        tried: set[str] = set()
+        for _ in range(MAX_HOSTS_TRIED):
+            host = self._next_host(command, datacenter_id, only_host, tried)
+            if host is None:
+                break
+            tried.add(host.id)
+            allocated = await self._claim(host.id, instance_id, command, envelope.correlation_id)
             if allocated is None:
                 continue
             lease_id, gpu_uuids = allocated
@@ -249,9 +287,14 @@ class PlacementService:
                 f"cannot start instance {instance_id}: it is {state.status};"
                 " start needs STOPPED, EXITED or FAILED"
             )
-        allocated = await self._allocate(
-            state.host_id, instance_id, state.gpu_type_id, state.gpu_count, envelope.correlation_id
-        )
+        async with self._host_locks[state.host_id]:
+            allocated = await self._allocate(
+                state.host_id,
+                instance_id,
+                state.gpu_type_id,
+                state.gpu_count,
+                envelope.correlation_id,
+            )
         if allocated is None:
             raise Conflict(
                 f"no capacity: host {state.host_id}, where this instance's disk lives, has no"

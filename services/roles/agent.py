@@ -99,6 +99,8 @@ async def run_agent(
         runtime,
         credentials=credentials,
         heartbeat_s=float(os.environ.get("GPUWORKER_HEARTBEAT", "2")),
+        # One simulated process may stand for many hosts: give it workers to match.
+        workers=min(256, max(16, 4 * len(hosts))),
     )
     await agent.start()
     try:
