@@ -19,7 +19,6 @@ import psycopg
 from services.cli.embedded import EmbeddedNats, free_port
 from services.security.secret_box import generate_key
 
-
 SIMULATED_GPUS = "NVIDIA GeForce RTX 4090:4,NVIDIA A100 80GB PCIe:2"
 
 
