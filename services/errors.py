@@ -73,6 +73,10 @@ class Conflict(GpuWorkerError):
 class TooManyRequests(GpuWorkerError):
     code = 429
 
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
 
 class ServiceUnavailable(GpuWorkerError):
     code = 503

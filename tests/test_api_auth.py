@@ -217,6 +217,7 @@ def test_failed_logins_throttle_per_email(stack: Stack) -> None:
         for variant in (email, f" {email.upper()} "):
             locked = client.post("/auth/login", json={"email": variant, "password": PASSWORD})
             assert_error(locked, 429, "email")
+            assert 0 < int(locked.headers["retry-after"]) <= 900
         # Another account from the same address is unaffected.
         other = client.post("/auth/login", json={"email": bystander, "password": PASSWORD})
     assert other.status_code == 200, other.text

@@ -78,7 +78,9 @@ def on_http_exception(_request: Request[Any, Any, Any], exc: HTTPException) -> R
 
 
 def on_domain_error(_request: Request[Any, Any, Any], exc: GpuWorkerError) -> Response[Any]:
-    return error_response(exc.code, exc.message)
+    retry_after = getattr(exc, "retry_after_s", None)
+    headers = {"retry-after": str(retry_after)} if retry_after else None
+    return error_response(exc.code, exc.message, headers)
 
 
 def on_database_down(_request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -30,7 +30,8 @@ class LoginThrottle:
             if len(failures) >= self._limits[kind]:
                 retry_in = int(failures[0] + self._window - now) + 1
                 raise TooManyRequests(
-                    f"too many failed logins for this {kind}; try again in {retry_in} seconds"
+                    f"too many failed logins for this {kind}; try again in {retry_in} seconds",
+                    retry_after_s=retry_in,
                 )
 
     def failed(self, email: str, address: str) -> None:

@@ -203,8 +203,10 @@ def _observe(state: InstanceState, command: ReportObservation) -> list[msgspec.S
         case "provisioning":
             return [InstanceProvisioning()] if state.status in ("PENDING", "RESTARTING") else []
         case "running":
-            # A stop or terminate already asked for wins over a late "running".
-            if state.status in ("RUNNING", "STOPPING", "STOPPED", "TERMINATING"):
+            # Only an instance coming up starts running. A stop or terminate already asked for
+            # wins over a late "running"; after an exit or a failure the lease is released (its
+            # GPUs may be someone else's now) and only a start, with a new lease, brings it back.
+            if state.status not in ("PENDING", "PROVISIONING", "RESTARTING"):
                 return []
             return [InstanceRunning()]
         case "exited":
