@@ -410,7 +410,15 @@ class DockerRuntime:
         try:
             return self._client.containers.get(container_name(instance_id))
         except docker.errors.NotFound:
-            return None
+            pass
+        # A container of ours under another name (made by hand, or by an older agent) is still
+        # ours: the labels, not the name, say which instance it belongs to.
+        found = self._client.containers.list(
+            all=True,
+            ignore_removed=True,
+            filters={"label": [f"{LABEL_INSTANCE}={instance_id}", f"{LABEL_HOST}={self.host_id}"]},
+        )
+        return found[0] if found else None
 
     def _require(self, instance_id: str) -> Any:
         container = self._get(instance_id)

@@ -449,3 +449,8 @@ class HostAgent:
             for instance_id, (state, _seq) in list(self._instances.items()):
                 if state.status != "TERMINATED":
                     self._schedule(instance_id)
+            for volume_id, (volume, _seq) in list(self._volumes.items()):
+                if volume.status in ("CREATING", "DELETING") or (
+                    volume.provisioned_gb < volume.size_gb and volume.status == "AVAILABLE"
+                ):
+                    self._schedule(VOLUME_KEY + volume_id)

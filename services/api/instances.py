@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -146,6 +147,20 @@ async def views(request: Request[Any, Any, Any], states: list[InstanceState]) ->
     ]
 
 
+async def _until_attached(
+    request: Request[Any, Any, Any], volume_id: str, instance_id: str
+) -> None:
+    """Read-your-writes for the volume too: its attach is another aggregate's event, so the
+    instance's sequence says nothing about the volumes read model; look for it (bounded)."""
+    ctx = context_of(request)
+    deadline = asyncio.get_running_loop().time() + ctx.settings.read_your_writes_timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        volume: VolumeState | None = await read_models.get(ctx.pool, VOLUMES, volume_id)
+        if volume is not None and instance_id in volume.attached:
+            return
+        await asyncio.sleep(0.02)
+
+
 def _mine(state: InstanceState | None, user_id: str) -> InstanceState:
     if state is None or state.status == "TERMINATED" or state.owner_id != user_id:
         raise NotFound("instance not found")
@@ -230,6 +245,8 @@ class InstanceController(Controller):
             registry_auth_id=template.container_registry_auth_id,
         )
         state = await ctx.execute(INSTANCES, new_id(), command, request, via="placement")
+        if state.network_volume_id:
+            await _until_attached(request, state.network_volume_id, state.id)
         return view(state)
 
     @get("/{instance_id:str}", summary="Get an instance")

@@ -142,7 +142,7 @@ def decide(state: VolumeState | None, command: VolumeCommand) -> list[msgspec.St
                 return []
             if current.attached:
                 raise Conflict(
-                    f"volume {current.id} is attached to instance(s) {current.attached[0]};"
+                    f"volume {current.id} is attached to instance(s) {', '.join(current.attached)};"
                     " terminate them first"
                 )
             return [VolumeDeleteRequested()]

@@ -61,4 +61,4 @@ async def run_deciders(settings: Settings) -> None:
         await monitor.stop()
         await fleet.stop()
         await server.stop()
-        await nc.drain()
+        await nc.close()
