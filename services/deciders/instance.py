@@ -219,7 +219,8 @@ def _observe(state: InstanceState, command: ReportObservation) -> list[msgspec.S
             reason = command.reason or f"the container exited with code {code}"
             return [InstanceExited(exit_code=code, reason=reason, lease_id=lease)]
         case "failed":
-            if state.status == "FAILED":
+            # A terminate already asked for wins: the host confirms it with "terminated".
+            if state.status in ("FAILED", "TERMINATING"):
                 return []
             return [InstanceFailed(reason=command.reason or "failed on its host", lease_id=lease)]
         case "stopped":
