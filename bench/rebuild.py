@@ -145,7 +145,7 @@ async def consume_with_fetch(nc: NatsClient, fetch: int) -> list[tuple[int, str,
             max_waiting=1,
         ),
     )
-    remaining = (await psub.consumer_info()).num_pending
+    remaining = (await psub.consumer_info()).num_pending or 0
     rows: list[tuple[int, str, str]] = []
     try:
         while remaining > 0:
@@ -186,7 +186,7 @@ async def consume_with_callback(nc: NatsClient, fetch: int) -> list[tuple[int, s
 
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
-    remaining = info.num_pending
+    remaining = info.num_pending or 0
     try:
         while remaining > 0:
             want, batch = min(fetch, remaining), []

@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -166,7 +167,7 @@ def run_full(label: str, stack: Stack, levels: list[int], args: argparse.Namespa
             args.warmup,
             stack.meter(),
         )
-        rows = settled_count(lambda token=token: own_templates(stack.url, token))
+        rows = settled_count(partial(own_templates, stack.url, token))
         side.results[c], side.checks[c] = r, Check(created, rows, other, slack=2 * c)
         print(f"[writes] {label} c={c}: {r.rps:.1f}/s; {side.checks[c].line()}", flush=True)
     return side

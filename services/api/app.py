@@ -63,7 +63,14 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            settings.database_url, min_size=2, max_size=16, timeout=3.0, open=False
+            settings.database_url,
+            min_size=2,
+            max_size=16,
+            timeout=3.0,
+            open=False,
+            # Reads are single statements: no BEGIN/COMMIT round trips. Multi-statement work
+            # (idempotency claims) opens an explicit transaction.
+            kwargs={"autocommit": True},
         )
         await pool.open(wait=False)
         nc = await connect_nats(settings.nats_url, "api")

@@ -167,6 +167,10 @@ class PlacementService:
             ),
         )
         if reply.error is not None:
+            if reply.error.code == 404:  # deleted since it was read: the field is what's wrong
+                raise BadRequest(
+                    f"field `networkVolumeId`: no volume {command.network_volume_id!r}"
+                )
             raise from_body(reply.error)
         return volume
 

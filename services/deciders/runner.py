@@ -119,8 +119,10 @@ class DeciderRunner:
         if cached is not None:
             self._cache.move_to_end(key)
             return cached[0], cached[1], False
-        state, sequence = await self._catch_up(decider, ref, None, 0)
-        return state, sequence, True
+        # Not cached: assume it does not exist yet and let the store say otherwise. A create (a
+        # fresh id: the common case) then costs no read at all, and anything else is refused or
+        # conflicts on that unchecked guess, catches up and is decided again on fresh state.
+        return None, 0, False
 
     async def _catch_up(
         self, decider: Decider[Any], ref: AggregateRef, state: Any, sequence: int
