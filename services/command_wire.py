@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Self
+
 import msgspec
 
+from events.ids import new_id
 from services.errors import ErrorBody
 
 
@@ -13,6 +16,15 @@ class CommandEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     correlation_id: str
     # The aggregate's tagged Command, left raw so the runner decodes it with its own union.
     command: msgspec.Raw
+
+    @classmethod
+    def wrap(cls, aggregate_id: str, command: msgspec.Struct, correlation_id: str) -> Self:
+        return cls(
+            id=new_id(),
+            aggregate_id=aggregate_id,
+            correlation_id=correlation_id,
+            command=msgspec.Raw(msgspec.json.encode(command)),
+        )
 
 
 NULL = msgspec.Raw(b"null")

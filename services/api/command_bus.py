@@ -6,7 +6,6 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from events.ids import new_id
 from events.subjects import command_subject
 from services.command_wire import CommandEnvelope, Reply
 from services.deciders.decider import Command
@@ -27,12 +26,7 @@ class CommandBus:
             raise ServiceUnavailable(
                 "the message bus (NATS) is unreachable; nothing was changed, retry shortly"
             )
-        envelope = CommandEnvelope(
-            id=new_id(),
-            aggregate_id=aggregate_id,
-            correlation_id=correlation_id,
-            command=msgspec.Raw(self._encode(command)),
-        )
+        envelope = CommandEnvelope.wrap(aggregate_id, command, correlation_id)
         try:
             msg = await self._nc.request(
                 command_subject(aggregate_type), self._encode(envelope), timeout=self._timeout

@@ -19,10 +19,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from events.catalog import decode_event
-from events.ids import new_id
 from events.instance import InstanceExited, InstanceFailed, InstanceStopped, InstanceTerminated
 from events.subjects import STREAM, aggregate_type_filter
-from services.command_wire import CommandEnvelope
 from services.deciders.fleet_view import FleetView
 from services.deciders.host import HostState, ReleaseGpus
 from services.deciders.instance import InstanceState
@@ -32,6 +30,7 @@ from services.deciders.volume import DetachVolume
 log = logging.getLogger("gpuworker.gpu-releaser")
 
 DURABLE = "gpu_releaser"
+ACTOR = "system:gpu-releaser"
 LEASE_ENDING = (InstanceExited, InstanceFailed, InstanceStopped, InstanceTerminated)
 
 
@@ -97,22 +96,11 @@ class GpuReleaser:
         instance, _seq = await self._runner.current("instance", instance_id)
         if not isinstance(instance, InstanceState) or instance.network_volume_id is None:
             return
-        reply = await self._runner.handle(
+        reply = await self._runner.run(
             "volume",
-            CommandEnvelope(
-                id=new_id(),
-                aggregate_id=instance.network_volume_id,
-                correlation_id=f"detach:{instance_id}",
-                command=msgspec.Raw(
-                    msgspec.json.encode(
-                        DetachVolume(
-                            actor="system:gpu-releaser",
-                            at=datetime.now(UTC),
-                            instance_id=instance_id,
-                        )
-                    )
-                ),
-            ),
+            instance.network_volume_id,
+            DetachVolume(actor=ACTOR, at=datetime.now(UTC), instance_id=instance_id),
+            f"detach:{instance_id}",
         )
         if reply.error is not None and reply.error.code != 404:
             raise nats.errors.Error(f"detach failed: {reply.error.message}")
@@ -121,23 +109,13 @@ class GpuReleaser:
         instance, _seq = await self._runner.current("instance", instance_id)
         if not isinstance(instance, InstanceState):
             return
-        reply = await self._runner.handle(
+        reply = await self._runner.run(
             "host",
-            CommandEnvelope(
-                id=new_id(),
-                aggregate_id=instance.host_id,
-                correlation_id=f"release:{instance_id}",
-                command=msgspec.Raw(
-                    msgspec.json.encode(
-                        ReleaseGpus(
-                            actor="system:gpu-releaser",
-                            at=datetime.now(UTC),
-                            instance_id=instance_id,
-                            lease_id=lease_id,
-                        )
-                    )
-                ),
+            instance.host_id,
+            ReleaseGpus(
+                actor=ACTOR, at=datetime.now(UTC), instance_id=instance_id, lease_id=lease_id
             ),
+            f"release:{instance_id}",
         )
         if reply.error is not None:
             # Raising keeps the message unacked: it is redelivered and retried.

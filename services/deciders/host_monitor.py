@@ -14,9 +14,7 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from events.ids import new_id
 from services.agent.host_agent import HEARTBEAT_SUBJECT, Heartbeat
-from services.command_wire import CommandEnvelope
 from services.deciders.fleet_view import FleetView
 from services.deciders.host import HostState, MarkHostLost, MarkHostRecovered
 from services.deciders.runner import DeciderRunner
@@ -86,15 +84,7 @@ class HostMonitor:
                 )
 
     async def _mark(self, host_id: str, command: MarkHostLost | MarkHostRecovered) -> None:
-        reply = await self._runner.handle(
-            "host",
-            CommandEnvelope(
-                id=new_id(),
-                aggregate_id=host_id,
-                correlation_id=f"monitor:{host_id}",
-                command=msgspec.Raw(msgspec.json.encode(command)),
-            ),
-        )
+        reply = await self._runner.run("host", host_id, command, f"monitor:{host_id}")
         if reply.error is None:
             self._fleet.offer(msgspec.json.decode(reply.state, type=HostState), reply.sequence)
             log.info("host %s: %s", host_id, type(command).__name__)

@@ -74,15 +74,6 @@ def no_capacity(count: int, gpu_type_id: str, datacenter_id: str | None, cloud_t
     )
 
 
-def _envelope(aggregate_id: str, command: Command, correlation_id: str) -> CommandEnvelope:
-    return CommandEnvelope(
-        id=new_id(),
-        aggregate_id=aggregate_id,
-        correlation_id=correlation_id,
-        command=msgspec.Raw(msgspec.json.encode(command)),
-    )
-
-
 class PlacementService:
     def __init__(self, runner: DeciderRunner, fleet: FleetView) -> None:
         self._runner = runner
@@ -104,20 +95,18 @@ class PlacementService:
         self, host_id: str, instance_id: str, gpu_type_id: str, count: int, correlation_id: str
     ) -> tuple[str, list[str]] | None:
         lease_id = new_id()
-        reply = await self._runner.handle(
+        reply = await self._runner.run(
             "host",
-            _envelope(
-                host_id,
-                AllocateGpus(
-                    actor=PLACEMENT_ACTOR,
-                    at=datetime.now(UTC),
-                    instance_id=instance_id,
-                    lease_id=lease_id,
-                    gpu_type_id=gpu_type_id,
-                    count=count,
-                ),
-                correlation_id,
+            host_id,
+            AllocateGpus(
+                actor=PLACEMENT_ACTOR,
+                at=datetime.now(UTC),
+                instance_id=instance_id,
+                lease_id=lease_id,
+                gpu_type_id=gpu_type_id,
+                count=count,
             ),
+            correlation_id,
         )
         if reply.error is not None:
             if reply.error.code == 409:
@@ -128,18 +117,16 @@ class PlacementService:
         return lease_id, state.held_by(instance_id)[lease_id]
 
     async def release(self, host_id: str, instance_id: str, lease_id: str, cid: str) -> None:
-        reply = await self._runner.handle(
+        reply = await self._runner.run(
             "host",
-            _envelope(
-                host_id,
-                ReleaseGpus(
-                    actor=PLACEMENT_ACTOR,
-                    at=datetime.now(UTC),
-                    instance_id=instance_id,
-                    lease_id=lease_id,
-                ),
-                cid,
+            host_id,
+            ReleaseGpus(
+                actor=PLACEMENT_ACTOR,
+                at=datetime.now(UTC),
+                instance_id=instance_id,
+                lease_id=lease_id,
             ),
+            cid,
         )
         if reply.error is not None:
             log.warning("could not release lease %s on %s: %s", lease_id, host_id, reply.error)
@@ -158,13 +145,11 @@ class PlacementService:
                 f"field `networkVolumeId`: volume {volume.id} is in {volume.datacenter_id},"
                 f" not in the requested data center {command.datacenter_id}"
             )
-        reply = await self._runner.handle(
+        reply = await self._runner.run(
             "volume",
-            _envelope(
-                volume.id,
-                AttachVolume(actor=command.actor, at=command.at, instance_id=instance_id),
-                cid,
-            ),
+            volume.id,
+            AttachVolume(actor=command.actor, at=command.at, instance_id=instance_id),
+            cid,
         )
         if reply.error is not None:
             if reply.error.code == 404:  # deleted since it was read: the field is what's wrong
@@ -175,13 +160,11 @@ class PlacementService:
         return volume
 
     async def _detach(self, volume_id: str, instance_id: str, cid: str) -> None:
-        reply = await self._runner.handle(
+        reply = await self._runner.run(
             "volume",
-            _envelope(
-                volume_id,
-                DetachVolume(actor=PLACEMENT_ACTOR, at=datetime.now(UTC), instance_id=instance_id),
-                cid,
-            ),
+            volume_id,
+            DetachVolume(actor=PLACEMENT_ACTOR, at=datetime.now(UTC), instance_id=instance_id),
+            cid,
         )
         if reply.error is not None:
             log.warning(
@@ -264,9 +247,7 @@ class PlacementService:
             create = CreateInstance(
                 **fields, host_id=host.id, gpu_uuids=gpu_uuids, lease_id=lease_id
             )
-            reply = await self._runner.handle(
-                "instance", _envelope(instance_id, create, envelope.correlation_id)
-            )
+            reply = await self._runner.run("instance", instance_id, create, envelope.correlation_id)
             if reply.error is not None:
                 await self.release(host.id, instance_id, lease_id, envelope.correlation_id)
                 raise from_body(reply.error)
@@ -305,15 +286,13 @@ class PlacementService:
                 f" {state.gpu_count} free {state.gpu_type_id} right now; retry later"
             )
         lease_id, gpu_uuids = allocated
-        reply = await self._runner.handle(
+        reply = await self._runner.run(
             "instance",
-            _envelope(
-                instance_id,
-                StartInstance(
-                    actor=command.actor, at=command.at, gpu_uuids=gpu_uuids, lease_id=lease_id
-                ),
-                envelope.correlation_id,
+            instance_id,
+            StartInstance(
+                actor=command.actor, at=command.at, gpu_uuids=gpu_uuids, lease_id=lease_id
             ),
+            envelope.correlation_id,
         )
         if reply.error is not None:
             await self.release(state.host_id, instance_id, lease_id, envelope.correlation_id)

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import logging
 
-import msgspec
-
-from events.ids import new_id
 from events.store import JetStreamEventStore
-from services.command_wire import CommandEnvelope
 from services.config import Settings
 from services.deciders.builtin_templates import builtin_templates
 from services.deciders.catalog import DECIDERS
@@ -26,15 +22,7 @@ log = logging.getLogger("gpuworker.deciders")
 
 async def seed_builtins(runner: DeciderRunner) -> None:
     for template_id, command in builtin_templates().items():
-        reply = await runner.handle(
-            "template",
-            CommandEnvelope(
-                id=new_id(),
-                aggregate_id=template_id,
-                correlation_id="seed",
-                command=msgspec.Raw(msgspec.json.encode(command)),
-            ),
-        )
+        reply = await runner.run("template", template_id, command, "seed")
         if reply.error is not None and reply.error.code != 409:
             log.warning("could not seed template %s: %s", template_id, reply.error.message)
 
