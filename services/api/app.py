@@ -28,6 +28,7 @@ from services.api.health import health
 from services.api.idempotency import IdempotencyMiddleware
 from services.api.instances import InstanceController
 from services.api.login_throttle import LoginThrottle
+from services.api.read_cache import ReadCache
 from services.api.registry_auth import RegistryAuthController
 from services.api.templates import TemplateController
 from services.api.volumes import VolumeController
@@ -85,6 +86,7 @@ def create_app(settings: Settings) -> Litestar:
             throttle=LoginThrottle(),
             box=SecretBox(settings.secret_key),
             jwt=jwt_auth,
+            cache=ReadCache(watcher),
         )
         try:
             yield

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import msgspec
-from litestar import Controller, Request, delete, get, patch, post
+from litestar import Controller, MediaType, Request, Response, delete, get, patch, post
 from msgspec import Meta
 
 from events.ids import new_id
@@ -123,12 +123,17 @@ class TemplateController(Controller):
     tags = ["templates"]
 
     @get("/", summary="List your templates and the built-in ones")
-    async def list_templates(self, request: Request[Any, Any, Any]) -> list[TemplateOut]:
+    async def list_templates(self, request: Request[Any, Any, Any]) -> Response[list[TemplateOut]]:
         ctx = context_of(request)
-        states = await read_models.list_visible(
-            ctx.pool, TEMPLATES, request.user.id, include_public=True
-        )
-        return [view(s) for s in states]
+
+        async def load() -> bytes:
+            states = await read_models.list_visible(
+                ctx.pool, TEMPLATES, request.user.id, include_public=True
+            )
+            return msgspec.json.encode([view(s) for s in states])
+
+        body = await ctx.cache.get_or_load(TEMPLATES.name, request.user.id, load)
+        return Response(cast("list[TemplateOut]", body), media_type=MediaType.JSON)
 
     @post("/", status_code=201, summary="Create a template")
     async def create_template(
