@@ -33,6 +33,7 @@ from services.errors import BadRequest, Conflict, GpuWorkerError, NotFound, from
 log = logging.getLogger("gpuworker.placement")
 
 MAX_HOSTS_TRIED = 8
+CLAIM_WAIT_S = 2.0
 PLACEMENT_ACTOR = "system:placement"
 
 
@@ -209,6 +210,11 @@ class PlacementService:
             None,
         )
 
+    def _claiming_any(self, only_host: str | None) -> bool:
+        if only_host is not None:
+            return self._claiming[only_host] > 0
+        return any(self._claiming.values())
+
     async def _claim(
         self, host_id: str, instance_id: str, command: PlaceInstance, cid: str
     ) -> tuple[str, list[str]] | None:
@@ -233,10 +239,18 @@ class PlacementService:
     ) -> Reply:
         instance_id = envelope.aggregate_id
         tried: set[str] = set()
-        for _ in range(MAX_HOSTS_TRIED):
+        deadline = asyncio.get_running_loop().time() + CLAIM_WAIT_S
+        attempts = 0
+        while attempts < MAX_HOSTS_TRIED:
             host = self._next_host(command, datacenter_id, only_host, tried)
             if host is None:
+                # GPUs other placements are claiming right now may yet be refused and come
+                # back: "no capacity" only once nothing is in flight (or after a short wait).
+                if self._claiming_any(only_host) and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.005)
+                    continue
                 break
+            attempts += 1
             tried.add(host.id)
             allocated = await self._claim(host.id, instance_id, command, envelope.correlation_id)
             if allocated is None:
