@@ -122,4 +122,6 @@ def create_app(settings: Settings) -> Litestar:
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
         debug=False,
+        # The process's logging is set up once by the CLI; one format across every role.
+        logging_config=None,
     )
