@@ -683,6 +683,7 @@ def test_reused_refresh_token_revokes_its_family(
             expires_at=rotate_at + timedelta(days=30),
         )
     )
+    assert isinstance(rotated, list)
     assert [type(e) for e in rotated] == [RefreshTokenRotated]
 
     reuse_at = rotate_at + timedelta(seconds=later)

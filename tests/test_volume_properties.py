@@ -322,6 +322,7 @@ def check_step(previous: VolumeState | None, command: Any, outcome: Any, run: Ru
     want = expected(previous, command)
     if isinstance(want, type):
         assert type(outcome) is want, f"expected {want.__name__}, got {outcome!r}"
+        assert isinstance(outcome, GpuWorkerError)
         check_message(previous, command, outcome)
         assert run.state is previous
         return
