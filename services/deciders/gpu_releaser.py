@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -31,6 +31,8 @@ log = logging.getLogger("gpuworker.gpu-releaser")
 
 DURABLE = "gpu_releaser"
 ACTOR = "system:gpu-releaser"
+SWEEP_EVERY_S = 30.0
+ORPHAN_AFTER = timedelta(minutes=2)
 LEASE_ENDING = (InstanceExited, InstanceFailed, InstanceStopped, InstanceTerminated)
 
 
@@ -40,15 +42,50 @@ class GpuReleaser:
         self._runner = runner
         self._fleet = fleet
         self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.released = 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="gpu-releaser")
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="gpu-sweeper")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._sweeper):
+            if task:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_EVERY_S)
+            try:
+                await self.sweep(datetime.now(UTC))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("gpu sweep failed; next one in %ss", SWEEP_EVERY_S)
+
+    async def sweep(self, now: datetime) -> int:
+        """Free leases no instance holds: left when placement died between allocating and
+        creating (or starting) the instance. Only leases older than ORPHAN_AFTER, so placements
+        in progress are never touched. Returns how many were freed."""
+        freed = 0
+        for host in self._fleet.hosts():
+            for lease in host.leases().values():
+                if lease.allocated_at is None or now - lease.allocated_at < ORPHAN_AFTER:
+                    continue
+                instance, _seq = await self._runner.current("instance", lease.instance_id)
+                if isinstance(instance, InstanceState) and instance.lease_id == lease.lease_id:
+                    continue
+                log.warning(
+                    "freeing orphaned lease %s of instance %s on host %s",
+                    lease.lease_id,
+                    lease.instance_id,
+                    host.id,
+                )
+                await self._release_on(host.id, lease.instance_id, lease.lease_id)
+                freed += 1
+        return freed
 
     async def _subscribe(self) -> Any:
         await self._js.add_consumer(
@@ -109,9 +146,12 @@ class GpuReleaser:
         instance, _seq = await self._runner.current("instance", instance_id)
         if not isinstance(instance, InstanceState):
             return
+        await self._release_on(instance.host_id, instance_id, lease_id)
+
+    async def _release_on(self, host_id: str, instance_id: str, lease_id: str) -> None:
         reply = await self._runner.run(
             "host",
-            instance.host_id,
+            host_id,
             ReleaseGpus(
                 actor=ACTOR, at=datetime.now(UTC), instance_id=instance_id, lease_id=lease_id
             ),

@@ -23,6 +23,8 @@ from services.errors import BadRequest, Conflict, NotFound
 class Lease(msgspec.Struct, frozen=True):
     instance_id: str
     lease_id: str
+    # When the allocation happened (None in states folded before this field existed).
+    allocated_at: datetime | None = None
 
 
 class HostState(msgspec.Struct, kw_only=True, frozen=True):
@@ -44,6 +46,10 @@ class HostState(msgspec.Struct, kw_only=True, frozen=True):
             for g in sorted(self.gpus, key=lambda g: g.index)
             if g.gpu_type_id == gpu_type_id and g.uuid not in self.allocations
         ]
+
+    def leases(self) -> dict[str, Lease]:
+        """lease id -> the lease (one entry per lease, whatever its GPU count)."""
+        return {lease.lease_id: lease for lease in self.allocations.values()}
 
     def held_by(self, instance_id: str) -> dict[str, list[str]]:
         """lease id -> GPUs, for the instance's leases on this host."""
@@ -205,7 +211,7 @@ def evolve(state: HostState | None, event: Envelope) -> HostState:
     if isinstance(data, GpusAllocated):
         allocations = dict(state.allocations)
         for uuid in data.gpu_uuids:
-            allocations[uuid] = Lease(data.instance_id, data.lease_id)
+            allocations[uuid] = Lease(data.instance_id, data.lease_id, event.occurred_at)
         return msgspec.structs.replace(state, allocations=allocations, version=version)
     if isinstance(data, GpusReleased):
         allocations = {u: a for u, a in state.allocations.items() if u not in data.gpu_uuids}
