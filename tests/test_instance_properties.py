@@ -576,9 +576,10 @@ def test_a_late_release_of_an_old_lease_frees_nothing_of_the_new_one() -> None:
     assert again.gpu_uuids == first.gpu_uuids and again.lease_id != old_lease
     # The old lease's release arrives again (redelivery) after the new allocation.
     assert fleet.deliver("a", old_lease) == []
-    assert fleet.host_state("host-0").allocations == {
-        again.gpu_uuids[0]: Lease("a", again.lease_id)
-    }
+    allocations = fleet.host_state("host-0").allocations
+    assert list(allocations) == [again.gpu_uuids[0]]
+    lease = allocations[again.gpu_uuids[0]]
+    assert (lease.instance_id, lease.lease_id) == ("a", again.lease_id)
 
 
 def test_a_start_racing_a_start_keeps_one_lease() -> None:
