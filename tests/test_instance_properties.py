@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, note, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -52,7 +52,7 @@ from services.deciders.instance import (
     StopInstance,
     TerminateInstance,
 )
-from services.deciders.placement import candidates
+from services.deciders.placement import best_fit, candidates, free_counts
 from services.errors import Conflict, GpuWorkerError, NotFound
 from tests import fleet_strategies as fs
 
@@ -622,3 +622,34 @@ def test_a_late_running_report_does_not_revive_an_instance_without_gpus(ending: 
     state = fleet.instance_state("a")
     assert state is not None and state.status == ending.upper() and state.lease_id is None
     assert fleet.host_state("host-0").held_by("b") == {other.lease_id: other.gpu_uuids}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_best_fit_picks_what_candidates_ranks_first(data: st.DataObject) -> None:
+    """The fleet view's fast path (precomputed free counts) chooses exactly the host that the
+    plain ranking would, whatever the fleet, the claims in flight and the hosts already tried."""
+    fleet = fs.PureFleet(data.draw(fs.host_specs()))
+    hosts = {host_id: fleet.host_state(host_id) for host_id in fleet.specs}
+    for host in hosts.values():
+        taken = data.draw(st.lists(st.sampled_from([g.uuid for g in host.gpus]), unique=True))
+        hosts[host.id] = msgspec.structs.replace(
+            host, allocations={u: Lease("x", "l") for u in taken}
+        )
+    gpu_type = data.draw(
+        st.sampled_from(sorted({g.gpu_type_id for h in hosts.values() for g in h.gpus}))
+    )
+    count = data.draw(st.integers(1, 4))
+    cloud = data.draw(st.sampled_from(["SECURE", "COMMUNITY"]))
+    dc = data.draw(st.sampled_from([None, *sorted({h.datacenter_id for h in hosts.values()})]))
+    claiming = {h: data.draw(st.integers(0, 2)) for h in hosts}
+    tried = set(data.draw(st.lists(st.sampled_from(sorted(hosts)), unique=True)))
+    free = {h.id: n for h in hosts.values() if (n := free_counts(h).get(gpu_type, 0))}
+    ranked = [
+        h.id
+        for h in candidates(hosts.values(), gpu_type, count, dc, cloud, claiming)
+        if h.id not in tried
+    ]
+    assert best_fit(free, hosts, count, dc, cloud, claiming, tried) == (
+        ranked[0] if ranked else None
+    )

@@ -5,7 +5,7 @@ cannot honour, and placement moves on to the next candidate."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 
 from services.deciders.host import HostState
 
@@ -37,6 +37,44 @@ def candidates(
         and free(h) >= count
     ]
     return sorted(fitting, key=lambda h: (free(h), h.id))
+
+
+def free_counts(host: HostState) -> dict[str, int]:
+    """GPU type -> how many of the host's GPUs of that type nobody holds."""
+    counts: dict[str, int] = {}
+    for gpu in host.gpus:
+        if gpu.uuid not in host.allocations:
+            counts[gpu.gpu_type_id] = counts.get(gpu.gpu_type_id, 0) + 1
+    return counts
+
+
+def best_fit(
+    free: Mapping[str, int],
+    hosts: Mapping[str, HostState],
+    count: int,
+    datacenter_id: str | None,
+    cloud_type: str,
+    claiming: Mapping[str, int],
+    exclude: Container[str] = (),
+    only_host: str | None = None,
+) -> str | None:
+    """The first of `candidates(...)` not excluded, from precomputed free counts of one GPU type
+    (host id -> free): one pass, no sorting and no GPU lists, for fleets of thousands of hosts."""
+    best: tuple[int, str] | None = None
+    for host_id, unclaimed in free.items():
+        n = unclaimed - claiming.get(host_id, 0)
+        if n < count or host_id in exclude or (only_host is not None and host_id != only_host):
+            continue
+        host = hosts[host_id]
+        if (
+            not host.available
+            or host.cloud_type != cloud_type
+            or (datacenter_id is not None and host.datacenter_id != datacenter_id)
+        ):
+            continue
+        if best is None or (n, host_id) < best:
+            best = (n, host_id)
+    return best[1] if best else None
 
 
 def free_by_datacenter(hosts: Iterable[HostState]) -> dict[tuple[str, str, str], tuple[int, int]]:

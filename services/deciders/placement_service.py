@@ -25,7 +25,7 @@ from services.deciders.instance import (
     InstanceState,
     StartInstance,
 )
-from services.deciders.placement import candidates
+from services.deciders.placement import best_fit
 from services.deciders.runner import DeciderRunner
 from services.deciders.volume import AttachVolume, DetachVolume, VolumeState
 from services.errors import BadRequest, Conflict, GpuWorkerError, NotFound, from_body
@@ -197,18 +197,17 @@ class PlacementService:
         only_host: str | None,
         tried: set[str],
     ) -> HostState | None:
-        ranked = candidates(
-            self._fleet.hosts(),
-            command.gpu_type_id,
+        host_id = best_fit(
+            self._fleet.free(command.gpu_type_id),
+            self._fleet.states_view(),
             command.gpu_count,
             datacenter_id,
             command.cloud_type,
             self._claiming,
+            tried,
+            only_host,
         )
-        return next(
-            (h for h in ranked if h.id not in tried and (only_host is None or h.id == only_host)),
-            None,
-        )
+        return self._fleet.get(host_id) if host_id else None
 
     def _claiming_any(self, only_host: str | None) -> bool:
         if only_host is not None:
