@@ -10,18 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 
-from events.catalog import decode_event
 from events.host import HostGpu
-from events.subjects import STREAM, aggregate_type_filter
 from services.agent.registry_credentials import RegistryCredentialStore
 from services.agent.runtime import ContainerSpec, ContainerState, ImagePullFailed, Runtime
+from services.aggregate_follower import AggregateFollower
 from services.api.command_bus import CommandBus
 from services.deciders.host import RegisterHost
 from services.deciders.instance import INSTANCE, InstanceState, Observation, ReportObservation
@@ -99,22 +96,26 @@ class HostAgent:
         self._heartbeat_s = heartbeat_s
         self._resync_s = resync_s
         self._workers = workers
-        # instance id -> (state, stream sequence it is known at)
-        self._instances: dict[str, tuple[InstanceState, int]] = {}
-        # volume id -> (state, sequence), for network volumes stored on this agent's hosts
-        self._volumes: dict[str, tuple[VolumeState, int]] = {}
-        self._volume_sub: Any = None
+        # This agent's hosts' instances, and the network volumes stored on its hosts.
+        self._instances = AggregateFollower(
+            INSTANCE,
+            keep=lambda s: s.host_id in self._hosts,
+            on_change=lambda s, _seq: self._schedule(s.id),
+        )
+        self._volumes = AggregateFollower(
+            VOLUME,
+            keep=lambda s: s.host_id in self._hosts,
+            on_change=lambda s, _seq: self._schedule(VOLUME_KEY + s.id),
+        )
         self._generation_applied: dict[str, int] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._sub: Any = None
-        self._caught_up = asyncio.Event()
         self.reports = 0
 
     def instances(self) -> dict[str, InstanceState]:
-        return {k: v[0] for k, v in self._instances.items()}
+        return dict(self._instances.states())
 
     async def start(self) -> None:
         # Bounded concurrency: a simulated fleet registers a thousand hosts at start.
@@ -125,32 +126,10 @@ class HostAgent:
                 await self._register(host)
 
         await asyncio.gather(*(register(h) for h in self._hosts.values()))
-        js = self._nc.jetstream()
-        self._sub = await js.subscribe(
-            aggregate_type_filter("instance"),
-            stream=STREAM,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-            cb=self._on_event,
-        )
-        self._volume_sub = await js.subscribe(
-            aggregate_type_filter("volume"),
-            stream=STREAM,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-            cb=self._on_volume_event,
-        )
-        for sub in (self._sub, self._volume_sub):
-            while True:
-                info = await sub.consumer_info()
-                if not info.num_pending and not sub.pending_msgs:
-                    break
-                await asyncio.sleep(0.05)
+        # Everything they fold before the workers start is scheduled, and done once they do.
+        await self._instances.follow(self._nc)
+        await self._volumes.follow(self._nc)
         await self._reconcile_leftovers()
-        for volume_id in list(self._volumes):
-            self._schedule(VOLUME_KEY + volume_id)
-        for instance_id in list(self._instances):
-            self._schedule(instance_id)
         self._tasks += [asyncio.create_task(self._work()) for _ in range(self._workers)]
         self._tasks.append(asyncio.create_task(self._heartbeat()))
         self._tasks.append(asyncio.create_task(self._watch()))
@@ -166,9 +145,8 @@ class HostAgent:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for sub in (self._sub, self._volume_sub):
-            if sub is not None:
-                await sub.unsubscribe()
+        await self._instances.stop()
+        await self._volumes.stop()
         await self._runtime.close()
 
     async def _register(self, host: HostSpec) -> None:
@@ -197,50 +175,10 @@ class HostAgent:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _accept(self, state: InstanceState, sequence: int) -> bool:
-        if state.host_id not in self._hosts:
-            return False
-        known = self._instances.get(state.id)
-        if known is not None and sequence <= known[1]:
-            return False
-        self._instances[state.id] = (state, sequence)
-        return True
-
-    async def _on_event(self, msg: Msg) -> None:
-        sequence = msg.metadata.sequence.stream
-        event = decode_event(msg.data, sequence)
-        known = self._instances.get(event.aggregate.id)
-        if known is not None and sequence <= known[1]:
-            return
-        if known is None and event.type != "InstanceCreated":
-            return  # not one of ours (we saw its creation, or it is on another agent's host)
-        state = INSTANCE.evolve(known[0] if known else None, event)
-        if self._accept(state, sequence):
-            self._schedule(state.id)
-
-    async def _on_volume_event(self, msg: Msg) -> None:
-        sequence = msg.metadata.sequence.stream
-        event = decode_event(msg.data, sequence)
-        known = self._volumes.get(event.aggregate.id)
-        if known is not None and sequence <= known[1]:
-            return
-        if known is None and event.type != "VolumeCreated":
-            return
-        state = VOLUME.evolve(known[0] if known else None, event)
-        if self._accept_volume(state, sequence):
-            self._schedule(VOLUME_KEY + state.id)
-
-    def _accept_volume(self, state: VolumeState, sequence: int) -> bool:
-        if state.host_id not in self._hosts:
-            return False
-        known = self._volumes.get(state.id)
-        if known is not None and sequence <= known[1]:
-            return False
-        self._volumes[state.id] = (state, sequence)
-        return True
-
     async def reconcile_volume(self, volume_id: str) -> None:
-        state = self._volumes[volume_id][0]
+        state = self._volumes.get(volume_id)
+        if state is None:
+            return
         name = network_volume_name(volume_id)
         if state.status == "CREATING":
             try:
@@ -285,8 +223,7 @@ class HostAgent:
         )
         self.reports += 1
         fresh = msgspec.json.decode(reply.state, type=VolumeState | None)
-        if fresh is not None:
-            self._accept_volume(fresh, reply.sequence)
+        self._volumes.offer(state.id, fresh, reply.sequence)
 
     def _schedule(self, instance_id: str) -> None:
         if instance_id not in self._queued:
@@ -333,11 +270,12 @@ class HostAgent:
         )
         self.reports += 1
         fresh = msgspec.json.decode(reply.state, type=InstanceState | None)
-        if fresh is not None:
-            self._accept(fresh, reply.sequence)
+        self._instances.offer(state.id, fresh, reply.sequence)
 
     async def reconcile(self, instance_id: str) -> None:
-        state = self._instances[instance_id][0]
+        state = self._instances.get(instance_id)
+        if state is None:
+            return
         actual = await self._runtime.inspect(instance_id)
         status = state.status
         if status in ("PENDING", "PROVISIONING"):
@@ -419,12 +357,11 @@ class HostAgent:
     async def _reconcile_leftovers(self) -> None:
         """After a restart: containers with no live instance behind them are removed; instances
         whose containers vanished are found by the first reconcile of each."""
-        known = self._instances
         for container in await self._runtime.list_managed():
-            state = known.get(container.instance_id)
-            if state is None or state[0].status == "TERMINATED":
+            state = self._instances.get(container.instance_id)
+            if state is None or state.status == "TERMINATED":
                 log.warning("removing left-over container of instance %s", container.instance_id)
-                keep = state is not None and state[0].network_volume_id is not None
+                keep = state is not None and state.network_volume_id is not None
                 await self._runtime.remove(container.instance_id, remove_volume=not keep)
 
     async def _heartbeat(self) -> None:
@@ -440,16 +377,16 @@ class HostAgent:
 
     async def _watch(self) -> None:
         async for event in self._runtime.watch():
-            if event.instance_id in self._instances:
+            if self._instances.get(event.instance_id) is not None:
                 self._schedule(event.instance_id)
 
     async def _resync(self) -> None:
         while True:
             await asyncio.sleep(self._resync_s)
-            for instance_id, (state, _seq) in list(self._instances.items()):
+            for instance_id, state in list(self._instances.states().items()):
                 if state.status != "TERMINATED":
                     self._schedule(instance_id)
-            for volume_id, (volume, _seq) in list(self._volumes.items()):
+            for volume_id, volume in list(self._volumes.states().items()):
                 if volume.status in ("CREATING", "DELETING") or (
                     volume.provisioned_gb < volume.size_gb and volume.status == "AVAILABLE"
                 ):

@@ -1,0 +1,100 @@
+"""Follow one aggregate type as it is stored: an ordered consumer from stream sequence 1 folds
+every event with the aggregate's own `evolve` into states kept in memory.
+
+Used by the deciders' fleet view (every host) and by agents (their hosts' instances and volumes).
+A state offered from elsewhere (a command's reply) replaces an older one; events at or below the
+sequence a state is known at are skipped, so nothing is applied twice."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from events.catalog import decode_event
+from events.subjects import STREAM, aggregate_type_filter
+from services.deciders.decider import Decider
+
+log = logging.getLogger("gpuworker.follow")
+
+S = TypeVar("S")
+
+
+class AggregateFollower(Generic[S]):
+    def __init__(
+        self,
+        decider: Decider[S],
+        keep: Callable[[S], bool] = lambda _state: True,
+        on_change: Callable[[S, int], None] = lambda _state, _sequence: None,
+    ) -> None:
+        self._decider = decider
+        # Which aggregates to hold, judged on the state their first event makes.
+        self._keep = keep
+        self._on_change = on_change
+        self._entries: dict[str, tuple[S, int]] = {}
+        self._states: dict[str, S] = {}
+        self._ignored: set[str] = set()
+        self._sub: Any = None
+
+    def get(self, aggregate_id: str) -> S | None:
+        return self._states.get(aggregate_id)
+
+    def states(self) -> Mapping[str, S]:
+        """Live, not a copy: read it, don't keep it."""
+        return self._states
+
+    def offer(self, aggregate_id: str, state: S | None, sequence: int) -> bool:
+        """Hold `state` (known at `sequence`) unless a newer one is held or it is not kept."""
+        if state is None or aggregate_id in self._ignored:
+            return False
+        entry = self._entries.get(aggregate_id)
+        if entry is not None and sequence <= entry[1]:
+            return False
+        if entry is None and not self._keep(state):
+            self._ignored.add(aggregate_id)
+            return False
+        self._entries[aggregate_id] = (state, sequence)
+        self._states[aggregate_id] = state
+        self._on_change(state, sequence)
+        return True
+
+    async def follow(self, nc: NatsClient, timeout_s: float = 30.0) -> None:
+        """Subscribe, and return once every event stored so far has been folded."""
+        self._sub = await nc.jetstream().subscribe(
+            aggregate_type_filter(self._decider.aggregate_type),
+            stream=STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            cb=self._on_message,
+        )
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            info = await self._sub.consumer_info()
+            if not info.num_pending and not self._sub.pending_msgs:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning(
+                    "%s: still catching up after %ss", self._decider.aggregate_type, timeout_s
+                )
+                return
+            await asyncio.sleep(0.05)
+
+    async def _on_message(self, msg: Msg) -> None:
+        sequence = msg.metadata.sequence.stream
+        event = decode_event(msg.data, sequence)
+        aggregate_id = event.aggregate.id
+        if aggregate_id in self._ignored:
+            return
+        entry = self._entries.get(aggregate_id)
+        if entry is not None and sequence <= entry[1]:
+            return
+        self.offer(aggregate_id, self._decider.evolve(entry[0] if entry else None, event), sequence)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
