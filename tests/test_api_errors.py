@@ -143,6 +143,10 @@ def test_missing_garbage_and_expired_tokens_are_401(stack: Stack) -> None:
     with stack.client() as client:
         assert_error(client.get("/me", headers={"authorization": "Bearer"}), 401)
         assert_error(client.get("/me", headers={"authorization": ""}), 401)
+        # A valid token under another scheme, or bare, is not a Bearer token.
+        assert_error(client.get("/me", headers={"authorization": f"Basic {access}"}), 401)
+        assert_error(client.get("/me", headers={"authorization": access}), 401)
+        assert client.get("/me", headers={"authorization": f"bearer {access}"}).status_code == 200
 
 
 def test_conflicts_are_409(stack: Stack) -> None:

@@ -47,8 +47,13 @@ class AuthUser(msgspec.Struct, frozen=True):
 
 
 async def _user_from_token(
-    token: Token, _connection: ASGIConnection[Any, Any, Any, Any]
-) -> AuthUser:
+    token: Token, connection: ASGIConnection[Any, Any, Any, Any]
+) -> AuthUser | None:
+    # Litestar's JWT middleware takes the last word of the header whatever the scheme: insist on
+    # "Bearer", so a token sent as "Basic …" or bare is refused (None -> 401).
+    scheme, _, _rest = connection.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
     # Access tokens are short-lived and self-contained: no database round trip per request.
     return AuthUser(id=token.sub)
 
