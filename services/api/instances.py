@@ -167,12 +167,6 @@ def _mine(state: InstanceState | None, user_id: str) -> InstanceState:
     return state
 
 
-def _checked_id(instance_id: str) -> str:
-    if not read_models.valid_id(instance_id):
-        raise NotFound("instance not found")
-    return instance_id
-
-
 class InstanceController(Controller):
     path = "/instances"
     tags = ["instances"]
@@ -262,13 +256,19 @@ class InstanceController(Controller):
         ctx = context_of(request)
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         command = UpdateInstance(actor=request.user.id, at=datetime.now(UTC), **changes)
-        return view(await ctx.execute(INSTANCES, _checked_id(instance_id), command, request))
+        return view(
+            await ctx.execute(
+                INSTANCES, read_models.checked_id(instance_id, "instance"), command, request
+            )
+        )
 
     @delete("/{instance_id:str}", status_code=204, summary="Terminate an instance")
     async def delete_instance(self, request: Request[Any, Any, Any], instance_id: str) -> None:
         ctx = context_of(request)
         command = TerminateInstance(actor=request.user.id, at=datetime.now(UTC))
-        await ctx.execute(INSTANCES, _checked_id(instance_id), command, request)
+        await ctx.execute(
+            INSTANCES, read_models.checked_id(instance_id, "instance"), command, request
+        )
 
     @post("/{instance_id:str}/start", status_code=200, summary="Start a stopped instance")
     async def start_instance(
@@ -277,7 +277,11 @@ class InstanceController(Controller):
         ctx = context_of(request)
         command = StartPlacedInstance(actor=request.user.id, at=datetime.now(UTC))
         state = await ctx.execute(
-            INSTANCES, _checked_id(instance_id), command, request, via="placement"
+            INSTANCES,
+            read_models.checked_id(instance_id, "instance"),
+            command,
+            request,
+            via="placement",
         )
         return view(state)
 
@@ -285,7 +289,11 @@ class InstanceController(Controller):
     async def stop_instance(self, request: Request[Any, Any, Any], instance_id: str) -> InstanceOut:
         ctx = context_of(request)
         command = StopInstance(actor=request.user.id, at=datetime.now(UTC))
-        return view(await ctx.execute(INSTANCES, _checked_id(instance_id), command, request))
+        return view(
+            await ctx.execute(
+                INSTANCES, read_models.checked_id(instance_id, "instance"), command, request
+            )
+        )
 
     @post("/{instance_id:str}/restart", status_code=200, summary="Restart a running instance")
     async def restart_instance(
@@ -293,4 +301,8 @@ class InstanceController(Controller):
     ) -> InstanceOut:
         ctx = context_of(request)
         command = RestartInstance(actor=request.user.id, at=datetime.now(UTC))
-        return view(await ctx.execute(INSTANCES, _checked_id(instance_id), command, request))
+        return view(
+            await ctx.execute(
+                INSTANCES, read_models.checked_id(instance_id, "instance"), command, request
+            )
+        )

@@ -10,12 +10,20 @@ from psycopg_pool import AsyncConnectionPool
 
 from events.subjects import ID_PATTERN
 from projections.aggregate_table import AggregateTable
+from services.errors import NotFound
 
 _ID = re.compile(ID_PATTERN)
 
 
 def valid_id(value: str) -> bool:
     return bool(_ID.match(value))
+
+
+def checked_id(value: str, what: str) -> str:
+    """A path id that cannot name any aggregate is simply not found (never a subject error)."""
+    if not valid_id(value):
+        raise NotFound(f"{what} not found")
+    return value
 
 
 async def get(

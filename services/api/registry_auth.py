@@ -19,7 +19,6 @@ from services.deciders.registry_auth import (
     RegistryAuthState,
     sealed_for,
 )
-from services.errors import NotFound
 
 REGISTRY_AUTHS = PROJECTIONS["registry_auths"]
 
@@ -71,8 +70,7 @@ class RegistryAuthController(Controller):
     @delete("/{auth_id:str}", status_code=204, summary="Remove registry credentials")
     async def delete_registry_auth(self, request: Request[Any, Any, Any], auth_id: str) -> None:
         ctx = context_of(request)
-        if not read_models.valid_id(auth_id):
-            raise NotFound("registry credential not found")
+        read_models.checked_id(auth_id, "registry credential")
         await ctx.execute(
             REGISTRY_AUTHS,
             auth_id,

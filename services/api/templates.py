@@ -157,8 +157,7 @@ class TemplateController(Controller):
         self, request: Request[Any, Any, Any], template_id: str, data: TemplatePatch
     ) -> TemplateOut:
         ctx = context_of(request)
-        if not read_models.valid_id(template_id):
-            raise NotFound("template not found")
+        read_models.checked_id(template_id, "template")
         await check_registry_auth(request, data.container_registry_auth_id)
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         command = UpdateTemplate(actor=request.user.id, at=datetime.now(UTC), **changes)
@@ -167,8 +166,7 @@ class TemplateController(Controller):
     @delete("/{template_id:str}", status_code=204, summary="Delete a template")
     async def delete_template(self, request: Request[Any, Any, Any], template_id: str) -> None:
         ctx = context_of(request)
-        if not read_models.valid_id(template_id):
-            raise NotFound("template not found")
+        read_models.checked_id(template_id, "template")
         await ctx.execute(
             TEMPLATES,
             template_id,

@@ -86,12 +86,6 @@ def _mine(state: VolumeState | None, user_id: str) -> VolumeState:
     return state
 
 
-def _checked_id(volume_id: str) -> str:
-    if not read_models.valid_id(volume_id):
-        raise NotFound("volume not found")
-    return volume_id
-
-
 class VolumeController(Controller):
     path = "/volumes"
     tags = ["volumes"]
@@ -149,7 +143,11 @@ class VolumeController(Controller):
         command = UpdateVolume(
             actor=request.user.id, at=datetime.now(UTC), name=data.name, size_gb=data.size
         )
-        return view(await ctx.execute(VOLUMES, _checked_id(volume_id), command, request))
+        return view(
+            await ctx.execute(
+                VOLUMES, read_models.checked_id(volume_id, "volume"), command, request
+            )
+        )
 
     @delete("/{volume_id:str}", status_code=202, summary="Delete a volume: its data is lost")
     async def delete_volume(
@@ -157,7 +155,9 @@ class VolumeController(Controller):
     ) -> Response[VolumeDeletedOut]:
         ctx = context_of(request)
         command = DeleteVolume(actor=request.user.id, at=datetime.now(UTC))
-        state: VolumeState = await ctx.execute(VOLUMES, _checked_id(volume_id), command, request)
+        state: VolumeState = await ctx.execute(
+            VOLUMES, read_models.checked_id(volume_id, "volume"), command, request
+        )
         return Response(
             VolumeDeletedOut(
                 id=state.id,
