@@ -86,7 +86,8 @@ def test_silent_host_is_lost_and_comes_back(stack_without_agent: Stack) -> None:
             instance_id = created.json()["id"]
             wait_for(lambda: c.get(f"/instances/{instance_id}").json()["status"] == "RUNNING")
             assert c.get(f"/instances/{instance_id}").json()["hostLost"] is False
-            assert availability(c) == 1
+            # The allocation lives in the hosts read model, which the create does not wait for.
+            wait_for(lambda: availability(c) == 1)
 
             agent.send_signal(signal.SIGKILL)
             agent.wait()
