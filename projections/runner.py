@@ -1,8 +1,13 @@
-"""The projector role: one durable pull consumer per projection; batches apply exactly once.
+"""The projector role: each projection reads its events in stream order and applies them once.
 
-Each batch's rows and checkpoint commit in one PostgreSQL transaction; events at or below the
-checkpoint are skipped, so a redelivered batch (crash before ack) has no second effect. The ack
-comes after the commit (AckPolicy.ALL: one ack per batch)."""
+The PostgreSQL checkpoint (last stream sequence applied) is the only cursor. On every start and
+after any trouble, a projection reads its checkpoint and consumes from the next sequence with an
+ack-less ordered pull (`projections.ordered_pull`). Each batch's rows and the checkpoint commit in
+one transaction, under the checkpoint row's lock: a replica that finds the checkpoint already past
+some of its events leaves those to the one that applied them, and nothing below the checkpoint was
+ever skipped, because everything is applied in order. An event that cannot be applied halts its
+projection loudly (logged, recorded on its checkpoint row, shown by /health) and is retried, never
+stepped over."""
 
 from __future__ import annotations
 
@@ -15,43 +20,38 @@ import nats.js.errors
 import psycopg
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from events.catalog import decode_event
-from events.subjects import STREAM
 from projections import checkpoints
 from projections.aggregate_table import AggregateTable
+from projections.ordered_pull import Gap, OrderedPull
 
 log = logging.getLogger("gpuworker.projector")
 
 BATCH = 500
-# After this many empty fetches in a row the consumer is checked and, if the server lost it or the
-# subscription went deaf (the nats-py pull-after-restart pitfall), re-created.
-IDLE_CHECK_EVERY = 5
+# How long a halted projection waits before it tries the event that stopped it again.
+HALT_RETRY_S = 5.0
+# How often an idle projection reports that it is alive and how far behind it is.
+STATUS_EVERY_S = 5.0
 
 
-def durable_name(projection: AggregateTable) -> str:
-    return f"proj_{projection.name}"
+class CheckpointMoved(Exception):
+    """The checkpoint is behind what this reader handled (a rebuild reset it): start again."""
 
 
 class ProjectionRunner:
     def __init__(
-        self,
-        nc: NatsClient,
-        pool: AsyncConnectionPool[Any],
-        projections: list[AggregateTable],
-        ack_wait_s: float = 30.0,
+        self, nc: NatsClient, pool: AsyncConnectionPool[Any], projections: list[AggregateTable]
     ) -> None:
         self._nc = nc
-        self._js = nc.jetstream(timeout=5)
         self._pool = pool
         self._projections = projections
-        self._ack_wait = ack_wait_s
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
-        # Test hook: apply and commit but do not ack, as if the process died in between.
-        self.crash_before_ack = False
+        # Test hook: a batch is applied and committed, then the reader "dies" (its pull is dropped
+        # and it starts again from the checkpoint), as a crash right after the commit would.
+        self.crash_after_commit = False
 
     async def start(self) -> None:
         async with self._pool.connection() as conn:
@@ -66,95 +66,82 @@ class ProjectionRunner:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _subscribe(self, p: AggregateTable) -> Any:
-        config = ConsumerConfig(
-            durable_name=durable_name(p),
-            filter_subject=p.filter_subject,
-            ack_policy=AckPolicy.ALL,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=self._ack_wait,
-            max_ack_pending=20_000,
-        )
-        await self._js.add_consumer(STREAM, config)
-        return await self._js.pull_subscribe_bind(durable=durable_name(p), stream=STREAM)
-
     async def _consume(self, p: AggregateTable) -> None:
-        psub: Any = None
-        idle = 0
         while not self._stopping.is_set():
+            pull: OrderedPull | None = None
             try:
-                if psub is None:
-                    psub = await self._subscribe(p)
-                    idle = 0
-                try:
-                    msgs = await psub.fetch(BATCH, timeout=1.0)
-                except TimeoutError:
-                    idle += 1
-                    if idle % IDLE_CHECK_EVERY == 0:
-                        info = await psub.consumer_info()
-                        if info.num_pending:
-                            # Work is waiting but our fetches come back empty: deaf.
-                            log.warning(
-                                "projection %s: fetches idle with %d pending; re-subscribing",
-                                p.name,
-                                info.num_pending,
-                            )
-                            await self._drop(psub)
-                            psub = None
-                    continue
-                if not msgs:
-                    # nats-py's fetch can come back empty instead of timing out.
-                    continue
-                idle = 0
-                await self._apply_until_committed(p, msgs)
-                if self.crash_before_ack:
-                    continue
-                await msgs[-1].ack()
+                position = await self._read_checkpoint(p)
+                pull = OrderedPull(self._nc, p.filter_subject, position + 1, batch=BATCH)
+                await pull.open()
+                await self._follow(p, pull, position)
             except asyncio.CancelledError:
                 raise
-            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
-                log.warning("projection %s: %s; re-subscribing", p.name, exc or type(exc).__name__)
-                await self._drop(psub)
-                psub = None
+            except (Gap, CheckpointMoved) as exc:
+                log.info("projection %s: %s; resuming from its checkpoint", p.name, exc)
+                await asyncio.sleep(0.2)
+            except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as exc:
+                reason = str(exc) or type(exc).__name__
+                log.warning("projection %s: %s; resuming from its checkpoint", p.name, reason)
                 await asyncio.sleep(0.5)
-            except Exception:
-                # A projection that stops silently is the worst outcome: say why, keep going.
-                log.exception("projection %s: unexpected error; retrying", p.name)
-                await self._drop(psub)
-                psub = None
-                await asyncio.sleep(1.0)
-
-    @staticmethod
-    async def _drop(psub: Any) -> None:
-        if psub is None:
-            return
-        try:
-            await psub.unsubscribe()
-        except Exception as exc:
-            log.debug("unsubscribe failed: %s", exc)
-
-    async def _apply_until_committed(self, p: AggregateTable, msgs: list[Msg]) -> None:
-        # Never fetch past a batch that is not committed: with AckPolicy.ALL a later ack would
-        # acknowledge it too.
-        delay = 0.2
-        while True:
-            try:
-                await self.apply_batch(p, msgs)
-                return
             except (psycopg.Error, PoolTimeout) as exc:
-                log.warning("projection %s: database error %s; retrying batch", p.name, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("projection %s: database unavailable (%s); retrying", p.name, exc)
+                await asyncio.sleep(1.0)
+            except Exception as exc:
+                # Never skip an event: stop here, say so everywhere, and try again later.
+                log.exception("projection %s HALTED: an event cannot be applied", p.name)
+                await self._record_halt(p, f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(HALT_RETRY_S)
+            finally:
+                if pull is not None:
+                    await pull.close()
 
-    async def apply_batch(self, p: AggregateTable, msgs: list[Msg]) -> int:
+    async def _follow(self, p: AggregateTable, pull: OrderedPull, position: int) -> None:
+        loop = asyncio.get_running_loop()
+        reported = 0.0
+        while not self._stopping.is_set():
+            msgs = await pull.next(timeout=1.0)
+            if msgs:
+                position = await self.apply_batch(p, msgs, position, pull.pending)
+                if self.crash_after_commit:
+                    raise Gap("test hook: crashed after a commit")
+            elif loop.time() - reported > STATUS_EVERY_S:
+                await self._report(p, pull.pending)
+                reported = loop.time()
+
+    async def _read_checkpoint(self, p: AggregateTable) -> int:
+        async with self._pool.connection() as conn:
+            return await checkpoints.read(conn, p.name)
+
+    async def apply_batch(
+        self, p: AggregateTable, msgs: list[Msg], position: int, pending: int = 0
+    ) -> int:
+        """Apply the events after the checkpoint; returns this reader's new position.
+
+        `msgs` continue this reader's ordered stream right after `position`."""
         async with self._pool.connection() as conn, conn.transaction():
             last = await checkpoints.lock(conn, p.name)
-            events = []
-            for msg in msgs:
-                seq = msg.metadata.sequence.stream
-                if seq > last:
-                    events.append(decode_event(msg.data, seq))
+            if last < position:
+                raise CheckpointMoved(f"checkpoint {last} is behind this reader's {position}")
+            events = [
+                decode_event(m.data, m.metadata.sequence.stream)
+                for m in msgs
+                if m.metadata.sequence.stream > last
+            ]
             if events:
                 await p.apply(conn, events)
-                await checkpoints.advance(conn, p.name, events[-1].sequence)
-            return len(events)
+                await checkpoints.advance(conn, p.name, events[-1].sequence, pending)
+        return int(msgs[-1].metadata.sequence.stream)
+
+    async def _report(self, p: AggregateTable, pending: int) -> None:
+        try:
+            async with self._pool.connection() as conn:
+                await checkpoints.report(conn, p.name, pending)
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.debug("projection %s: status not recorded: %s", p.name, exc)
+
+    async def _record_halt(self, p: AggregateTable, error: str) -> None:
+        try:
+            async with self._pool.connection() as conn:
+                await checkpoints.halted(conn, p.name, error)
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("projection %s: halt not recorded: %s", p.name, exc)

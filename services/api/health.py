@@ -1,20 +1,27 @@
-"""GET /health: PostgreSQL, NATS/JetStream and projection lag, each checked within a bound."""
+"""GET /health: PostgreSQL, NATS/JetStream and each projection's progress, checked within a bound.
+
+Projection progress comes from the projector itself (its checkpoint row: applied sequence, what
+was pending behind it, when it last said so, and why it halted), so an operator sees a halted or
+silent projector here rather than a lag that never moves."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, Response, get
 
 from events.subjects import STREAM
+from projections import checkpoints
 from projections.catalog import PROJECTIONS
-from projections.runner import durable_name
 from services.api.context import ApiContext, context_of
 from services.errors import ErrorBody
 
 CHECK_TIMEOUT_S = 2.0
+# A projector reports at least every 5 s while it runs; silence past this means it is not running.
+SILENT_AFTER_S = 30.0
 
 
 class Check(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -22,9 +29,11 @@ class Check(msgspec.Struct, kw_only=True, omit_defaults=True):
     detail: str | None = None
 
 
-class ProjectionLag(msgspec.Struct, rename="camel", kw_only=True):
+class ProjectionLag(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     last_sequence: int
     pending: int | None
+    # Why the projection is not keeping up: an event it cannot apply, or a silent projector.
+    problem: str | None = None
 
 
 class HealthOut(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
@@ -35,42 +44,57 @@ class HealthOut(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True
     error: ErrorBody | None = None
 
 
-async def _postgres(ctx: ApiContext) -> Check:
+def _problem(status: checkpoints.Status, now: datetime) -> str | None:
+    if status.halted:
+        return f"halted: {status.halted}"
+    if status.reported_at and (now - status.reported_at).total_seconds() > SILENT_AFTER_S:
+        return f"its projector has been silent since {status.reported_at.isoformat()}"
+    return None
+
+
+async def _postgres(ctx: ApiContext) -> tuple[Check, dict[str, ProjectionLag]]:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S), ctx.pool.connection(CHECK_TIMEOUT_S) as conn:
-            await conn.execute("SELECT 1")
-        return Check(ok=True)
+            statuses = await checkpoints.statuses(conn)
+            cur = await conn.execute("SELECT now()")
+            row = await cur.fetchone()
     except Exception as exc:
-        return Check(ok=False, detail=f"unreachable: {type(exc).__name__}")
+        return Check(ok=False, detail=f"unreachable: {type(exc).__name__}"), {}
+    assert row is not None
+    return Check(ok=True), {
+        name: ProjectionLag(
+            last_sequence=status.last_sequence,
+            pending=status.pending,
+            problem=_problem(status, row[0]),
+        )
+        for name, status in statuses.items()
+    }
 
 
-async def _pending(ctx: ApiContext) -> tuple[Check, dict[str, int | None]]:
-    pending: dict[str, int | None] = {name: None for name in PROJECTIONS}
+async def _nats(ctx: ApiContext) -> Check:
     if not ctx.nc.is_connected:
-        return Check(ok=False, detail="not connected"), pending
-    js = ctx.nc.jetstream(timeout=CHECK_TIMEOUT_S)
+        return Check(ok=False, detail="not connected")
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):
-            await js.stream_info(STREAM)
-            for name, projection in PROJECTIONS.items():
-                info = await js.consumer_info(STREAM, durable_name(projection))
-                pending[name] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+            await ctx.nc.jetstream(timeout=CHECK_TIMEOUT_S).stream_info(STREAM)
     except Exception as exc:
-        return Check(ok=False, detail=f"JetStream unavailable: {type(exc).__name__}"), pending
-    return Check(ok=True), pending
+        return Check(ok=False, detail=f"JetStream unavailable: {type(exc).__name__}")
+    return Check(ok=True)
 
 
 @get("/health", tags=["health"], summary="Dependency and projection health")
 async def health(request: Request[Any, Any, Any]) -> Response[HealthOut]:
     ctx = context_of(request)
-    postgres, (nats_check, pending) = await asyncio.gather(_postgres(ctx), _pending(ctx))
+    (postgres, recorded), nats_check = await asyncio.gather(_postgres(ctx), _nats(ctx))
     lags = {
-        name: ProjectionLag(last_sequence=ctx.watcher.seen(name), pending=pending[name])
+        name: recorded.get(name)
+        or ProjectionLag(last_sequence=ctx.watcher.seen(name), pending=None)
         for name in PROJECTIONS
     }
     down = [name for name, c in (("postgres", postgres), ("nats", nats_check)) if not c.ok]
+    degraded = any(lag.problem for lag in lags.values())
     body = HealthOut(
-        status="unavailable" if down else "ok",
+        status="unavailable" if down else "degraded" if degraded else "ok",
         postgres=postgres,
         nats=nats_check,
         projections=lags,
