@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from events.catalog import decode_event
+from events.envelope import Envelope
 from projections import checkpoints
 from projections.aggregate_table import AggregateTable
 from projections.ordered_pull import Gap, OrderedPull
@@ -38,6 +39,50 @@ STATUS_EVERY_S = 5.0
 
 class CheckpointMoved(Exception):
     """The checkpoint is behind what this reader handled (a rebuild reset it): start again."""
+
+
+class Unappliable(Exception):
+    """This event cannot be decoded or folded: the projection stops before it."""
+
+    def __init__(self, sequence: int, cause: Exception) -> None:
+        super().__init__(f"event {sequence}: {type(cause).__name__}: {cause}")
+        self.sequence = sequence
+
+
+async def _apply_prefix(
+    conn: psycopg.AsyncConnection[Any], p: AggregateTable, msgs: list[Msg]
+) -> tuple[list[Envelope], Unappliable | None]:
+    """Apply as many of `msgs`, in order, as can be applied (inside the caller's transaction).
+    Database errors propagate; anything else stops at the event that caused it."""
+    events: list[Envelope] = []
+    failure: Unappliable | None = None
+    for m in msgs:
+        try:
+            events.append(decode_event(m.data, m.metadata.sequence.stream))
+        except Exception as exc:
+            failure = Unappliable(m.metadata.sequence.stream, exc)
+            break
+    if not events:
+        return events, failure
+    try:
+        async with conn.transaction():  # a savepoint: the whole batch in one go, usually
+            await p.apply(conn, events)
+        return events, failure
+    except psycopg.Error:
+        raise
+    except Exception:
+        pass
+    done: list[Envelope] = []
+    for event in events:  # find the one that fails; keep everything before it
+        try:
+            async with conn.transaction():
+                await p.apply(conn, [event])
+        except psycopg.Error:
+            raise
+        except Exception as exc:
+            return done, Unappliable(event.sequence, exc)
+        done.append(event)
+    return done, failure
 
 
 class ProjectionRunner:
@@ -88,8 +133,8 @@ class ProjectionRunner:
                 await asyncio.sleep(1.0)
             except Exception as exc:
                 # Never skip an event: stop here, say so everywhere, and try again later.
-                log.exception("projection %s HALTED: an event cannot be applied", p.name)
-                await self._record_halt(p, f"{type(exc).__name__}: {exc}")
+                log.exception("projection %s HALTED: %s", p.name, exc)
+                await self._record_halt(p, str(exc) or type(exc).__name__)
                 await asyncio.sleep(HALT_RETRY_S)
             finally:
                 if pull is not None:
@@ -117,19 +162,19 @@ class ProjectionRunner:
     ) -> int:
         """Apply the events after the checkpoint; returns this reader's new position.
 
-        `msgs` continue this reader's ordered stream right after `position`."""
-        async with self._pool.connection() as conn, conn.transaction():
-            last = await checkpoints.lock(conn, p.name)
-            if last < position:
-                raise CheckpointMoved(f"checkpoint {last} is behind this reader's {position}")
-            events = [
-                decode_event(m.data, m.metadata.sequence.stream)
-                for m in msgs
-                if m.metadata.sequence.stream > last
-            ]
-            if events:
-                await p.apply(conn, events)
-                await checkpoints.advance(conn, p.name, events[-1].sequence, pending)
+        `msgs` continue this reader's ordered stream right after `position`. If one of them cannot
+        be applied, everything before it is committed and `Unappliable` is raised."""
+        async with self._pool.connection() as conn:
+            async with conn.transaction():
+                last = await checkpoints.lock(conn, p.name)
+                if last < position:
+                    raise CheckpointMoved(f"checkpoint {last} is behind this reader's {position}")
+                fresh = [m for m in msgs if m.metadata.sequence.stream > last]
+                applied, failure = await _apply_prefix(conn, p, fresh)
+                if applied:
+                    await checkpoints.advance(conn, p.name, applied[-1].sequence, pending)
+            if failure is not None:
+                raise failure
         return int(msgs[-1].metadata.sequence.stream)
 
     async def _report(self, p: AggregateTable, pending: int) -> None:

@@ -323,3 +323,28 @@ async def test_two_projector_replicas_lose_nothing(
     finally:
         await one.stop()
         await two.stop()
+
+
+async def test_an_event_that_cannot_be_applied_halts_the_projection_loudly(
+    nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner
+) -> None:
+    good = new_id()
+    before = await send(runner, good, CreateTemplate(actor="u", at=AT, name="a", image_name="i"))
+    ack = await nc.jetstream().publish(f"ev.template.{new_id()}.TemplateCreated", b"{not json")
+    after = await send(runner, new_id(), CreateTemplate(actor="u", at=AT, name="b", image_name="i"))
+    projector = ProjectionRunner(nc, pool, [TEMPLATES])
+    await projector.start()
+    try:
+        await wait_for_checkpoint(pool, "templates", before)
+        status = None
+        for _ in range(100):
+            async with pool.connection() as conn:
+                status = (await checkpoints.statuses(conn))["templates"]
+            if status.halted:
+                break
+            await asyncio.sleep(0.05)
+        assert status is not None and status.halted, "the halt is recorded for /health"
+        # Stopped at the bad event: neither it nor anything after it was stepped over.
+        assert await checkpoint(pool, "templates") == before < ack.seq < after
+    finally:
+        await projector.stop()
