@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from datetime import UTC, datetime
 
 import msgspec
+import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
 from events.catalog import decode_event
 from events.envelope import AggregateRef, Envelope, encode_envelope
 from events.ids import new_id
-from events.store import JetStreamEventStore, WrongExpectedSequence
+from events.store import Append, JetStreamEventStore, WrongExpectedSequence
 from events.subjects import STREAM
 from events.template import TemplateCreated, TemplateUpdated
+from services.cli.embedded import EmbeddedNats
 from services.command_wire import CommandEnvelope
 from services.deciders.catalog import DECIDERS
 from services.deciders.runner import DeciderRunner
@@ -215,3 +219,64 @@ async def test_two_runners_racing_on_one_aggregate_lose_no_update(
     # Each runner's answer is the state it appended, at the sequence that holds it.
     states = [msgspec.json.decode(r.state, type=TemplateState) for r in (a, b)]
     assert sorted(s.version for s in states) == [4, 5]
+
+
+async def test_a_decision_over_two_aggregates_lands_all_or_nothing(
+    store: JetStreamEventStore,
+) -> None:
+    a, b = AggregateRef("template", new_id()), AggregateRef("template", new_id())
+    first_a = await store.append(a, [envelope(a, created("a"))], expected_sequence=0)
+    sequences = await store.append_all(
+        [
+            Append(a, [envelope(a, TemplateUpdated(name="a2"))], first_a),
+            Append(b, [envelope(b, created("b")), envelope(b, TemplateUpdated(name="b2"))], 0),
+        ]
+    )
+    loaded_a, loaded_b = await store.load(a), await store.load(b)
+    assert sequences == [loaded_a[-1].sequence, loaded_b[-1].sequence]
+    assert [e.sequence for e in loaded_b] == [sequences[0] + 1, sequences[0] + 2]
+
+    # One stale expectation refuses the whole decision: neither aggregate changes.
+    with pytest.raises(WrongExpectedSequence):
+        await store.append_all(
+            [
+                Append(a, [envelope(a, TemplateUpdated(name="never"))], sequences[0]),
+                Append(b, [envelope(b, TemplateUpdated(name="never"))], sequences[0]),
+            ]
+        )
+    assert await store.load(a) == loaded_a
+    assert await store.load(b) == loaded_b
+
+
+async def test_a_resent_batch_is_recognised_as_stored(store: JetStreamEventStore) -> None:
+    a, b = AggregateRef("template", new_id()), AggregateRef("template", new_id())
+    writes = [Append(a, [envelope(a, created("a"))], 0), Append(b, [envelope(b, created("b"))], 0)]
+    first = await store.append_all(writes)
+    # The same envelopes again (a process that never saw the ack sends its decision again).
+    assert await store.append_all(writes) == first
+    assert len(await store.load(a)) == 1 and len(await store.load(b)) == 1
+
+
+async def test_a_lost_acknowledgement_is_settled_not_reported_as_nothing_changed(
+    nats_server: EmbeddedNats,
+) -> None:
+    """The server takes the append but its answer comes too late: the store sends the same
+    event again, is told the aggregate moved, reads it back, finds its own event: success."""
+    client = await nats.connect(nats_server.url)
+    try:
+        store = JetStreamEventStore(client, timeout=0.3, patience_s=10)
+        await store.ensure_stream()
+        ref = AggregateRef("template", new_id())
+        assert nats_server.process is not None
+        pid = nats_server.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        resume = asyncio.get_running_loop().call_later(0.8, os.kill, pid, signal.SIGCONT)
+        try:
+            sequence = await store.append(ref, [envelope(ref, created())], expected_sequence=0)
+        finally:
+            resume.cancel()
+            os.kill(pid, signal.SIGCONT)
+        (stored,) = await store.load(ref)
+        assert stored.sequence == sequence
+    finally:
+        await client.close()
