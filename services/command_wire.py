@@ -11,19 +11,30 @@ from services.errors import ErrorBody
 
 
 class CommandEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    # Fixes the ids of the events the command makes: the same id sent twice is applied once.
     id: str
     aggregate_id: str
     correlation_id: str
     # The aggregate's tagged Command, left raw so the runner decodes it with its own union.
     command: msgspec.Raw
+    # Unix time after which the sender no longer waits: the command must not be applied later.
+    deadline: float | None = None
 
     @classmethod
-    def wrap(cls, aggregate_id: str, command: msgspec.Struct, correlation_id: str) -> Self:
+    def wrap(
+        cls,
+        aggregate_id: str,
+        command: msgspec.Struct,
+        correlation_id: str,
+        command_id: str | None = None,
+        deadline: float | None = None,
+    ) -> Self:
         return cls(
-            id=new_id(),
+            id=command_id or new_id(),
             aggregate_id=aggregate_id,
             correlation_id=correlation_id,
             command=msgspec.Raw(msgspec.json.encode(command)),
+            deadline=deadline,
         )
 
 

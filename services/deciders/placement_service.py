@@ -1,24 +1,23 @@
-"""Placement: allocate GPUs on a host, then create (or start) the instance that holds them.
-
-Two aggregates, in this order. If the instance step is refused, the allocation is released at
-once; if this process dies in between, the lease is orphaned and the GPU sweeper (which compares
-host leases with instance leases) frees it."""
+"""Placement: allocate GPUs on a host and create (or start) the instance that holds them, as one
+atomic decision (see `PlacementService`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from events.ids import new_id
+from events.envelope import AggregateRef
+from events.ids import derived_id
 from services.command_wire import CommandEnvelope, Reply
 from services.deciders.decider import Command, is_system
 from services.deciders.fleet_view import FleetView
-from services.deciders.host import AllocateGpus, HostState, ReleaseGpus
+from services.deciders.host import AllocateGpus, HostState
 from services.deciders.instance import (
     STARTABLE,
     CreateInstance,
@@ -26,9 +25,9 @@ from services.deciders.instance import (
     StartInstance,
 )
 from services.deciders.placement import best_fit
-from services.deciders.runner import DeciderRunner
-from services.deciders.volume import AttachVolume, DetachVolume, VolumeState
-from services.errors import BadRequest, Conflict, GpuWorkerError, NotFound, from_body
+from services.deciders.runner import DeciderRunner, Decision
+from services.deciders.volume import AttachVolume, VolumeState
+from services.errors import BadRequest, Conflict, ErrorBody, GpuWorkerError, NotFound
 
 log = logging.getLogger("gpuworker.placement")
 
@@ -64,6 +63,15 @@ class StartPlacedInstance(Command, frozen=True, kw_only=True):
 
 
 PlacementCommand = PlaceInstance | StartPlacedInstance
+# The error type a host's refusal to allocate travels under, so placement tries the next host.
+NO_GPUS = "no_gpus_on_host"
+
+
+class _NoGpus(GpuWorkerError):
+    code = 409
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(code=self.code, type=NO_GPUS, message=self.message)
 
 
 def no_capacity(count: int, gpu_type_id: str, datacenter_id: str | None, cloud_type: str) -> str:
@@ -76,6 +84,10 @@ def no_capacity(count: int, gpu_type_id: str, datacenter_id: str | None, cloud_t
 
 
 class PlacementService:
+    """Each placement is one atomic decision: the volume's attach, the host's GPU lease and the
+    instance's creation (or start) are appended together or not at all, so no crash can leave a
+    lease without its instance or a volume attached to an instance that never existed."""
+
     def __init__(self, runner: DeciderRunner, fleet: FleetView) -> None:
         self._runner = runner
         self._fleet = fleet
@@ -92,53 +104,13 @@ class PlacementService:
         except GpuWorkerError as err:
             return Reply(error=err.body())
 
-    async def _allocate(
-        self, host_id: str, instance_id: str, gpu_type_id: str, count: int, correlation_id: str
-    ) -> tuple[str, list[str]] | None:
-        lease_id = new_id()
-        reply = await self._runner.run(
-            "host",
-            host_id,
-            AllocateGpus(
-                actor=PLACEMENT_ACTOR,
-                at=datetime.now(UTC),
-                instance_id=instance_id,
-                lease_id=lease_id,
-                gpu_type_id=gpu_type_id,
-                count=count,
-            ),
-            correlation_id,
-        )
-        if reply.error is not None:
-            if reply.error.code == 409:
-                return None
-            raise GpuWorkerError(reply.error.message)
-        state = msgspec.json.decode(reply.state, type=HostState)
-        self._fleet.offer(state, reply.sequence)
-        return lease_id, state.held_by(instance_id)[lease_id]
-
-    async def release(self, host_id: str, instance_id: str, lease_id: str, cid: str) -> None:
-        reply = await self._runner.run(
-            "host",
-            host_id,
-            ReleaseGpus(
-                actor=PLACEMENT_ACTOR,
-                at=datetime.now(UTC),
-                instance_id=instance_id,
-                lease_id=lease_id,
-            ),
-            cid,
-        )
-        if reply.error is not None:
-            log.warning("could not release lease %s on %s: %s", lease_id, host_id, reply.error)
-        else:
-            self._fleet.offer(msgspec.json.decode(reply.state, type=HostState), reply.sequence)
-
-    async def _volume(self, command: PlaceInstance, instance_id: str, cid: str) -> VolumeState:
-        """Attach the network volume first: it pins the instance to the volume's host, and a
-        delete of the volume racing with this create is refused by the volume aggregate."""
+    async def _attach(
+        self, decision: Decision, command: PlaceInstance, instance_id: str
+    ) -> VolumeState:
+        """The network volume pins the instance to the volume's host, and a delete of the volume
+        racing with this create is refused by the volume aggregate."""
         assert command.network_volume_id is not None
-        volume, _seq = await self._runner.current("volume", command.network_volume_id)
+        volume = await decision.state("volume", command.network_volume_id)
         if not isinstance(volume, VolumeState) or volume.owner_id != command.actor:
             raise BadRequest(f"field `networkVolumeId`: no volume {command.network_volume_id!r}")
         if command.datacenter_id is not None and command.datacenter_id != volume.datacenter_id:
@@ -146,49 +118,104 @@ class PlacementService:
                 f"field `networkVolumeId`: volume {volume.id} is in {volume.datacenter_id},"
                 f" not in the requested data center {command.datacenter_id}"
             )
-        reply = await self._runner.run(
-            "volume",
-            volume.id,
-            AttachVolume(actor=command.actor, at=command.at, instance_id=instance_id),
-            cid,
-        )
-        if reply.error is not None:
-            if reply.error.code == 404:  # deleted since it was read: the field is what's wrong
-                raise BadRequest(
-                    f"field `networkVolumeId`: no volume {command.network_volume_id!r}"
-                )
-            raise from_body(reply.error)
-        return volume
-
-    async def _detach(self, volume_id: str, instance_id: str, cid: str) -> None:
-        reply = await self._runner.run(
-            "volume",
-            volume_id,
-            DetachVolume(actor=PLACEMENT_ACTOR, at=datetime.now(UTC), instance_id=instance_id),
-            cid,
-        )
-        if reply.error is not None:
-            log.warning(
-                "could not detach %s from volume %s: %s", instance_id, volume_id, reply.error
+        try:
+            await decision.decide(
+                "volume",
+                volume.id,
+                AttachVolume(actor=command.actor, at=command.at, instance_id=instance_id),
             )
+        except NotFound:  # deleted since it was read: the field is what's wrong
+            raise BadRequest(
+                f"field `networkVolumeId`: no volume {command.network_volume_id!r}"
+            ) from None
+        return volume
 
     async def _place(self, envelope: CommandEnvelope, command: PlaceInstance) -> Reply:
         instance_id = envelope.aggregate_id
-        cid = envelope.correlation_id
-        volume = (
-            await self._volume(command, instance_id, cid) if command.network_volume_id else None
-        )
-        try:
-            return await self._place_on(
-                envelope,
-                command,
-                volume.datacenter_id if volume else command.datacenter_id,
-                volume.host_id if volume else None,
+        target = AggregateRef("instance", instance_id)
+        volume: VolumeState | None = None
+        if command.network_volume_id is not None:
+            # Read first (outside the decision) only to know where the instance must go.
+            found, _seq = await self._runner.current("volume", command.network_volume_id)
+            volume = found if isinstance(found, VolumeState) else None
+            if volume is None or volume.owner_id != command.actor:
+                raise BadRequest(
+                    f"field `networkVolumeId`: no volume {command.network_volume_id!r}"
+                )
+        datacenter_id = volume.datacenter_id if volume else command.datacenter_id
+        only_host = volume.host_id if volume else None
+        lease_id = derived_id("lease", envelope.id)
+        tried: set[str] = set()
+        deadline = asyncio.get_running_loop().time() + CLAIM_WAIT_S
+        attempts = 0
+        while attempts < MAX_HOSTS_TRIED:
+            host = self._next_host(command, datacenter_id, only_host, tried)
+            if host is None:
+                # GPUs other placements are claiming right now may yet be refused and come
+                # back: "no capacity" only once nothing is in flight (or after a short wait).
+                if self._claiming_any(only_host) and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.005)
+                    continue
+                break
+            attempts += 1
+            tried.add(host.id)
+            plan = self._creation(command, instance_id, lease_id, host)
+            reply = await self._claim(host.id, command.gpu_count, envelope, target, plan)
+            if reply.error is not None and reply.error.type == NO_GPUS:
+                continue
+            return reply
+        raise Conflict(
+            no_capacity(
+                command.gpu_count, command.gpu_type_id, command.datacenter_id, command.cloud_type
             )
-        except GpuWorkerError:
-            if volume is not None:
-                await self._detach(volume.id, instance_id, cid)
-            raise
+        )
+
+    def _creation(
+        self, command: PlaceInstance, instance_id: str, lease_id: str, host: HostState
+    ) -> Callable[[Decision], Awaitable[None]]:
+        async def plan(decision: Decision) -> None:
+            await decision.ensure_new("instance", instance_id)
+            if command.network_volume_id is not None:
+                await self._attach(decision, command, instance_id)
+            held = await self._allocate(
+                decision, host.id, instance_id, lease_id, command.gpu_type_id, command.gpu_count
+            )
+            fields: dict[str, Any] = msgspec.structs.asdict(command)
+            fields["datacenter_id"] = host.datacenter_id
+            await decision.decide(
+                "instance",
+                instance_id,
+                CreateInstance(**fields, host_id=host.id, gpu_uuids=held, lease_id=lease_id),
+            )
+
+        return plan
+
+    async def _allocate(
+        self,
+        decision: Decision,
+        host_id: str,
+        instance_id: str,
+        lease_id: str,
+        gpu_type_id: str,
+        count: int,
+    ) -> list[str]:
+        try:
+            state = await decision.decide(
+                "host",
+                host_id,
+                AllocateGpus(
+                    actor=PLACEMENT_ACTOR,
+                    at=datetime.now(UTC),
+                    instance_id=instance_id,
+                    lease_id=lease_id,
+                    gpu_type_id=gpu_type_id,
+                    count=count,
+                ),
+            )
+        except Conflict as exc:
+            raise _NoGpus(exc.message) from None
+        assert isinstance(state, HostState)
+        return state.held_by(instance_id)[lease_id]
 
     def _next_host(
         self,
@@ -215,64 +242,34 @@ class PlacementService:
         return any(self._claiming.values())
 
     async def _claim(
-        self, host_id: str, instance_id: str, command: PlaceInstance, cid: str
-    ) -> tuple[str, list[str]] | None:
-        """Allocate on one host. Placements in this process take turns per host (the host
-        aggregate would refuse all but one of them anyway), and while one waits its GPUs count
-        as taken, so the next placement ranks other hosts first."""
-        self._claiming[host_id] += command.gpu_count
+        self,
+        host_id: str,
+        gpu_count: int,
+        envelope: CommandEnvelope,
+        target: AggregateRef,
+        plan: Callable[[Decision], Awaitable[None]],
+    ) -> Reply:
+        """Decide and commit on one host. Placements in this process take turns per host (the
+        host aggregate would refuse all but one of them anyway), and while one waits its GPUs
+        count as taken, so the next placement ranks other hosts first."""
+        self._claiming[host_id] += gpu_count
         try:
             async with self._host_locks[host_id]:
-                return await self._allocate(
-                    host_id, instance_id, command.gpu_type_id, command.gpu_count, cid
-                )
+                reply = await self._runner.decide(envelope, target, plan)
         finally:
-            self._claiming[host_id] -= command.gpu_count
+            self._claiming[host_id] -= gpu_count
+        self._offer_host(host_id)
+        return reply
 
-    async def _place_on(
-        self,
-        envelope: CommandEnvelope,
-        command: PlaceInstance,
-        datacenter_id: str | None,
-        only_host: str | None,
-    ) -> Reply:
-        instance_id = envelope.aggregate_id
-        tried: set[str] = set()
-        deadline = asyncio.get_running_loop().time() + CLAIM_WAIT_S
-        attempts = 0
-        while attempts < MAX_HOSTS_TRIED:
-            host = self._next_host(command, datacenter_id, only_host, tried)
-            if host is None:
-                # GPUs other placements are claiming right now may yet be refused and come
-                # back: "no capacity" only once nothing is in flight (or after a short wait).
-                if self._claiming_any(only_host) and asyncio.get_running_loop().time() < deadline:
-                    await asyncio.sleep(0.005)
-                    continue
-                break
-            attempts += 1
-            tried.add(host.id)
-            allocated = await self._claim(host.id, instance_id, command, envelope.correlation_id)
-            if allocated is None:
-                continue
-            lease_id, gpu_uuids = allocated
-            fields: dict[str, Any] = msgspec.structs.asdict(command)
-            fields["datacenter_id"] = host.datacenter_id
-            create = CreateInstance(
-                **fields, host_id=host.id, gpu_uuids=gpu_uuids, lease_id=lease_id
-            )
-            reply = await self._runner.run("instance", instance_id, create, envelope.correlation_id)
-            if reply.error is not None:
-                await self.release(host.id, instance_id, lease_id, envelope.correlation_id)
-                raise from_body(reply.error)
-            return reply
-        raise Conflict(
-            no_capacity(
-                command.gpu_count, command.gpu_type_id, command.datacenter_id, command.cloud_type
-            )
-        )
+    def _offer_host(self, host_id: str) -> None:
+        known = self._runner.known(AggregateRef("host", host_id))
+        if isinstance(known.state, HostState):
+            self._fleet.offer(known.state, known.sequence)
 
     async def _start(self, envelope: CommandEnvelope, command: StartPlacedInstance) -> Reply:
         instance_id = envelope.aggregate_id
+        target = AggregateRef("instance", instance_id)
+        lease_id = derived_id("lease", envelope.id)
         state, _seq = await self._runner.current("instance", instance_id)
         if (
             not isinstance(state, InstanceState)
@@ -280,33 +277,40 @@ class PlacementService:
             or not (state.owner_id == command.actor or is_system(command.actor))
         ):
             raise NotFound("instance not found")
-        if state.status not in STARTABLE:
-            raise Conflict(
-                f"cannot start instance {instance_id}: it is {state.status};"
-                " start needs STOPPED, EXITED or FAILED"
-            )
-        async with self._host_locks[state.host_id]:
-            allocated = await self._allocate(
-                state.host_id,
+        host_id = state.host_id
+
+        async def plan(decision: Decision) -> None:
+            await decision.ensure_new("instance", instance_id)
+            current = await decision.state("instance", instance_id)
+            assert isinstance(current, InstanceState)
+            if current.status not in STARTABLE:
+                raise Conflict(
+                    f"cannot start instance {instance_id}: it is {current.status};"
+                    " start needs STOPPED, EXITED or FAILED"
+                )
+            try:
+                held = await self._allocate(
+                    decision,
+                    host_id,
+                    instance_id,
+                    lease_id,
+                    current.gpu_type_id,
+                    current.gpu_count,
+                )
+            except _NoGpus:
+                raise Conflict(
+                    f"no capacity: host {host_id}, where this instance's disk lives, has no"
+                    f" {current.gpu_count} free {current.gpu_type_id} right now; retry later"
+                ) from None
+            await decision.decide(
+                "instance",
                 instance_id,
-                state.gpu_type_id,
-                state.gpu_count,
-                envelope.correlation_id,
+                StartInstance(
+                    actor=command.actor, at=command.at, gpu_uuids=held, lease_id=lease_id
+                ),
             )
-        if allocated is None:
-            raise Conflict(
-                f"no capacity: host {state.host_id}, where this instance's disk lives, has no"
-                f" {state.gpu_count} free {state.gpu_type_id} right now; retry later"
-            )
-        lease_id, gpu_uuids = allocated
-        reply = await self._runner.run(
-            "instance",
-            instance_id,
-            StartInstance(
-                actor=command.actor, at=command.at, gpu_uuids=gpu_uuids, lease_id=lease_id
-            ),
-            envelope.correlation_id,
-        )
-        if reply.error is not None:
-            await self.release(state.host_id, instance_id, lease_id, envelope.correlation_id)
+
+        async with self._host_locks[host_id]:
+            reply = await self._runner.decide(envelope, target, plan)
+        self._offer_host(host_id)
         return reply
