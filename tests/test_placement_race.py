@@ -280,3 +280,91 @@ async def test_gpu_releaser_frees_exactly_the_ended_lease(
     host = await host_state(store, host_id)
     assert host.held_by("a") == {again.lease_id: again.gpu_uuids}
     assert host.held_by("b") == b_holds
+
+
+async def test_a_placement_sent_again_is_answered_not_repeated(
+    store: JetStreamEventStore, new_stack: Callable[[], Awaitable[Stack]]
+) -> None:
+    """The api's request timed out and the same command (same id: same Idempotency-Key) arrives
+    again, at the same replica and at another one, also at the same moment."""
+    one, two = await new_stack(), await new_stack()
+    host_id = f"host-{new_id()}"
+    await register(one.runner, host_id, gpus=4, datacenter=f"DC-{host_id}")
+    await seen_by_all([one, two], host_id)
+    command = envelope(
+        f"inst-{new_id()}", place_instance(OWNER, GPU, 1, f"DC-{host_id}", "SECURE", at=now())
+    )
+    together = await asyncio.gather(one.placement.handle(command), two.placement.handle(command))
+    later = [await one.placement.handle(command), await two.placement.handle(command)]
+    for reply in (*together, *later):
+        assert reply.error is None, reply.error
+    states = [msgspec.json.decode(r.state, type=InstanceState) for r in (*together, *later)]
+    assert len({(s.id, s.lease_id, tuple(s.gpu_uuids)) for s in states}) == 1, states
+    host = await host_state(store, host_id)
+    assert len(host.allocations) == 1, "one GPU, one lease, however often the command came"
+    events = await store.load(AggregateRef("instance", command.aggregate_id))
+    assert [e.type for e in events] == ["InstanceCreated"]
+
+    # The lease and the instance were one atomic append: adjacent in the stream.
+    allocation = [
+        e for e in await store.load(AggregateRef("host", host_id)) if e.type == "GpusAllocated"
+    ]
+    assert [e.sequence + 1 for e in allocation] == [events[0].sequence]
+
+
+async def test_a_command_sent_again_is_answered_with_the_state_not_refused(
+    store: JetStreamEventStore, new_stack: Callable[[], Awaitable[Stack]]
+) -> None:
+    one, two = await new_stack(), await new_stack()
+    host_id = f"host-{new_id()}"
+    await register(one.runner, host_id, gpus=1, datacenter=f"DC-{host_id}")
+    await seen_by_all([one], host_id)
+    instance_id = f"inst-{new_id()}"
+    await ok(
+        one.placement.handle(
+            envelope(instance_id, place_instance(OWNER, GPU, 1, f"DC-{host_id}", "SECURE"))
+        )
+    )
+    stop = envelope(instance_id, StopInstance(actor=OWNER, at=now()))
+    first = await ok(one.runner.handle("instance", stop))
+    # A second stop with a new id is refused (it is STOPPING) ...
+    refused = await two.runner.handle(
+        "instance", envelope(instance_id, StopInstance(actor=OWNER, at=now()))
+    )
+    assert refused.error is not None and refused.error.code == 409
+    # ... but the same stop sent again, to either replica, is answered: it happened.
+    for runner in (one.runner, two.runner):
+        again = await ok(runner.handle("instance", stop))
+        assert msgspec.json.decode(again.state, type=InstanceState).status == "STOPPING"
+        assert again.sequence >= first.sequence
+    stops = [
+        e
+        for e in await store.load(AggregateRef("instance", instance_id))
+        if e.type == "InstanceStopRequested"
+    ]
+    assert len(stops) == 1
+
+
+async def test_a_command_past_its_deadline_is_not_applied(
+    store: JetStreamEventStore, new_stack: Callable[[], Awaitable[Stack]]
+) -> None:
+    stack = await new_stack()
+    host_id = f"host-{new_id()}"
+    late = CommandEnvelope.wrap(
+        host_id,
+        RegisterHost(
+            actor=f"system:agent:{host_id}",
+            at=now(),
+            datacenter_id="EU-RO-1",
+            cloud_type="SECURE",
+            gpus=[],
+            inventory_source="declared",
+            runtime="simulated",
+        ),
+        "c",
+        deadline=now().timestamp() - 1,
+    )
+    reply = await stack.runner.handle("host", late)
+    assert reply.error is not None and reply.error.code == 503, reply
+    assert "expired" in reply.error.message and "nothing was changed" in reply.error.message
+    assert await store.load(AggregateRef("host", host_id)) == []
