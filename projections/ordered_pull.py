@@ -16,6 +16,7 @@ quiet stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -107,10 +108,8 @@ class OrderedPull:
         """The messages delivered since the last call (in order, possibly none after `timeout`).
         Raises Gap when the sequence of deliveries broke or the server went silent."""
         if not self._buffer and self._error is None:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), timeout)
-            except TimeoutError:
-                pass
         if self._error is not None:
             raise self._error
         silent = asyncio.get_running_loop().time() - self._last_sign_of_life

@@ -70,8 +70,8 @@ async def _apply_prefix(
         return events, failure
     except psycopg.Error:
         raise
-    except Exception:
-        pass
+    except Exception as exc:
+        log.warning("projection %s: a batch failed (%s); applying it event by event", p.name, exc)
     done: list[Envelope] = []
     for event in events:  # find the one that fails; keep everything before it
         try:

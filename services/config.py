@@ -32,6 +32,8 @@ class Settings:
     read_your_writes_timeout_s: float = 5.0
     # A host whose agent is silent this long is marked lost (and its GPUs unavailable).
     host_timeout_s: float = 10.0
+    # Where `gpuworker up`'s supervisor writes the state of every process it runs (for /health).
+    supervisor_status: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -44,4 +46,5 @@ class Settings:
             refresh_token_ttl_s=int(os.environ.get("GPUWORKER_REFRESH_TOKEN_TTL", "2592000")),
             stream_replicas=int(os.environ.get("GPUWORKER_STREAM_REPLICAS", "1")),
             host_timeout_s=float(os.environ.get("GPUWORKER_HOST_TIMEOUT", "10")),
+            supervisor_status=os.environ.get("GPUWORKER_SUPERVISOR_STATUS") or None,
         )

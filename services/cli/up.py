@@ -1,4 +1,8 @@
-"""`gpuworker up`: every role in one process tree, with embedded servers unless configured."""
+"""`gpuworker up`: every role in one process tree, with embedded servers unless configured.
+
+Every process runs under `services.cli.supervisor`: a role, nats-server or PostgreSQL that dies is
+started again and the others carry on (roles reconnect on their own); /health shows the state of
+each, read from the supervisor's status file."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -18,10 +23,20 @@ from services.cli.embedded import (
     free_port,
     load_or_create_secrets,
 )
+from services.cli.supervisor import (
+    Supervised,
+    Supervisor,
+    become_subreaper,
+    describe_exit,
+    reap_orphans,
+)
 
 log = logging.getLogger("gpuworker.up")
 
 ROLES = ("deciders", "projector", "api", "agent")
+STATUS_FILE = "supervisor.json"
+# A role that cannot get through start-up this many times is a setup error, not a crash.
+START_ATTEMPTS = 3
 
 
 def roles() -> tuple[str, ...]:
@@ -32,12 +47,57 @@ def roles() -> tuple[str, ...]:
     return ROLES
 
 
-def _wait_healthy(url: str, children: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+class RoleProcess:
+    """One role as a child process (its own session: Ctrl-C reaches `up`, which stops it)."""
+
+    def __init__(self, role: str, args: list[str], env: dict[str, str]) -> None:
+        self.role = role
+        self._args = args
+        self._env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self._args, env=self._env, start_new_session=True)
+        self.starts += 1
+
+    def ended(self) -> str | None:
+        if self.process is None:
+            return "never started"
+        code = self.process.poll()
+        return None if code is None else describe_exit(code)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def supervised(self) -> Supervised:
+        return Supervised(self.role, self.start, self.ended, self.stop)
+
+
+def _wait_healthy(
+    url: str,
+    supervisor: Supervisor,
+    roles: list[RoleProcess],
+    timeout_s: float,
+    own_pids: Callable[[], set[int]],
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for child in children:
-            if child.poll() is not None:
-                raise RuntimeError(f"a role exited during start-up (code {child.returncode})")
+        reap_orphans(own_pids())
+        supervisor.check()
+        for role in roles:
+            if role.starts > START_ATTEMPTS:
+                raise RuntimeError(
+                    f"the {role.role} role failed {START_ATTEMPTS} times during start-up"
+                    f" (last: {role.ended() or 'restarting'}); see its log lines above"
+                )
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=1) as response:  # noqa: S310
                 if response.status == 200:
@@ -57,9 +117,6 @@ def up(
     datacenter: str,
 ) -> int:
     env = dict(os.environ)
-    embedded_pg: EmbeddedPostgres | None = None
-    embedded_nats: EmbeddedNats | None = None
-    children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -68,22 +125,35 @@ def up(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    become_subreaper()
+    supervisor = Supervisor(data_dir / STATUS_FILE)
+    servers: list[EmbeddedNats] = []
+    children: list[RoleProcess] = []
+
+    def own_pids() -> set[int]:
+        popens = [c.process for c in children] + [n.process for n in servers]
+        return {p.pid for p in popens if p is not None}
+
     try:
-        data_dir = data_dir.resolve()
         if not env.get("DATABASE_URL"):
             log.info("starting embedded PostgreSQL in %s", data_dir / "postgres")
-            embedded_pg = EmbeddedPostgres(data_dir / "postgres")
-            env["DATABASE_URL"] = embedded_pg.url
+            postgres = EmbeddedPostgres(data_dir / "postgres")
+            supervisor.add(Supervised("postgres", postgres.start, postgres.ended, postgres.stop))
+            env["DATABASE_URL"] = postgres.url
         if not env.get("NATS_URL"):
-            embedded_nats = EmbeddedNats(data_dir / "nats", free_port())
-            log.info("starting embedded nats-server on %s", embedded_nats.url)
-            embedded_nats.start(data_dir / "nats.log")
-            env["NATS_URL"] = embedded_nats.url
+            nats = EmbeddedNats(data_dir / "nats", free_port(), log_file=data_dir / "nats.log")
+            log.info("starting embedded nats-server on %s", nats.url)
+            supervisor.add(Supervised("nats-server", nats.start, nats.ended, nats.stop))
+            env["NATS_URL"] = nats.url
+            servers.append(nats)
         if not env.get("GPUWORKER_SECRET_KEY") or not env.get("GPUWORKER_JWT_SECRET"):
             keys = load_or_create_secrets(data_dir)
             env.setdefault("GPUWORKER_SECRET_KEY", keys["secret_key"])
             env.setdefault("GPUWORKER_JWT_SECRET", keys["jwt_secret"])
         env["GPUWORKER_DATACENTER"] = datacenter
+        env["GPUWORKER_SUPERVISOR_STATUS"] = str(data_dir / STATUS_FILE)
         if runtime:
             env["GPUWORKER_RUNTIME"] = runtime
         if gpus:
@@ -92,34 +162,21 @@ def up(
             args = [sys.executable, "-m", "services.cli.main", role]
             if role == "api":
                 args += ["--host", host, "--port", str(port)]
-            # Children ignore the terminal's Ctrl-C; this process stops them in order.
-            children.append(subprocess.Popen(args, env=env, start_new_session=True))
+            child = RoleProcess(role, args, env)
+            supervisor.add(child.supervised())
+            children.append(child)
         url = f"http://{host}:{port}"
-        _wait_healthy(url, children, 60)
+        _wait_healthy(url, supervisor, children, 60, own_pids)
         print(f"GPUWorker is up at {url} (API docs: {url}/docs)", flush=True)
         while not stopping:
-            for child in children:
-                if child.poll() is not None:
-                    log.error("a role exited with code %s; shutting down", child.returncode)
-                    stopping = True
+            reap_orphans(own_pids())
+            supervisor.check()
+            supervisor.settle()
             time.sleep(0.2)
         return 0
     except Exception as exc:
         log.error("gpuworker up failed: %s", exc)
         return 1
     finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for child in reversed(children):
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        if embedded_nats:
-            embedded_nats.stop()
-        if embedded_pg:
-            embedded_pg.stop()
+        supervisor.stop_all()
         log.info("stopped")
