@@ -184,7 +184,7 @@ def test_killed_servers_are_restarted_and_roles_reconnect(up: Up) -> None:
         assert victim is not None
         os.kill(victim, signal.SIGKILL)
         eventually(
-            lambda server=server, victim=victim: up.server_pid(server) not in (None, victim),  # type: ignore[misc]
+            lambda server=server, victim=victim: up.server_pid(server) not in (None, victim),
             60,
             f"{server} to come back",
         )
@@ -201,7 +201,7 @@ def test_a_crash_looping_role_is_reported_on_health(up: Up) -> None:
         assert victim is not None
         os.kill(victim, signal.SIGKILL)
         eventually(
-            lambda victim=victim: up.role_pid("agent") not in (None, victim),  # type: ignore[misc]
+            lambda victim=victim: up.role_pid("agent") not in (None, victim),
             60,
             "a new agent",
         )
