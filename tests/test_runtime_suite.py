@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import docker
@@ -148,16 +149,20 @@ class DockerBackend:
 class SimulatedBackend:
     image = "local/busybox:latest"
 
-    def __init__(self) -> None:
+    def __init__(self, state_dir: Path) -> None:
         self.runtimes: list[SimulatedRuntime] = []
+        # Where each simulated host keeps its containers, so they outlive a runtime object.
+        self.state_dir = state_dir
 
     def make_runtime(self, host_id: str) -> Runtime:
-        runtime = SimulatedRuntime(host_id, start_delay_s=0.05)
+        runtime = SimulatedRuntime(
+            host_id, start_delay_s=0.05, state_file=self.state_dir / f"{host_id}.json"
+        )
         self.runtimes.append(runtime)
         return runtime
 
     def _owner(self, instance_id: str) -> SimulatedRuntime:
-        for runtime in self.runtimes:
+        for runtime in reversed(self.runtimes):  # the newest runtime of a host knows best
             if instance_id in {s.spec.instance_id for s in runtime._containers.values()}:
                 return runtime
         raise AssertionError(f"no simulated runtime has instance {instance_id}")
@@ -204,8 +209,8 @@ def docker_backend(
 
 
 @pytest.fixture
-def simulated_backend() -> SimulatedBackend:
-    return SimulatedBackend()
+def simulated_backend(tmp_path: Path) -> SimulatedBackend:
+    return SimulatedBackend(tmp_path)
 
 
 @pytest.fixture(params=["docker", "simulated"])
@@ -278,6 +283,27 @@ async def test_create_and_start_runs_the_container(runtime: Runtime, backend: Ba
     await backend.assert_really_running(spec.instance_id, host_of(runtime))
     assert (await runtime.inspect(spec.instance_id)).status == "running"
     assert [s.instance_id for s in await runtime.list_managed()] == [spec.instance_id]
+
+
+async def test_a_runtime_started_again_finds_its_containers_as_they_were(
+    runtime: Runtime, backend: Backend
+) -> None:
+    """The agent process restarted: its containers kept running meanwhile, as Docker's do."""
+    running, stopped = new_spec(backend), new_spec(backend)
+    await runtime.create_and_start(running)
+    await runtime.create_and_start(stopped)
+    await runtime.stop(stopped.instance_id, timeout_s=STOP_TIMEOUT_S)
+    await runtime.close()
+
+    again = backend.make_runtime(host_of(runtime))
+    assert (await again.inspect(running.instance_id)).status == "running"
+    assert (await again.inspect(stopped.instance_id)).status == "exited"
+    assert {s.instance_id for s in await again.list_managed()} == {
+        running.instance_id,
+        stopped.instance_id,
+    }
+    assert running.volume_name is not None and await again.volume_exists(running.volume_name)
+    await backend.assert_really_running(running.instance_id, host_of(runtime))
 
 
 async def test_stop_then_start_keeps_the_volume(runtime: Runtime, backend: Backend) -> None:

@@ -10,15 +10,23 @@ Each instance is an in-memory state machine that changes on timers and shows wha
 - `watch()` reports every death ("exited") and removal ("missing"), the ones this runtime caused
   included, as Docker's event stream does.
 
+Given a `state_file`, the simulated containers and volumes outlive the agent process, as Docker's
+do: an agent that restarts finds its instances as they were (running ones still running) instead
+of reporting them all exited.
+
 Test hooks: `kill_from_outside` (like `docker kill`) and `remove_from_outside` (like `docker rm -f`,
 which keeps the volume)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
 
 from services.agent.runtime import (
     ContainerNotFound,
@@ -61,6 +69,14 @@ class _Container:
         )
 
 
+class _Saved(msgspec.Struct, kw_only=True):
+    """What survives the agent: every container's spec and last state, and the volumes."""
+
+    containers: list[tuple[ContainerSpec, ContainerState]] = []
+    volumes: dict[str, dict[str, str]] = {}
+    volume_owner: dict[str, str] = {}
+
+
 class _Watch(AsyncIterator[RuntimeEvent]):
     def __init__(self, subscribers: set[_Watch]) -> None:
         self.subscribers = subscribers
@@ -94,6 +110,7 @@ class SimulatedRuntime:
         host_id: str,
         start_delay_s: float = 0.05,
         clock: Callable[[], datetime] = _utc_now,
+        state_file: Path | None = None,
     ) -> None:
         self.host_id = host_id
         self.start_delay_s = start_delay_s
@@ -103,6 +120,36 @@ class SimulatedRuntime:
         self.volumes: dict[str, dict[str, str]] = {}
         self._volume_owner: dict[str, str] = {}
         self._watches: set[_Watch] = set()
+        self._state_file = state_file
+        self._load()
+
+    def _load(self) -> None:
+        if self._state_file is None or not self._state_file.exists():
+            return
+        saved = msgspec.json.decode(self._state_file.read_bytes(), type=_Saved)
+        for spec, state in saved.containers:
+            self._containers[spec.instance_id] = _Container(
+                spec=spec,
+                status=state.status,
+                exit_code=state.exit_code,
+                reason=state.reason,
+                started_at=state.started_at,
+                finished_at=state.finished_at,
+            )
+        self.volumes = saved.volumes
+        self._volume_owner = saved.volume_owner
+
+    def _save(self) -> None:
+        if self._state_file is None:
+            return
+        saved = _Saved(
+            containers=[(c.spec, c.state()) for c in self._containers.values()],
+            volumes=self.volumes,
+            volume_owner=self._volume_owner,
+        )
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(saved))
+        os.replace(tmp, self._state_file)
 
     async def ensure_image(self, image: str, auth: RegistryCredentials | None) -> None:
         if UNPULLABLE_MARKER in image:
@@ -118,6 +165,7 @@ class SimulatedRuntime:
             if spec.volume_name and spec.volume_name not in self.volumes:
                 self.volumes[spec.volume_name] = {}
                 self._volume_owner[spec.volume_name] = spec.instance_id
+            self._save()
         return await self.start(spec.instance_id)
 
     async def start(self, instance_id: str) -> ContainerState:
@@ -131,6 +179,7 @@ class SimulatedRuntime:
                 container.exit_code = None
                 container.reason = None
                 container.started_at = self._clock()
+                self._save()
         return self._state(instance_id)
 
     async def stop(self, instance_id: str, timeout_s: float = 10) -> ContainerState:
@@ -156,6 +205,7 @@ class SimulatedRuntime:
                 if owner == instance_id:
                     del self._volume_owner[name]
                     self.volumes.pop(name, None)
+        self._save()
 
     async def inspect(self, instance_id: str) -> ContainerState:
         return self._state(instance_id)
@@ -163,10 +213,12 @@ class SimulatedRuntime:
     async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
         del labels
         self.volumes.setdefault(name, {})
+        self._save()
 
     async def remove_volume(self, name: str) -> None:
         self.volumes.pop(name, None)
         self._volume_owner.pop(name, None)
+        self._save()
 
     async def volume_exists(self, name: str) -> bool:
         return name in self.volumes
@@ -199,6 +251,7 @@ class SimulatedRuntime:
         if container.status == "running":
             self._die(container, SIGKILL_EXIT_CODE)
         del self._containers[instance_id]
+        self._save()
         self._emit(
             RuntimeEvent(
                 instance_id=instance_id,
@@ -216,6 +269,7 @@ class SimulatedRuntime:
         container.exit_code = exit_code
         container.reason = f"exited with code {exit_code}"
         container.finished_at = now
+        self._save()
         self._emit(
             RuntimeEvent(
                 instance_id=container.spec.instance_id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -108,6 +109,19 @@ def _wait_healthy(
     raise TimeoutError(f"{url}/health did not answer 200 within {timeout_s}s")
 
 
+CONNECTION_FILE = "connection.env"
+
+
+def write_connection_env(data_dir: Path, env: dict[str, str]) -> None:
+    """Where this `up`'s servers are, for an operator's commands against them (`set -a; .
+    DATA_DIR/connection.env` before `gpuworker projections rebuild` or `gpuworker blog publish`)."""
+    names = ("DATABASE_URL", "NATS_URL", "GPUWORKER_SECRET_KEY", "GPUWORKER_JWT_SECRET")
+    path = data_dir / CONNECTION_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.writelines(f"{name}={shlex.quote(env[name])}\n" for name in names if env.get(name))
+
+
 def up(
     host: str,
     port: int,
@@ -152,8 +166,10 @@ def up(
             keys = load_or_create_secrets(data_dir)
             env.setdefault("GPUWORKER_SECRET_KEY", keys["secret_key"])
             env.setdefault("GPUWORKER_JWT_SECRET", keys["jwt_secret"])
+        write_connection_env(data_dir, env)
         env["GPUWORKER_DATACENTER"] = datacenter
         env["GPUWORKER_SUPERVISOR_STATUS"] = str(data_dir / STATUS_FILE)
+        env.setdefault("GPUWORKER_AGENT_STATE_DIR", str(data_dir / "agent"))
         if runtime:
             env["GPUWORKER_RUNTIME"] = runtime
         if gpus:

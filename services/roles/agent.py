@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 
 from events.host import HostGpu
 from events.store import JetStreamEventStore
@@ -36,15 +37,24 @@ def docker_reachable() -> bool:
         return False
 
 
+def simulated_runtime(host_id: str) -> SimulatedRuntime:
+    """Its containers outlive the agent when GPUWORKER_AGENT_STATE_DIR names a folder for them."""
+    state_dir = os.environ.get("GPUWORKER_AGENT_STATE_DIR")
+    if not state_dir:
+        return SimulatedRuntime(host_id)
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    return SimulatedRuntime(host_id, state_file=Path(state_dir) / f"simulated-{host_id}.json")
+
+
 def choose_runtime(requested: str | None, host_id: str) -> Runtime:
     if requested == "simulated":
-        return SimulatedRuntime(host_id)
+        return simulated_runtime(host_id)
     if requested == "docker" or (requested is None and docker_reachable()):
         from services.agent.docker_runtime import DockerRuntime
 
         return DockerRuntime(host_id)
     log.warning("Docker is not reachable: using the SIMULATED runtime (no containers)")
-    return SimulatedRuntime(host_id)
+    return simulated_runtime(host_id)
 
 
 def host_spec(host_id: str, inventory: GpuInventory, datacenter: str, cloud: str) -> HostSpec:
@@ -83,7 +93,7 @@ async def run_agent(
             )
             for i in range(simulate_hosts)
         ]
-        runtime: Runtime = SimulatedRuntime(host_id)
+        runtime: Runtime = simulated_runtime(host_id)
         log.warning("simulating %d hosts with %s each (no containers)", simulate_hosts, spec)
     else:
         hosts = [host_spec(host_id, detect_inventory(gpus, host_id), datacenter, cloud_type)]
