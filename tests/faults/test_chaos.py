@@ -147,7 +147,11 @@ class CarefulClient:
             self.create("template", "/templates", template_body())
         elif roll < 0.6 and len(self.instances) < 2:
             name = f"inst-{uuid.uuid4().hex[:8]}"
-            body: dict[str, Any] = {"name": name, "gpuTypeId": RTX_4090, "templateId": "busybox-smoke"}
+            body: dict[str, Any] = {
+                "name": name,
+                "gpuTypeId": RTX_4090,
+                "templateId": "busybox-smoke",
+            }
             if (instance_id := self.create("instance", "/instances", body)) is not None:
                 self.instances.append(instance_id)
         elif roll < 0.75:
