@@ -4,6 +4,12 @@ Every blocking SDK call runs in a worker thread (`asyncio.to_thread`). Container
 `gpuworker-<instance id>` and carry the labels of `services.agent.runtime`, so an agent that
 restarts finds its containers again (`list_managed`) and reconciles them with the events.
 
+A container's labels are the image's labels merged with ours, and the image is the customer's: so
+the runtime sets every `gpuworker.*` label itself (blanking any other the image brings), counts a
+container as ours only when its name is the one we give (`gpuworker-<instance id>`) and its labels
+agree, and never deletes anything because a label names it: `remove` deletes the volume its caller
+names from its own records, nothing else.
+
 `watch()` reports every `die` and `destroy` of this host's managed containers, including the ones
 this runtime caused itself (stop, restart, remove): Docker does not say who stopped a container, so
 the agent compares an event with what it asked for."""
@@ -16,7 +22,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,8 +47,7 @@ from services.agent.runtime import (
 
 log = logging.getLogger(__name__)
 
-# The instance's own volume, recorded on its container so `remove` finds it again.
-LABEL_VOLUME = "gpuworker.volume"
+LABEL_PREFIX = "gpuworker."
 CONTAINER_PREFIX = "gpuworker-"
 # Docker's "never" for StartedAt / FinishedAt.
 _ZERO_TIME_PREFIX = "0001-01-01"
@@ -56,6 +61,29 @@ def container_name(instance_id: str) -> str:
 
 def managed_labels(instance_id: str, host_id: str) -> dict[str, str]:
     return {LABEL_MANAGED: "true", LABEL_INSTANCE: instance_id, LABEL_HOST: host_id}
+
+
+def container_labels(
+    instance_id: str, host_id: str, image_labels: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Ours, over every `gpuworker.*` label the image brings (blanked: Docker cannot drop an
+    inherited label, but ours override it), so no image can speak for the runtime."""
+    blanked = {k: "" for k in image_labels or {} if k.startswith(LABEL_PREFIX)}
+    return {**blanked, **managed_labels(instance_id, host_id)}
+
+
+def is_ours(name: str, labels: Mapping[str, str], host_id: str) -> str | None:
+    """The instance id of a container this runtime created on `host_id`, else None: its name is
+    the one we give and its labels (which we set, over the image's) agree with it."""
+    instance_id = labels.get(LABEL_INSTANCE, "")
+    if (
+        instance_id
+        and name.lstrip("/") == container_name(instance_id)
+        and labels.get(LABEL_MANAGED) == "true"
+        and labels.get(LABEL_HOST) == host_id
+    ):
+        return instance_id
+    return None
 
 
 def _docker_port(port: str) -> str:
@@ -72,16 +100,16 @@ def _docker_port(port: str) -> str:
 
 
 def container_create_kwargs(
-    spec: ContainerSpec, host_id: str, publish_host_ip: str = "127.0.0.1"
+    spec: ContainerSpec,
+    host_id: str,
+    publish_host_ip: str = "127.0.0.1",
+    image_labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments for `client.containers.create` that realise `spec` (pure)."""
-    labels = managed_labels(spec.instance_id, host_id)
-    if spec.volume_name:
-        labels[LABEL_VOLUME] = spec.volume_name
     kwargs: dict[str, Any] = {
         "image": spec.image,
         "name": container_name(spec.instance_id),
-        "labels": labels,
+        "labels": container_labels(spec.instance_id, host_id, image_labels),
         "environment": dict(spec.env),
         "mem_limit": f"{spec.memory_mb}m",
         "detach": True,
@@ -226,19 +254,18 @@ class DockerRuntime:
 
     async def create_and_start(self, spec: ContainerSpec) -> ContainerState:
         await self.ensure_image(spec.image, spec.registry_auth)
-        kwargs = container_create_kwargs(spec, self.host_id, self._publish_host_ip)
-        return await asyncio.to_thread(self._create_and_start, spec, kwargs)
+        return await asyncio.to_thread(self._create_and_start, spec)
 
-    def _create_and_start(self, spec: ContainerSpec, kwargs: dict[str, Any]) -> ContainerState:
+    def _create_and_start(self, spec: ContainerSpec) -> ContainerState:
         container = self._get(spec.instance_id)
         if container is None:
+            image_labels = self._client.images.get(spec.image).labels
+            kwargs = container_create_kwargs(
+                spec, self.host_id, self._publish_host_ip, image_labels
+            )
             if spec.volume_name:
                 self._client.volumes.create(
-                    name=spec.volume_name,
-                    labels={
-                        **managed_labels(spec.instance_id, self.host_id),
-                        LABEL_VOLUME: spec.volume_name,
-                    },
+                    name=spec.volume_name, labels=managed_labels(spec.instance_id, self.host_id)
                 )
             try:
                 container = self._client.containers.create(**kwargs)
@@ -287,16 +314,12 @@ class DockerRuntime:
         container.reload()
         return state_from_attrs(instance_id, container.attrs)
 
-    async def remove(self, instance_id: str, remove_volume: bool = True) -> None:
-        await asyncio.to_thread(self._remove, instance_id, remove_volume)
+    async def remove(self, instance_id: str, volume_name: str | None = None) -> None:
+        await asyncio.to_thread(self._remove, instance_id, volume_name)
 
-    def _remove(self, instance_id: str, remove_volume: bool) -> None:
+    def _remove(self, instance_id: str, volume_name: str | None) -> None:
         container = self._get(instance_id)
-        volume_names: set[str] = set()
         if container is not None:
-            volume = container.labels.get(LABEL_VOLUME)
-            if volume:
-                volume_names.add(volume)
             try:
                 container.remove(force=True)
             except docker.errors.NotFound:
@@ -305,14 +328,8 @@ class DockerRuntime:
                 if exc.status_code != 409:  # 409: removal already in progress; wait for it
                     raise
         self._wait_gone(lambda: self._get(instance_id) is None, f"container {instance_id}")
-        if not remove_volume:
-            return
-        found = self._client.volumes.list(
-            filters={"label": [f"{LABEL_INSTANCE}={instance_id}", f"{LABEL_HOST}={self.host_id}"]}
-        )
-        volume_names.update(v.name for v in found)
-        for name in volume_names:
-            self._remove_volume(name)
+        if volume_name:
+            self._remove_volume(volume_name)
 
     async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
         def create() -> None:
@@ -381,11 +398,12 @@ class DockerRuntime:
             filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_HOST}={self.host_id}"]},
             ignore_removed=True,
         )
-        return [
-            state_from_attrs(c.labels.get(LABEL_INSTANCE, ""), c.attrs)
-            for c in containers
-            if c.labels.get(LABEL_INSTANCE)
-        ]
+        states = []
+        for c in containers:
+            instance_id = is_ours(c.name, c.labels, self.host_id)
+            if instance_id is not None:
+                states.append(state_from_attrs(instance_id, c.attrs))
+        return states
 
     def watch(self) -> AsyncIterator[RuntimeEvent]:
         """Events from the moment of this call on (Docker replays from then, so none is lost
@@ -407,18 +425,15 @@ class DockerRuntime:
     # -- helpers ------------------------------------------------------------------------------
 
     def _get(self, instance_id: str) -> Any:
+        """Our container of the instance, by the name we gave it; a container carrying our
+        labels under any other name was not made by us and is not ours to touch."""
         try:
-            return self._client.containers.get(container_name(instance_id))
+            container = self._client.containers.get(container_name(instance_id))
         except docker.errors.NotFound:
-            pass
-        # A container of ours under another name (made by hand, or by an older agent) is still
-        # ours: the labels, not the name, say which instance it belongs to.
-        found = self._client.containers.list(
-            all=True,
-            ignore_removed=True,
-            filters={"label": [f"{LABEL_INSTANCE}={instance_id}", f"{LABEL_HOST}={self.host_id}"]},
-        )
-        return found[0] if found else None
+            return None
+        if is_ours(container.name, container.labels, self.host_id) != instance_id:
+            return None
+        return container
 
     def _require(self, instance_id: str) -> Any:
         container = self._get(instance_id)
@@ -521,9 +536,10 @@ class _DockerWatch(AsyncIterator[RuntimeEvent]):
             return
         self._since_ns = nanos + 1
         attributes: dict[str, Any] = (raw.get("Actor") or {}).get("Attributes") or {}
-        instance_id = attributes.get(LABEL_INSTANCE)
+        # The attributes are the container's labels plus its name (and image, exit code).
+        instance_id = is_ours(str(attributes.get("name", "")), attributes, self._host_id)
         action = raw.get("Action") or raw.get("status")
-        if not instance_id:
+        if instance_id is None:
             return
         if action == "die":
             code_text = attributes.get("exitCode")

@@ -52,11 +52,23 @@ def network_volume_name(volume_id: str) -> str:
     return f"gpuworker-vol-{volume_id}"
 
 
+def own_disk_name(instance_id: str) -> str:
+    return f"gpuworker-{instance_id}-disk"
+
+
 def instance_volume_name(state: InstanceState) -> str | None:
     """A network volume replaces the instance's own disk at the mount path."""
     if state.network_volume_id:
         return network_volume_name(state.network_volume_id)
-    return f"gpuworker-{state.id}-disk" if state.volume_in_gb > 0 else None
+    return own_disk_name(state.id) if state.volume_in_gb > 0 else None
+
+
+def disk_to_delete(state: InstanceState | None, instance_id: str) -> str | None:
+    """The volume that goes with the instance's container, named from the events, never from
+    anything the container or its image says: its own disk; a network volume outlives it."""
+    if state is not None and state.network_volume_id:
+        return None
+    return own_disk_name(instance_id)
 
 
 def container_spec(state: InstanceState, real_gpus: bool) -> ContainerSpec:
@@ -304,11 +316,10 @@ class HostAgent:
             if actual.status == "running":
                 await self._runtime.stop(instance_id)
         elif status == "TERMINATING":
-            # A network volume outlives the instance; the instance's own disk does not.
-            await self._runtime.remove(instance_id, remove_volume=not state.network_volume_id)
+            await self._runtime.remove(instance_id, disk_to_delete(state, instance_id))
             await self._report(state, "terminated")
         elif status == "TERMINATED" and actual.status != "missing":
-            await self._runtime.remove(instance_id, remove_volume=not state.network_volume_id)
+            await self._runtime.remove(instance_id, disk_to_delete(state, instance_id))
 
     def _spec(self, state: InstanceState) -> ContainerSpec:
         host = self._hosts[state.host_id]
@@ -348,7 +359,7 @@ class HostAgent:
 
     async def _recreate(self, state: InstanceState) -> None:
         """Image, command, env or ports changed: a new container on the same disk."""
-        await self._runtime.remove(state.id, remove_volume=False)
+        await self._runtime.remove(state.id)
         if not await self._pull(state):
             return
         await self._runtime.create_and_start(self._spec(state))
@@ -361,8 +372,9 @@ class HostAgent:
             state = self._instances.get(container.instance_id)
             if state is None or state.status == "TERMINATED":
                 log.warning("removing left-over container of instance %s", container.instance_id)
-                keep = state is not None and state.network_volume_id is not None
-                await self._runtime.remove(container.instance_id, remove_volume=not keep)
+                await self._runtime.remove(
+                    container.instance_id, disk_to_delete(state, container.instance_id)
+                )
 
     async def _heartbeat(self) -> None:
         encode = msgspec.json.Encoder().encode

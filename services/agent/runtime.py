@@ -86,8 +86,10 @@ class Runtime(Protocol):
 
     async def restart(self, instance_id: str, timeout_s: float = 10) -> ContainerState: ...
 
-    async def remove(self, instance_id: str, remove_volume: bool = True) -> None:
-        """Gone for real when this returns, with its volume if asked. Missing is not an error."""
+    async def remove(self, instance_id: str, volume_name: str | None = None) -> None:
+        """Gone for real when this returns, and the volume `volume_name` with it: the caller names
+        the instance's own disk from its records (never from a label); a network volume goes
+        only by `remove_volume`. Missing is not an error."""
         ...
 
     async def inspect(self, instance_id: str) -> ContainerState:

@@ -4,7 +4,7 @@ Each instance is an in-memory state machine that changes on timers and shows wha
 
 - `create_and_start` takes `start_delay_s`, then the instance is "running" (idempotent by id).
 - `stop` takes `start_delay_s`, then "exited" with code 143 (the process honoured SIGTERM).
-- `restart` is stop + start; `remove` forgets the instance and, if asked, its volume.
+- `restart` is stop + start; `remove` forgets the instance and the volume it is told to.
 - `ensure_image` fails with ImagePullFailed for any image whose name contains "does-not-exist"
   (the way to rehearse a pull failure) and succeeds for every other name.
 - `watch()` reports every death ("exited") and removal ("missing"), the ones this runtime caused
@@ -99,9 +99,8 @@ class SimulatedRuntime:
         self.start_delay_s = start_delay_s
         self._clock = clock
         self._containers: dict[str, _Container] = {}
-        # Named volumes: name -> files in it (path -> content), and which instance owns each.
+        # Named volumes: name -> files in it (path -> content).
         self.volumes: dict[str, dict[str, str]] = {}
-        self._volume_owner: dict[str, str] = {}
         self._watches: set[_Watch] = set()
 
     async def ensure_image(self, image: str, auth: RegistryCredentials | None) -> None:
@@ -115,9 +114,8 @@ class SimulatedRuntime:
         await self.ensure_image(spec.image, spec.registry_auth)
         if spec.instance_id not in self._containers:
             self._containers[spec.instance_id] = _Container(spec=spec)
-            if spec.volume_name and spec.volume_name not in self.volumes:
-                self.volumes[spec.volume_name] = {}
-                self._volume_owner[spec.volume_name] = spec.instance_id
+            if spec.volume_name:
+                self.volumes.setdefault(spec.volume_name, {})
         return await self.start(spec.instance_id)
 
     async def start(self, instance_id: str) -> ContainerState:
@@ -148,14 +146,11 @@ class SimulatedRuntime:
         await self.stop(instance_id, timeout_s)
         return await self.start(instance_id)
 
-    async def remove(self, instance_id: str, remove_volume: bool = True) -> None:
+    async def remove(self, instance_id: str, volume_name: str | None = None) -> None:
         if instance_id in self._containers:
             self.remove_from_outside(instance_id)
-        if remove_volume:
-            for name, owner in list(self._volume_owner.items()):
-                if owner == instance_id:
-                    del self._volume_owner[name]
-                    self.volumes.pop(name, None)
+        if volume_name:
+            self.volumes.pop(volume_name, None)
 
     async def inspect(self, instance_id: str) -> ContainerState:
         return self._state(instance_id)
@@ -166,7 +161,6 @@ class SimulatedRuntime:
 
     async def remove_volume(self, name: str) -> None:
         self.volumes.pop(name, None)
-        self._volume_owner.pop(name, None)
 
     async def volume_exists(self, name: str) -> bool:
         return name in self.volumes
