@@ -321,7 +321,9 @@ class DockerRuntime:
         container = self._get(instance_id)
         if container is not None:
             try:
-                container.remove(force=True)
+                # v: the anonymous volumes of the image's `VOLUME`s go with it (named ones,
+                # like a network volume mounted over such a path, never do).
+                container.remove(force=True, v=True)
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as exc:
