@@ -26,6 +26,7 @@ from services.api.templates import (
     Ports,
     StartCmd,
     VolumeDisk,
+    check_image_name,
 )
 from services.datacenters import DATACENTERS
 from services.deciders.host import HostState
@@ -254,6 +255,7 @@ class InstanceController(Controller):
         self, request: Request[Any, Any, Any], instance_id: str, data: InstancePatch
     ) -> InstanceOut:
         ctx = context_of(request)
+        check_image_name(data.image_name)
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         command = UpdateInstance(actor=request.user.id, at=datetime.now(UTC), **changes)
         return view(

@@ -22,6 +22,8 @@ from services.deciders.template import (
     UpdateTemplate,
 )
 from services.errors import BadRequest, NotFound
+from services.images import reference
+from services.images.registry_policy import RegistryPolicy, RegistryRefused
 
 TEMPLATES = PROJECTIONS["templates"]
 
@@ -112,6 +114,16 @@ async def check_registry_auth(request: Request[Any, Any, Any], auth_id: str | No
         raise BadRequest(f"field `containerRegistryAuthId`: no registry credential {auth_id!r}")
 
 
+def check_image_name(image_name: str | None) -> None:
+    """An image by name (never an image ID) on a registry the hosts may contact (issue 7)."""
+    if image_name is None:
+        return
+    try:
+        RegistryPolicy.from_env().check(reference.parse(image_name))
+    except (reference.InvalidReference, RegistryRefused) as exc:
+        raise BadRequest(f"field `imageName`: {exc}") from None
+
+
 def visible_to(state: TemplateState | None, user_id: str) -> TemplateState:
     if state is None or state.deleted or not (state.is_public or state.owner_id == user_id):
         raise NotFound("template not found")
@@ -140,6 +152,7 @@ class TemplateController(Controller):
         self, request: Request[Any, Any, Any], data: TemplateIn
     ) -> TemplateOut:
         ctx = context_of(request)
+        check_image_name(data.image_name)
         await check_registry_auth(request, data.container_registry_auth_id)
         command = CreateTemplate(
             actor=request.user.id, at=datetime.now(UTC), **msgspec.structs.asdict(data)
@@ -158,6 +171,7 @@ class TemplateController(Controller):
     ) -> TemplateOut:
         ctx = context_of(request)
         read_models.checked_id(template_id, "template")
+        check_image_name(data.image_name)
         await check_registry_auth(request, data.container_registry_auth_id)
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         command = UpdateTemplate(actor=request.user.id, at=datetime.now(UTC), **changes)
