@@ -28,6 +28,7 @@ from services.agent.docker_runtime import (
     parse_docker_time,
     state_from_attrs,
 )
+from services.agent.image_access import NOT_FOUND_OR_DENIED
 from services.agent.runtime import (
     LABEL_HOST,
     LABEL_INSTANCE,
@@ -68,6 +69,10 @@ class Backend(Protocol):
     async def kill_from_outside(self, instance_id: str) -> None: ...
 
     async def remove_from_outside(self, instance_id: str) -> None: ...
+
+    async def image_id(self) -> str:
+        """The image ID ("sha256:…") of `image` on this backend."""
+        ...
 
     async def hostile_image(self, labels: dict[str, str], volumes: list[str]) -> str:
         """An image a customer could have built: its own labels and `VOLUME`s (the simulated
@@ -141,6 +146,10 @@ class DockerBackend:
         container = await asyncio.to_thread(self.client.containers.get, container_name(instance_id))
         await asyncio.to_thread(container.remove, force=True)
 
+    async def image_id(self) -> str:
+        image = await asyncio.to_thread(self.client.images.get, self.image)
+        return str(image.id)
+
     async def hostile_image(self, labels: dict[str, str], volumes: list[str]) -> str:
         tag = f"local/hostile-{uuid.uuid4().hex[:10]}:1"
         instructions = [f"LABEL {k}={v}" for k, v in labels.items()]
@@ -209,6 +218,9 @@ class SimulatedBackend:
 
     async def remove_from_outside(self, instance_id: str) -> None:
         self._owner(instance_id).remove_from_outside(instance_id)
+
+    async def image_id(self) -> str:
+        return "sha256:" + "5e" * 32
 
     async def hostile_image(self, labels: dict[str, str], volumes: list[str]) -> str:
         return self.image
@@ -454,25 +466,35 @@ async def test_create_and_start_starts_a_stopped_container(
     assert await backend.container_count(spec.instance_id) == 1
 
 
+async def test_an_image_named_by_its_id_is_refused(runtime: Runtime, backend: Backend) -> None:
+    """An image ID (or a prefix of one) says nothing about where the image came from: with it, one
+    tenant could run another's private image already on the host."""
+    image_id = await backend.image_id()
+    hex_id = image_id.removeprefix("sha256:")
+    for name in (image_id, hex_id, hex_id[:12], "sha256:" + hex_id[:12]):
+        spec = new_spec(backend, image=name)
+        with pytest.raises(ImagePullFailed) as failure:
+            await runtime.create_and_start(spec)
+        assert "image ID" in str(failure.value)
+        assert (await runtime.inspect(spec.instance_id)).status == "missing"
+    assert await runtime.list_managed() == []
+
+
 async def test_an_image_that_cannot_be_had_fails_fast(runtime: Runtime, backend: Backend) -> None:
     started = time.monotonic()
-    with pytest.raises(ImagePullFailed) as failure:
-        await runtime.ensure_image(UNPULLABLE, None)
-    assert UNPULLABLE in str(failure.value)
-    assert "image pull failed" in str(failure.value)
-
     spec = new_spec(backend, image=UNPULLABLE)
-    with pytest.raises(ImagePullFailed):
+    with pytest.raises(ImagePullFailed) as failure:
         await runtime.create_and_start(spec)
+    assert str(failure.value) == f"image pull failed for {UNPULLABLE}: {NOT_FOUND_OR_DENIED}"
     assert time.monotonic() - started < 30
     assert (await runtime.inspect(spec.instance_id)).status == "missing"
 
 
-async def test_an_image_already_present_needs_no_registry(
-    runtime: Runtime, backend: Backend
-) -> None:
-    # No registry is reachable here: this passes only if a present image is not pulled.
-    await runtime.ensure_image(backend.image, None)
+async def test_a_preloaded_image_needs_no_registry(runtime: Runtime, backend: Backend) -> None:
+    # No registry is reachable here: this passes only if an image the operator preloaded (the
+    # default pattern `local/*`) is used as it is, without a pull.
+    state = await runtime.create_and_start(new_spec(backend, owner_id="any-tenant"))
+    assert state.status == "running"
 
 
 async def test_a_container_killed_from_outside_is_reported(

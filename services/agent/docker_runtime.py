@@ -29,9 +29,15 @@ from typing import Any
 import docker
 import docker.errors
 import docker.types
-import docker.utils
+import msgspec
 import requests
 
+from services.agent.image_access import (
+    NOT_FOUND_OR_DENIED,
+    ImageAccess,
+    pull_failed,
+    pull_failure_reason,
+)
 from services.agent.runtime import (
     LABEL_HOST,
     LABEL_INSTANCE,
@@ -40,10 +46,10 @@ from services.agent.runtime import (
     ContainerSpec,
     ContainerState,
     ContainerStatus,
-    ImagePullFailed,
     RegistryCredentials,
     RuntimeEvent,
 )
+from services.images.reference import ImageReference
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +217,10 @@ class DockerRuntime:
         *,
         pull_timeout_s: float = 900.0,
         publish_host_ip: str = "127.0.0.1",
+        images: ImageAccess | None = None,
     ) -> None:
         self.host_id = host_id
+        self._images = images if images is not None else ImageAccess()
         self._owns_client = client is None
         self._client: docker.DockerClient = client if client is not None else docker.from_env()
         self._pull_timeout_s = pull_timeout_s
@@ -222,46 +230,95 @@ class DockerRuntime:
 
     # -- images -------------------------------------------------------------------------------
 
-    async def ensure_image(self, image: str, auth: RegistryCredentials | None) -> None:
-        if await asyncio.to_thread(self._image_present, image):
-            return
-        repository, tag = docker.utils.parse_repository_tag(image)
+    async def _verified_image(self, spec: ContainerSpec) -> str:
+        """What to create `spec`'s container from, once this tenant's access to the image is
+        verified: a digest reference or an image ID, never the customer's name (image_access)."""
+        ref = self._images.reference(spec.image)
+        if self._images.is_preloaded(ref):
+            return await asyncio.to_thread(self._preloaded, spec.image, ref)
+        cached = self._images.verified(spec.owner_id, ref, spec.registry_auth)
+        if cached is not None:
+            return cached
+        await self._images.check_resolution(spec.image, ref)
         try:
-            await asyncio.wait_for(
-                asyncio.to_thread(
-                    self._client.images.pull,
-                    repository,
-                    tag=tag or "latest",
-                    auth_config=_auth_config(auth),
-                ),
+            digest = await asyncio.wait_for(
+                asyncio.to_thread(self._pull, ref, spec.registry_auth),
                 timeout=self._pull_timeout_s,
             )
         except TimeoutError:
-            raise ImagePullFailed(
-                f"image pull failed for {image}: no result within {self._pull_timeout_s:g} s"
+            log.warning("pull of %s timed out after %g s", spec.image, self._pull_timeout_s)
+            raise pull_failed(
+                spec.image, f"pull timed out after {self._pull_timeout_s:g} s: try again later"
             ) from None
         except Exception as exc:
-            raise ImagePullFailed(f"image pull failed for {image}: {_explain(exc)}") from exc
+            # The daemon's words are for the operator only: they can carry what a registry
+            # (or whatever answered in its place) chose to say.
+            detail = _explain(exc)
+            log.warning("pull of %s for %s failed: %s", spec.image, spec.owner_id, detail)
+            raise pull_failed(spec.image, pull_failure_reason(detail)) from None
+        resolved = f"{ref.repository}@{digest}"
+        self._images.remember(spec.owner_id, ref, spec.registry_auth, resolved)
+        return resolved
 
-    def _image_present(self, image: str) -> bool:
+    def _pull(self, ref: ImageReference, auth: RegistryCredentials | None) -> str:
+        """Pull with this tenant's credential (a manifest check when the layers are here); the
+        digest the registry gave for the reference."""
+        digest: str | None = None
+        for line in self._client.api.pull(
+            ref.repository,
+            tag=ref.digest or ref.tag_or_default,
+            stream=True,
+            decode=True,
+            auth_config=_auth_config(auth),
+        ):
+            if line.get("error"):
+                raise docker.errors.APIError(str(line["error"]))
+            status = str(line.get("status", ""))
+            if status.startswith("Digest: "):
+                digest = status.removeprefix("Digest: ").strip()
+        digest = digest or ref.digest
+        if digest is None:
+            raise docker.errors.APIError("the pull reported no digest")
+        return digest
+
+    def _preloaded(self, image: str, ref: ImageReference) -> str:
+        """The ID of an image the operator put here, found by its tag (or digest), never by an ID
+        prefix that Docker would also accept."""
         try:
-            self._client.images.get(image)
+            found = self._client.images.get(ref.familiar())
         except docker.errors.ImageNotFound:
-            return False
-        return True
+            log.warning("preloaded image %s is not on this host", ref.familiar())
+            raise pull_failed(image, NOT_FOUND_OR_DENIED) from None
+        if ref.digest is not None:
+            names = found.attrs.get("RepoDigests") or []
+            wanted = f"{ref.familiar_repository}@{ref.digest}"
+        else:
+            names, wanted = found.tags, f"{ref.familiar_repository}:{ref.tag_or_default}"
+        if wanted not in names:
+            raise pull_failed(image, NOT_FOUND_OR_DENIED)
+        return str(found.id)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def create_and_start(self, spec: ContainerSpec) -> ContainerState:
-        await self.ensure_image(spec.image, spec.registry_auth)
-        return await asyncio.to_thread(self._create_and_start, spec)
+        image = await self._verified_image(spec)
+        try:
+            return await asyncio.to_thread(self._create_and_start, spec, image)
+        except docker.errors.ImageNotFound:
+            # Removed from the host since it was verified: verify (and pull) once more.
+            self._images.forget(spec.owner_id, spec.image, spec.registry_auth)
+            image = await self._verified_image(spec)
+            return await asyncio.to_thread(self._create_and_start, spec, image)
 
-    def _create_and_start(self, spec: ContainerSpec) -> ContainerState:
+    def _create_and_start(self, spec: ContainerSpec, image: str) -> ContainerState:
         container = self._get(spec.instance_id)
         if container is None:
-            image_labels = self._client.images.get(spec.image).labels
+            image_labels = self._client.images.get(image).labels
             kwargs = container_create_kwargs(
-                spec, self.host_id, self._publish_host_ip, image_labels
+                msgspec.structs.replace(spec, image=image),
+                self.host_id,
+                self._publish_host_ip,
+                image_labels,
             )
             if spec.volume_name:
                 self._client.volumes.create(

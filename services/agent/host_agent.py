@@ -17,7 +17,13 @@ from nats.aio.client import Client as NatsClient
 
 from events.host import HostGpu
 from services.agent.registry_credentials import RegistryCredentialStore
-from services.agent.runtime import ContainerSpec, ContainerState, ImagePullFailed, Runtime
+from services.agent.runtime import (
+    ContainerSpec,
+    ContainerState,
+    ImagePullFailed,
+    RegistryCredentials,
+    Runtime,
+)
 from services.aggregate_follower import AggregateFollower
 from services.api.command_bus import CommandBus
 from services.deciders.host import RegisterHost
@@ -71,10 +77,14 @@ def disk_to_delete(state: InstanceState | None, instance_id: str) -> str | None:
     return own_disk_name(instance_id)
 
 
-def container_spec(state: InstanceState, real_gpus: bool) -> ContainerSpec:
+def container_spec(
+    state: InstanceState, real_gpus: bool, auth: RegistryCredentials | None = None
+) -> ContainerSpec:
     return ContainerSpec(
         instance_id=state.id,
         image=state.image_name,
+        owner_id=state.owner_id,
+        registry_auth=auth,
         command=state.docker_start_cmd,
         env=state.env,
         ports=state.ports,
@@ -294,7 +304,9 @@ class HostAgent:
             await self._bring_up(state, actual)
         elif status == "RESTARTING":
             if actual.status == "missing":
-                running = await self._runtime.create_and_start(self._spec(state))
+                if (created := await self._create(state)) is None:
+                    return
+                running = created
             else:
                 running = await self._runtime.restart(instance_id)
             await self._report(state, "running", running.started_at)
@@ -321,23 +333,21 @@ class HostAgent:
         elif status == "TERMINATED" and actual.status != "missing":
             await self._runtime.remove(instance_id, disk_to_delete(state, instance_id))
 
-    def _spec(self, state: InstanceState) -> ContainerSpec:
-        host = self._hosts[state.host_id]
-        return container_spec(state, real_gpus=host.inventory_source == "nvml")
-
-    async def _pull(self, state: InstanceState) -> bool:
-        """Make sure the image is here; False (and a "failed" report) if it cannot be had."""
+    async def _create(self, state: InstanceState) -> ContainerState | None:
+        """Create and start the container with this tenant's registry credential; None (and a
+        "failed" report) if the tenant may not use the image or it cannot be had."""
         auth = None
         if state.registry_auth_id and self._credentials is not None:
             auth = await self._credentials.for_pull(
                 state.registry_auth_id, state.owner_id, state.image_name
             )
+        host = self._hosts[state.host_id]
+        spec = container_spec(state, real_gpus=host.inventory_source == "nvml", auth=auth)
         try:
-            await self._runtime.ensure_image(state.image_name, auth)
+            return await self._runtime.create_and_start(spec)
         except ImagePullFailed as exc:
             await self._report(state, "failed", reason=str(exc))
-            return False
-        return True
+            return None
 
     async def _bring_up(self, state: InstanceState, actual: ContainerState) -> None:
         if actual.status == "running":
@@ -346,9 +356,8 @@ class HostAgent:
             return
         if state.status == "PENDING":
             await self._report(state, "provisioning")
-        if not await self._pull(state):
+        if (running := await self._create(state)) is None:
             return
-        running = await self._runtime.create_and_start(self._spec(state))
         self._generation_applied[state.id] = state.config_generation
         if running.status == "running":
             await self._report(state, "running", running.started_at)
@@ -360,9 +369,8 @@ class HostAgent:
     async def _recreate(self, state: InstanceState) -> None:
         """Image, command, env or ports changed: a new container on the same disk."""
         await self._runtime.remove(state.id)
-        if not await self._pull(state):
+        if await self._create(state) is None:
             return
-        await self._runtime.create_and_start(self._spec(state))
         self._generation_applied[state.id] = state.config_generation
 
     async def _reconcile_leftovers(self) -> None:

@@ -5,8 +5,10 @@ Each instance is an in-memory state machine that changes on timers and shows wha
 - `create_and_start` takes `start_delay_s`, then the instance is "running" (idempotent by id).
 - `stop` takes `start_delay_s`, then "exited" with code 143 (the process honoured SIGTERM).
 - `restart` is stop + start; `remove` forgets the instance and the volume it is told to.
-- `ensure_image` fails with ImagePullFailed for any image whose name contains "does-not-exist"
-  (the way to rehearse a pull failure) and succeeds for every other name.
+- `create_and_start` refuses what the Docker runtime refuses before any pull (image IDs,
+  registries on local or private addresses: services/agent/image_access.py), fails with
+  ImagePullFailed for any image whose name contains "does-not-exist" (the way to rehearse a pull
+  failure) and takes every other name as pulled.
 - `watch()` reports every death ("exited") and removal ("missing"), the ones this runtime caused
   included, as Docker's event stream does.
 
@@ -20,13 +22,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from services.agent.image_access import NOT_FOUND_OR_DENIED, ImageAccess, pull_failed
 from services.agent.runtime import (
     ContainerNotFound,
     ContainerSpec,
     ContainerState,
     ContainerStatus,
-    ImagePullFailed,
-    RegistryCredentials,
     RuntimeEvent,
 )
 
@@ -94,8 +95,10 @@ class SimulatedRuntime:
         host_id: str,
         start_delay_s: float = 0.05,
         clock: Callable[[], datetime] = _utc_now,
+        images: ImageAccess | None = None,
     ) -> None:
         self.host_id = host_id
+        self._images = images if images is not None else ImageAccess()
         self.start_delay_s = start_delay_s
         self._clock = clock
         self._containers: dict[str, _Container] = {}
@@ -103,15 +106,10 @@ class SimulatedRuntime:
         self.volumes: dict[str, dict[str, str]] = {}
         self._watches: set[_Watch] = set()
 
-    async def ensure_image(self, image: str, auth: RegistryCredentials | None) -> None:
-        if UNPULLABLE_MARKER in image:
-            raise ImagePullFailed(
-                f"image pull failed for {image}: repository does not exist or may require "
-                "'docker login' (simulated)"
-            )
-
     async def create_and_start(self, spec: ContainerSpec) -> ContainerState:
-        await self.ensure_image(spec.image, spec.registry_auth)
+        self._images.reference(spec.image)
+        if UNPULLABLE_MARKER in spec.image:
+            raise pull_failed(spec.image, NOT_FOUND_OR_DENIED)
         if spec.instance_id not in self._containers:
             self._containers[spec.instance_id] = _Container(spec=spec)
             if spec.volume_name:

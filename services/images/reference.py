@@ -57,12 +57,20 @@ class ImageReference(msgspec.Struct, frozen=True):
     tag: str | None = None
     digest: str | None = None
 
+    def _host_end(self) -> int:
+        return self.domain.index("]") + 1 if self.domain.startswith("[") else 0
+
     @property
     def host(self) -> str:
-        """The domain without its port ("[::1]" keeps its brackets off: "::1")."""
+        """The domain without its port ("[::1]:5000" gives "::1")."""
         if self.domain.startswith("["):
-            return self.domain[1 : self.domain.index("]")]
-        return self.domain.rsplit(":", 1)[0]
+            return self.domain[1 : self._host_end() - 1]
+        return self.domain.partition(":")[0]
+
+    @property
+    def port(self) -> int | None:
+        _, colon, port = self.domain[self._host_end() :].rpartition(":")
+        return int(port) if colon else None
 
     @property
     def repository(self) -> str:
