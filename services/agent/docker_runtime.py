@@ -190,9 +190,12 @@ def state_from_attrs(instance_id: str, attrs: dict[str, Any]) -> ContainerState:
     )
 
 
-def _auth_config(auth: RegistryCredentials | None) -> dict[str, str] | None:
+def _auth_config(auth: RegistryCredentials | None) -> dict[str, str]:
+    """The tenant's credential for one pull. No credential is `{}`, never None: with None the
+    SDK would send the host's own `docker login` (~/.docker/config.json), lending the operator's
+    access to every tenant."""
     if auth is None:
-        return None
+        return {}
     config = {"username": auth.username, "password": auth.password}
     if auth.registry:
         config["serveraddress"] = auth.registry
@@ -261,24 +264,22 @@ class DockerRuntime:
         return resolved
 
     def _pull(self, ref: ImageReference, auth: RegistryCredentials | None) -> str:
-        """Pull with this tenant's credential (a manifest check when the layers are here); the
-        digest the registry gave for the reference."""
-        digest: str | None = None
+        """Ask the registry, with this tenant's credential, which manifest `ref` names, then pull
+        that digest (nothing to fetch when its layers are here); the digest.
+
+        The asking is `GET /distribution/<ref>/json`, which always fetches the manifest: Docker's
+        own pull of a digest it already has never contacts the registry, so it cannot be the
+        check."""
+        auth_config = _auth_config(auth)
+        info = self._client.api.inspect_distribution(ref.canonical(), auth_config=auth_config)
+        digest = str(info["Descriptor"]["digest"])
+        if ref.digest is not None and digest != ref.digest:
+            raise docker.errors.APIError(f"the registry named {digest}, not {ref.digest}")
         for line in self._client.api.pull(
-            ref.repository,
-            tag=ref.digest or ref.tag_or_default,
-            stream=True,
-            decode=True,
-            auth_config=_auth_config(auth),
+            ref.repository, tag=digest, stream=True, decode=True, auth_config=auth_config
         ):
             if line.get("error"):
                 raise docker.errors.APIError(str(line["error"]))
-            status = str(line.get("status", ""))
-            if status.startswith("Digest: "):
-                digest = status.removeprefix("Digest: ").strip()
-        digest = digest or ref.digest
-        if digest is None:
-            raise docker.errors.APIError("the pull reported no digest")
         return digest
 
     def _preloaded(self, image: str, ref: ImageReference) -> str:

@@ -6,11 +6,14 @@ he only named it. Two ways to stop that: keep a record of which tenant may use w
 the registry each time. A record goes stale the moment the registry's answer changes (Alice
 revokes a collaborator's access, deletes the tag, rotates a token), and would be one more piece of
 state to keep right across agents and restarts. So the agent asks, as Kubernetes' AlwaysPullImages
-admission makes the kubelet do: before every container create it pulls the reference with THIS
-tenant's credential. When the layers are present that pull is a manifest request and nothing more;
-the registry says yes (and which digest the tag names now) or no. The container is then created
-from that digest (`repository@sha256:…`), never from the name, so a tag moved by a concurrent pull
-cannot swap the image between the check and the create.
+admission makes the kubelet do: before every container create it asks the registry for the
+reference's manifest with THIS tenant's credential (and no other: never the host's own `docker
+login`). The registry says yes, and which digest the name stands for now, or no. Then the image is
+pulled by that digest (nothing to fetch when the layers are present) and the container is created
+from it (`repository@sha256:…`), never from the name, so a tag moved by a concurrent pull cannot
+swap the image between the check and the create. (The manifest check is Docker's distribution
+inspect, not a plain `docker pull`: a pull of a digest the host already has never contacts the
+registry, which would let anyone who knows a digest use it.)
 
 A short in-memory cache of (tenant, canonical reference, credential fingerprint) -> verified
 reference spares the registry a burst of creates. It is keyed by tenant, so one tenant's check
