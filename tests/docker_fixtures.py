@@ -79,3 +79,11 @@ def build_image(client: docker.DockerClient, tag: str, *instructions: str) -> st
     dockerfile = "\n".join([f"FROM {BUSYBOX_IMAGE}", *instructions, ""])
     client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
     return tag
+
+
+def volume_exists(client: docker.DockerClient, name: str) -> bool:
+    try:
+        client.volumes.get(name)
+    except docker.errors.NotFound:
+        return False
+    return True

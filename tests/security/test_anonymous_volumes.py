@@ -14,7 +14,12 @@ import pytest
 
 from services.agent.docker_runtime import DockerRuntime, container_name
 from services.agent.runtime import ContainerSpec
-from tests.docker_fixtures import BUSYBOX_IMAGE, build_image, docker_client  # noqa: F401
+from tests.docker_fixtures import (  # noqa: F401
+    BUSYBOX_IMAGE,
+    build_image,
+    docker_client,
+    volume_exists,
+)
 
 
 @pytest.fixture
@@ -35,14 +40,6 @@ def image_with_volumes(
     yield tag
     with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
         docker_client.images.remove(tag, force=True)
-
-
-def _exists(client: docker.DockerClient, name: str) -> bool:
-    try:
-        client.volumes.get(name)
-    except docker.errors.NotFound:
-        return False
-    return True
 
 
 def _sh(client: docker.DockerClient, instance_id: str, script: str) -> str:
@@ -68,11 +65,11 @@ async def test_anonymous_volumes_go_with_the_instance(
     await runtime.create_and_start(spec)
     await asyncio.to_thread(_sh, docker_client, spec.instance_id, "echo secret > /data/f")
     anonymous = await asyncio.to_thread(_volume_at, docker_client, spec.instance_id, "/data")
-    assert await asyncio.to_thread(_exists, docker_client, anonymous)
+    assert await asyncio.to_thread(volume_exists, docker_client, anonymous)
 
     await runtime.remove(spec.instance_id)
 
-    assert not await asyncio.to_thread(_exists, docker_client, anonymous), (
+    assert not await asyncio.to_thread(volume_exists, docker_client, anonymous), (
         f"anonymous volume {anonymous} (the image's VOLUME /data) outlived its instance"
     )
 
@@ -99,8 +96,8 @@ async def test_a_network_volume_over_an_image_volume_survives(
 
         await runtime.remove(spec.instance_id)
 
-        assert not await asyncio.to_thread(_exists, docker_client, anonymous)
-        assert await asyncio.to_thread(_exists, docker_client, network)
+        assert not await asyncio.to_thread(volume_exists, docker_client, anonymous)
+        assert await asyncio.to_thread(volume_exists, docker_client, network)
         output = await asyncio.to_thread(
             docker_client.containers.run,
             BUSYBOX_IMAGE,

@@ -11,7 +11,12 @@ import docker.errors
 
 from services.agent.runtime import LABEL_HOST, LABEL_INSTANCE
 from tests.api_helpers import template_body, wait_for
-from tests.docker_fixtures import BUSYBOX_IMAGE, build_image, docker_client  # noqa: F401
+from tests.docker_fixtures import (  # noqa: F401
+    BUSYBOX_IMAGE,
+    build_image,
+    docker_client,
+    volume_exists,
+)
 from tests.instance_helpers import create_instance, terminate, wait_status
 from tests.security.conftest import SecurityStack
 from tests.volume_helpers import create_volume, get_volume, wait_volume
@@ -29,14 +34,6 @@ def _volume_text(client: docker.DockerClient, name: str, path: str) -> str:
     return bytes(output).decode().strip()
 
 
-def _docker_volume_exists(client: docker.DockerClient, name: str) -> bool:
-    try:
-        client.volumes.get(name)
-    except docker.errors.NotFound:
-        return False
-    return True
-
-
 def test_an_image_label_cannot_delete_another_tenants_volume(
     security_stack: SecurityStack,
     docker_client: docker.DockerClient,  # noqa: F811
@@ -46,7 +43,7 @@ def test_an_image_label_cannot_delete_another_tenants_volume(
         volume_id = create_volume(bob, size=10)["id"]
         wait_volume(bob, volume_id, UP_S, status="AVAILABLE")
         name = f"gpuworker-vol-{volume_id}"
-        wait_for(lambda: _docker_volume_exists(docker_client, name), UP_S, name)
+        wait_for(lambda: volume_exists(docker_client, name), UP_S, name)
         docker_client.containers.run(
             BUSYBOX_IMAGE,
             ["sh", "-c", "echo bob > /v/marker"],
@@ -80,6 +77,6 @@ def test_an_image_label_cannot_delete_another_tenants_volume(
                 docker_client.images.remove(image, force=True)
 
         # Bob's volume is still there, with his data, and still his.
-        assert _docker_volume_exists(docker_client, name), f"{name} was deleted"
+        assert volume_exists(docker_client, name), f"{name} was deleted"
         assert _volume_text(docker_client, name, "marker") == "bob"
         assert get_volume(bob, volume_id)["status"] == "AVAILABLE"
