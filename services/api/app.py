@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.api.auth import AuthController, me
 from services.api.blog import BlogController
+from services.api.body_limit import MAX_BODY_BYTES
 from services.api.catalog import datacenters, gpu_types
 from services.api.command_bus import CommandBus
 from services.api.consistency import CheckpointWatcher
@@ -38,7 +39,6 @@ from services.security.secret_box import SecretBox
 
 log = logging.getLogger("gpuworker.api")
 
-MAX_BODY_BYTES = 1024 * 1024
 PUBLIC_PATHS = ["^/health", "^/auth/", "^/blog/", "^/docs", "^/metrics"]
 
 

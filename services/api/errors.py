@@ -15,6 +15,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from psycopg_pool import PoolTimeout
 
+from services.api.body_limit import TOO_LARGE
 from services.errors import ErrorBody, ErrorResponse, GpuWorkerError, error_type
 
 log = logging.getLogger("gpuworker.api")
@@ -68,7 +69,7 @@ def on_http_exception(_request: Request[Any, Any, Any], exc: HTTPException) -> R
         allowed = (exc.headers or {}).get("allow", "?")
         message = f"method not allowed here; allowed: {allowed}"
     elif code == 413:
-        message = "request body is too large (limit 1 MiB)"
+        message = TOO_LARGE
     else:
         message = str(exc.detail)
     headers = {

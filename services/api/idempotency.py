@@ -17,6 +17,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from services.api.body_limit import MAX_BODY_BYTES, TOO_LARGE
 from services.errors import ErrorBody, ErrorResponse, error_type
 from services.security.secret_box import SecretBox
 
@@ -32,7 +33,10 @@ async def _send_json(send: Send, status: int, body: bytes) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json")],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -40,6 +44,32 @@ async def _send_json(send: Send, status: int, body: bytes) -> None:
 
 def _error(code: int, message: str) -> bytes:
     return msgspec.json.encode(ErrorResponse(ErrorBody(code, error_type(code), message)))
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body was complete: nothing to run, no one to answer."""
+
+
+async def _read_body(scope: Scope, receive: Receive) -> bytes | None:
+    """The whole body, or None as soon as it is known to pass the limit: announced by
+    Content-Length, or read so far. Chunks are joined once (repeated `+=` is quadratic)."""
+    announced = dict(scope["headers"]).get(b"content-length")
+    if announced is not None and announced.strip().isdigit() and int(announced) > MAX_BODY_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message: Any = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+        more = bool(message.get("more_body", False))
+    return b"".join(chunks)
 
 
 class IdempotencyMiddleware:
@@ -60,12 +90,13 @@ class IdempotencyMiddleware:
                 send, 400, _error(400, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
             )
             return
-        body = b""
-        more = True
-        while more:
-            message: Any = await receive()
-            body += message.get("body", b"")
-            more = bool(message.get("more_body", False))
+        try:
+            body = await _read_body(scope, receive)
+        except ClientGone:
+            return
+        if body is None:
+            await _send_json(send, 413, _error(413, TOO_LARGE))
+            return
         user = scope.get("user")
         owner = getattr(user, "id", None) or "anon"
         request_hash = hashlib.sha256(scope["path"].encode() + b"\n" + body).hexdigest()
