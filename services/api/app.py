@@ -28,6 +28,7 @@ from services.api.errors import EXCEPTION_HANDLERS
 from services.api.health import health
 from services.api.idempotency import IdempotencyMiddleware
 from services.api.instances import InstanceController
+from services.api.json_body import JsonBodyRequest
 from services.api.login_throttle import LoginThrottle
 from services.api.read_cache import ReadCache
 from services.api.registry_auth import RegistryAuthController
@@ -120,6 +121,7 @@ def create_app(settings: Settings) -> Litestar:
         middleware=[prometheus.middleware, DefineMiddleware(IdempotencyMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
+        request_class=JsonBodyRequest,
         openapi_config=OpenAPIConfig(
             title="GPUWorker API",
             version="0.1.0",
