@@ -22,7 +22,7 @@ async def test_entries_live_until_the_checkpoint_moves(database_url: str) -> Non
                 break
             await asyncio.sleep(0.05)
         assert watcher.connected
-        cache = ReadCache(watcher)
+        cache = ReadCache[bytes](watcher, len)
         loads = 0
 
         async def load() -> bytes:

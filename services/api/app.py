@@ -30,6 +30,7 @@ from services.api.idempotency import IdempotencyMiddleware
 from services.api.instances import InstanceController
 from services.api.json_body import JsonBodyRequest
 from services.api.login_throttle import LoginThrottle
+from services.api.pagination import ListPage
 from services.api.read_cache import ReadCache
 from services.api.registry_auth import RegistryAuthController
 from services.api.templates import TemplateController
@@ -92,7 +93,7 @@ def create_app(settings: Settings) -> Litestar:
             throttle=LoginThrottle(),
             box=SecretBox(settings.secret_key),
             jwt=jwt_auth,
-            cache=ReadCache(watcher),
+            cache=ReadCache[ListPage](watcher, lambda page: len(page.body)),
         )
         try:
             yield

@@ -6,11 +6,19 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, get
+from litestar import Controller, Request, Response, get
 
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
+from services.api.pagination import (
+    DEFAULT_LIMIT,
+    Cursor,
+    Limit,
+    after_position,
+    keyset_page,
+    page_response,
+)
 from services.deciders.blog import PostState
 from services.errors import NotFound
 
@@ -33,12 +41,22 @@ class BlogController(Controller):
     path = "/blog/posts"
     tags = ["blog"]
 
-    @get("/", summary="List blog posts, newest first")
-    async def list_posts(self, request: Request[Any, Any, Any]) -> list[PostSummaryOut]:
-        states: list[PostState] = await read_models.list_visible(
-            context_of(request).pool, BLOG_POSTS, None
+    @get("/", summary="List blog posts, newest first (paged: see `Link`)")
+    async def list_posts(
+        self,
+        request: Request[Any, Any, Any],
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+    ) -> Response[list[PostSummaryOut]]:
+        positions, states = await read_models.list_page(
+            context_of(request).pool,
+            BLOG_POSTS,
+            None,
+            after_position(cursor),
+            limit,
+            newest_first=True,
         )
-        return [
+        summaries = [
             PostSummaryOut(
                 slug=s.slug,
                 title=s.title,
@@ -46,8 +64,9 @@ class BlogController(Controller):
                 published_at=s.published_at,
                 updated_at=s.updated_at,
             )
-            for s in reversed(states)
+            for s in states
         ]
+        return page_response(request, keyset_page(positions, summaries, limit), limit)
 
     @get("/{slug:str}", summary="Read a blog post")
     async def get_post(self, request: Request[Any, Any, Any], slug: str) -> PostOut:

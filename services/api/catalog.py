@@ -6,13 +6,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from litestar import Request, get
+from litestar import Request, Response, get
 
 from ledger.money import MICROS_PER_USD
 from ledger.rate_card import in_force
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
+from services.api.pagination import DEFAULT_LIMIT, Cursor, Limit, id_page, page_response
 from services.datacenters import DATACENTERS
 from services.deciders.host import HostState
 from services.deciders.placement import free_by_datacenter
@@ -55,8 +56,10 @@ async def _hosts(request: Request[Any, Any, Any]) -> list[HostState]:
     return states
 
 
-@get("/gpu-types", tags=["catalog"], summary="GPU types, prices and availability")
-async def gpu_types(request: Request[Any, Any, Any]) -> list[GpuTypeOut]:
+@get("/gpu-types", tags=["catalog"], summary="GPU types, prices and availability (paged)")
+async def gpu_types(
+    request: Request[Any, Any, Any], limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> Response[list[GpuTypeOut]]:
     card = in_force(datetime.now(UTC))
     availability = free_by_datacenter(await _hosts(request))
     out = []
@@ -79,11 +82,13 @@ async def gpu_types(request: Request[Any, Any, Any]) -> list[GpuTypeOut]:
                 ],
             )
         )
-    return out
+    return page_response(request, id_page(out, lambda g: g.id, limit, cursor), limit)
 
 
-@get("/datacenters", tags=["catalog"], summary="Data centers and their GPU capacity")
-async def datacenters(request: Request[Any, Any, Any]) -> list[DatacenterOut]:
+@get("/datacenters", tags=["catalog"], summary="Data centers and their GPU capacity (paged)")
+async def datacenters(
+    request: Request[Any, Any, Any], limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> Response[list[DatacenterOut]]:
     hosts = await _hosts(request)
     out = []
     for dc in DATACENTERS.values():
@@ -100,4 +105,4 @@ async def datacenters(request: Request[Any, Any, Any]) -> list[DatacenterOut]:
                 gpus_total=total,
             )
         )
-    return out
+    return page_response(request, id_page(out, lambda d: d.id, limit, cursor), limit)

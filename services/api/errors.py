@@ -38,6 +38,8 @@ def _validation_message(exc: ValidationException) -> str:
         key, message = item.get("key"), str(item.get("message", "is invalid"))
         if "unknown field" in message:
             problems.append(message.replace("Object contains", "request body contains"))
+        elif key and item.get("source") == "query":
+            problems.append(f"query parameter `{key}`: {message}")
         elif key == "data":
             problems.append(f"request body: {message}")
         elif key:

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, MediaType, Request, Response, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from msgspec import Meta
 
 from events.ids import new_id
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
+from services.api.pagination import (
+    DEFAULT_LIMIT,
+    Cursor,
+    Limit,
+    ListPage,
+    after_position,
+    keyset_page,
+    page_response,
+)
 from services.deciders.registry_auth import RegistryAuthState
 from services.deciders.template import (
     MAX_DISK_GB,
@@ -32,8 +41,8 @@ ContainerDisk = Annotated[int, Meta(ge=1, le=MAX_DISK_GB)]
 VolumeDisk = Annotated[int, Meta(ge=0, le=MAX_DISK_GB)]
 MountPath = Annotated[str, Meta(max_length=256, pattern=r"^/[^\s]*$")]
 EnvName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-EnvValue = Annotated[str, Meta(max_length=8192)]
-Env = Annotated[dict[EnvName, EnvValue], Meta(max_length=200)]
+EnvValue = Annotated[str, Meta(max_length=4096)]
+Env = Annotated[dict[EnvName, EnvValue], Meta(max_length=64)]
 Port = Annotated[str, Meta(pattern=r"^[1-9][0-9]{0,4}/(http|tcp|udp)$")]
 Ports = Annotated[list[Port], Meta(max_length=32)]
 Readme = Annotated[str, Meta(max_length=65536)]
@@ -122,18 +131,25 @@ class TemplateController(Controller):
     path = "/templates"
     tags = ["templates"]
 
-    @get("/", summary="List your templates and the built-in ones")
-    async def list_templates(self, request: Request[Any, Any, Any]) -> Response[list[TemplateOut]]:
+    @get("/", summary="List your templates and the built-in ones (paged: see `Link`)")
+    async def list_templates(
+        self,
+        request: Request[Any, Any, Any],
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+    ) -> Response[list[TemplateOut]]:
         ctx = context_of(request)
+        after = after_position(cursor)
 
-        async def load() -> bytes:
-            states = await read_models.list_visible(
-                ctx.pool, TEMPLATES, request.user.id, include_public=True
+        async def load() -> ListPage:
+            positions, states = await read_models.list_page(
+                ctx.pool, TEMPLATES, request.user.id, after, limit, include_public=True
             )
-            return msgspec.json.encode([view(s) for s in states])
+            return keyset_page(positions, [view(s) for s in states], limit)
 
-        body = await ctx.cache.get_or_load(TEMPLATES.name, request.user.id, load)
-        return Response(cast("list[TemplateOut]", body), media_type=MediaType.JSON)
+        key = f"{request.user.id}\n{limit}\n{cursor or ''}"
+        page = await ctx.cache.get_or_load(TEMPLATES.name, key, load)
+        return page_response(request, page, limit)
 
     @post("/", status_code=201, summary="Create a template")
     async def create_template(
