@@ -30,7 +30,7 @@ from services.api.idempotency import IdempotencyMiddleware
 from services.api.instances import InstanceController
 from services.api.json_body import JsonBodyRequest
 from services.api.login_throttle import LoginThrottle
-from services.api.pagination import ListPage
+from services.api.pagination import DEPENDENCIES, ListPage
 from services.api.read_cache import ReadCache
 from services.api.registry_auth import RegistryAuthController
 from services.api.templates import TemplateController
@@ -121,6 +121,7 @@ def create_app(settings: Settings) -> Litestar:
         on_app_init=[jwt_auth.on_app_init],
         middleware=[prometheus.middleware, DefineMiddleware(IdempotencyMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
+        dependencies=DEPENDENCIES,
         request_max_body_size=MAX_BODY_BYTES,
         request_class=JsonBodyRequest,
         openapi_config=OpenAPIConfig(

@@ -11,14 +11,7 @@ from litestar import Controller, Request, Response, get
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
-from services.api.pagination import (
-    DEFAULT_LIMIT,
-    Cursor,
-    Limit,
-    after_position,
-    keyset_page,
-    page_response,
-)
+from services.api.pagination import PageQuery
 from services.deciders.blog import PostState
 from services.errors import NotFound
 
@@ -45,16 +38,10 @@ class BlogController(Controller):
     async def list_posts(
         self,
         request: Request[Any, Any, Any],
-        limit: Limit = DEFAULT_LIMIT,
-        cursor: Cursor = None,
+        page: PageQuery,
     ) -> Response[list[PostSummaryOut]]:
         positions, states = await read_models.list_page(
-            context_of(request).pool,
-            BLOG_POSTS,
-            None,
-            after_position(cursor),
-            limit,
-            newest_first=True,
+            context_of(request).pool, BLOG_POSTS, None, page, newest_first=True
         )
         summaries = [
             PostSummaryOut(
@@ -66,7 +53,7 @@ class BlogController(Controller):
             )
             for s in states
         ]
-        return page_response(request, keyset_page(positions, summaries, limit), limit)
+        return page.response(request, page.of_rows(positions, summaries))
 
     @get("/{slug:str}", summary="Read a blog post")
     async def get_post(self, request: Request[Any, Any, Any], slug: str) -> PostOut:

@@ -13,7 +13,7 @@ from ledger.rate_card import in_force
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
-from services.api.pagination import DEFAULT_LIMIT, Cursor, Limit, id_page, page_response
+from services.api.pagination import PageQuery
 from services.datacenters import DATACENTERS
 from services.deciders.host import HostState
 from services.deciders.placement import free_by_datacenter
@@ -57,9 +57,7 @@ async def _hosts(request: Request[Any, Any, Any]) -> list[HostState]:
 
 
 @get("/gpu-types", tags=["catalog"], summary="GPU types, prices and availability (paged)")
-async def gpu_types(
-    request: Request[Any, Any, Any], limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
-) -> Response[list[GpuTypeOut]]:
+async def gpu_types(request: Request[Any, Any, Any], page: PageQuery) -> Response[list[GpuTypeOut]]:
     card = in_force(datetime.now(UTC))
     availability = free_by_datacenter(await _hosts(request))
     out = []
@@ -82,12 +80,12 @@ async def gpu_types(
                 ],
             )
         )
-    return page_response(request, id_page(out, lambda g: g.id, limit, cursor), limit)
+    return page.response(request, page.of_list(out, lambda g: g.id))
 
 
 @get("/datacenters", tags=["catalog"], summary="Data centers and their GPU capacity (paged)")
 async def datacenters(
-    request: Request[Any, Any, Any], limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+    request: Request[Any, Any, Any], page: PageQuery
 ) -> Response[list[DatacenterOut]]:
     hosts = await _hosts(request)
     out = []
@@ -105,4 +103,4 @@ async def datacenters(
                 gpus_total=total,
             )
         )
-    return page_response(request, id_page(out, lambda d: d.id, limit, cursor), limit)
+    return page.response(request, page.of_list(out, lambda d: d.id))

@@ -16,14 +16,7 @@ from ledger.rate_card import gpu_type_ids, in_force
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
-from services.api.pagination import (
-    DEFAULT_LIMIT,
-    Cursor,
-    Limit,
-    after_position,
-    keyset_page,
-    page_response,
-)
+from services.api.pagination import PageQuery
 from services.api.templates import (
     TEMPLATES,
     ContainerDisk,
@@ -183,14 +176,12 @@ class InstanceController(Controller):
     async def list_instances(
         self,
         request: Request[Any, Any, Any],
-        limit: Limit = DEFAULT_LIMIT,
-        cursor: Cursor = None,
+        page: PageQuery,
     ) -> Response[list[InstanceOut]]:
         positions, states = await read_models.list_page(
-            context_of(request).pool, INSTANCES, request.user.id, after_position(cursor), limit
+            context_of(request).pool, INSTANCES, request.user.id, page
         )
-        page = keyset_page(positions, await views(request, states), limit)
-        return page_response(request, page, limit)
+        return page.response(request, page.of_rows(positions, await views(request, states)))
 
     @post("/", status_code=201, summary="Rent a GPU instance")
     async def create_instance(

@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 
 import msgspec
 from litestar import MediaType, Request, Response
+from litestar.di import Provide
 from litestar.params import QueryParameter
 
 from services.errors import BadRequest
@@ -83,11 +84,7 @@ def _decode_cursor(cursor: str | None, kind: type[Item]) -> Item | None:
         ) from None
 
 
-def after_position(cursor: str | None) -> Position | None:
-    return _decode_cursor(cursor, Position)
-
-
-def encode_page(items: Sequence[Any], cursors: Sequence[str], limit: int) -> ListPage:
+def _encode_page(items: Sequence[Any], cursors: Sequence[str], limit: int) -> ListPage:
     """`items` (views, in list order) are up to limit + 1 rows, the extra one only saying that more
     follow; `cursors[i]` is the cursor that starts the list after items[i]."""
     parts: list[bytes] = []
@@ -102,38 +99,53 @@ def encode_page(items: Sequence[Any], cursors: Sequence[str], limit: int) -> Lis
     return ListPage(b"[" + b",".join(parts) + b"]", cursors[len(parts) - 1] if more else None)
 
 
-def keyset_page(positions: Sequence[Position], items: Sequence[Any], limit: int) -> ListPage:
-    """A page of read model rows: their positions and views, up to limit + 1 of them."""
-    return encode_page(items, [_encode_cursor(p) for p in positions], limit)
+class PageQuery(msgspec.Struct, frozen=True):
+    """A list route's `limit` and `cursor`, given to every handler that asks for `page`."""
+
+    limit: int
+    cursor: str | None
+
+    def after(self) -> Position | None:
+        """Where a read model's page starts (None: at the beginning)."""
+        return _decode_cursor(self.cursor, Position)
+
+    def of_rows(self, positions: Sequence[Position], items: Sequence[Any]) -> ListPage:
+        """A page of read model rows: their positions and views, up to limit + 1 of them."""
+        return _encode_page(items, [_encode_cursor(p) for p in positions], self.limit)
+
+    def of_list(self, items: Sequence[Item], id_of: Callable[[Item], str]) -> ListPage:
+        """A page of a small in-memory list, in its own order, after the item the cursor names."""
+        after = _decode_cursor(self.cursor, tuple[str])
+        start = 0
+        if after is not None:
+            ids = [id_of(item) for item in items]
+            if after[0] not in ids:
+                raise BadRequest(
+                    "query parameter `cursor`: the item it starts after is no longer listed;"
+                    " start again without a cursor"
+                )
+            start = ids.index(after[0]) + 1
+        window = items[start : start + self.limit + 1]
+        return _encode_page(window, [_encode_cursor((id_of(i),)) for i in window], self.limit)
+
+    def response(self, request: Request[Any, Any, Any], page: ListPage) -> Response[Any]:
+        headers = None
+        if page.next_cursor is not None:
+            query = [
+                (k, v)
+                for k, v in request.query_params.multi_items()
+                if k not in ("limit", "cursor")
+            ]
+            query += [("limit", str(self.limit)), ("cursor", page.next_cursor)]
+            # A path-absolute reference (RFC 8288 resolves it against the request's URL): right
+            # behind any proxy, whatever scheme and host the api believes it is served on.
+            headers = {"link": f'<{request.url.path}?{urlencode(sorted(query))}>; rel="next"'}
+        return Response(page.body, media_type=MediaType.JSON, headers=headers)
 
 
-def id_page(
-    items: Sequence[Item], id_of: Callable[[Item], str], limit: int, cursor: str | None
-) -> ListPage:
-    """A page of a small in-memory list, in its own order, after the item the cursor names."""
-    after = _decode_cursor(cursor, tuple[str])
-    start = 0
-    if after is not None:
-        ids = [id_of(item) for item in items]
-        if after[0] not in ids:
-            raise BadRequest(
-                "query parameter `cursor`: the item it starts after is no longer listed;"
-                " start again without a cursor"
-            )
-        start = ids.index(after[0]) + 1
-    window = items[start : start + limit + 1]
-    return encode_page(window, [_encode_cursor((id_of(item),)) for item in window], limit)
+def _page_query(limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> PageQuery:
+    return PageQuery(limit, cursor)
 
 
-def page_response(request: Request[Any, Any, Any], page: ListPage, limit: int) -> Response[Any]:
-    headers = None
-    if page.next_cursor is not None:
-        query = [
-            (k, v) for k, v in request.query_params.multi_items() if k not in ("limit", "cursor")
-        ]
-        query += [("limit", str(limit)), ("cursor", page.next_cursor)]
-        # A path-absolute reference (RFC 8288 resolves it against the request's URL): right behind
-        # any proxy, whatever scheme and host the api believes it is served on.
-        next_url = f"{request.url.path}?{urlencode(sorted(query))}"
-        headers = {"link": f'<{next_url}>; rel="next"'}
-    return Response(page.body, media_type=MediaType.JSON, headers=headers)
+# The app's dependencies: a handler that takes `page: PageQuery` gets the validated parameters.
+DEPENDENCIES = {"page": Provide(_page_query, sync_to_thread=False)}

@@ -10,7 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from events.subjects import ID_PATTERN
 from projections.aggregate_table import AggregateTable
-from services.api.pagination import Position
+from services.api.pagination import PageQuery, Position
 from services.errors import NotFound
 
 _ID = re.compile(ID_PATTERN)
@@ -90,15 +90,14 @@ async def list_page(
     pool: AsyncConnectionPool[Any],
     table: AggregateTable,
     owner_id: str | None,
-    after: Position | None,
-    limit: int,
+    page: PageQuery,
     include_public: bool = False,
     newest_first: bool = False,
 ) -> tuple[list[Position], list[Any]]:
-    """One page of `list_visible`'s rows (oldest first unless `newest_first`) after the keyset
-    position `after`, with their positions: up to limit + 1 rows, the last only telling that
-    more follow."""
+    """One page of `list_visible`'s rows (oldest first unless `newest_first`) after the page's
+    cursor, with their positions: up to limit + 1 rows, the last only telling that more follow."""
     where, params = _visible_to(owner_id, include_public)
+    after = page.after()
     direction = sql.SQL("DESC" if newest_first else "ASC")
     keyset: sql.Composable = sql.SQL("")
     values: tuple[Any, ...] = params
@@ -112,7 +111,7 @@ async def list_page(
         " ORDER BY created_at {}, id {} LIMIT %s"
     ).format(sql.Identifier(table.name), where, keyset, direction, direction)
     async with pool.connection() as conn:
-        cur = await conn.execute(query, (*values, limit + 1))
+        cur = await conn.execute(query, (*values, page.limit + 1))
         rows = await cur.fetchall()
     return (
         [Position(created_at=r[0], id=r[1]) for r in rows],

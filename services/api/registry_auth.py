@@ -13,14 +13,7 @@ from events.ids import new_id
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
-from services.api.pagination import (
-    DEFAULT_LIMIT,
-    Cursor,
-    Limit,
-    after_position,
-    keyset_page,
-    page_response,
-)
+from services.api.pagination import PageQuery
 from services.deciders.registry_auth import (
     CreateRegistryAuth,
     DeleteRegistryAuth,
@@ -58,15 +51,12 @@ class RegistryAuthController(Controller):
     async def list_registry_auths(
         self,
         request: Request[Any, Any, Any],
-        limit: Limit = DEFAULT_LIMIT,
-        cursor: Cursor = None,
+        page: PageQuery,
     ) -> Response[list[RegistryAuthOut]]:
         positions, states = await read_models.list_page(
-            context_of(request).pool, REGISTRY_AUTHS, request.user.id, after_position(cursor), limit
+            context_of(request).pool, REGISTRY_AUTHS, request.user.id, page
         )
-        return page_response(
-            request, keyset_page(positions, [view(s) for s in states], limit), limit
-        )
+        return page.response(request, page.of_rows(positions, [view(s) for s in states]))
 
     @post("/", status_code=201, summary="Save registry credentials")
     async def create_registry_auth(

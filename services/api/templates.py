@@ -13,15 +13,7 @@ from events.ids import new_id
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
-from services.api.pagination import (
-    DEFAULT_LIMIT,
-    Cursor,
-    Limit,
-    ListPage,
-    after_position,
-    keyset_page,
-    page_response,
-)
+from services.api.pagination import ListPage, PageQuery
 from services.deciders.registry_auth import RegistryAuthState
 from services.deciders.template import (
     MAX_DISK_GB,
@@ -135,21 +127,18 @@ class TemplateController(Controller):
     async def list_templates(
         self,
         request: Request[Any, Any, Any],
-        limit: Limit = DEFAULT_LIMIT,
-        cursor: Cursor = None,
+        page: PageQuery,
     ) -> Response[list[TemplateOut]]:
         ctx = context_of(request)
-        after = after_position(cursor)
 
         async def load() -> ListPage:
             positions, states = await read_models.list_page(
-                ctx.pool, TEMPLATES, request.user.id, after, limit, include_public=True
+                ctx.pool, TEMPLATES, request.user.id, page, include_public=True
             )
-            return keyset_page(positions, [view(s) for s in states], limit)
+            return page.of_rows(positions, [view(s) for s in states])
 
-        key = f"{request.user.id}\n{limit}\n{cursor or ''}"
-        page = await ctx.cache.get_or_load(TEMPLATES.name, key, load)
-        return page_response(request, page, limit)
+        key = f"{request.user.id}\n{page.limit}\n{page.cursor or ''}"
+        return page.response(request, await ctx.cache.get_or_load(TEMPLATES.name, key, load))
 
     @post("/", status_code=201, summary="Create a template")
     async def create_template(

@@ -15,14 +15,7 @@ from ledger.rate_card import in_force
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
-from services.api.pagination import (
-    DEFAULT_LIMIT,
-    Cursor,
-    Limit,
-    after_position,
-    keyset_page,
-    page_response,
-)
+from services.api.pagination import PageQuery
 from services.api.templates import Name
 from services.datacenters import DATACENTERS
 from services.deciders.host import HostState
@@ -102,15 +95,12 @@ class VolumeController(Controller):
     async def list_volumes(
         self,
         request: Request[Any, Any, Any],
-        limit: Limit = DEFAULT_LIMIT,
-        cursor: Cursor = None,
+        page: PageQuery,
     ) -> Response[list[VolumeOut]]:
         positions, states = await read_models.list_page(
-            context_of(request).pool, VOLUMES, request.user.id, after_position(cursor), limit
+            context_of(request).pool, VOLUMES, request.user.id, page
         )
-        return page_response(
-            request, keyset_page(positions, [view(s) for s in states], limit), limit
-        )
+        return page.response(request, page.of_rows(positions, [view(s) for s in states]))
 
     @post("/", status_code=201, summary="Create a network volume")
     async def create_volume(self, request: Request[Any, Any, Any], data: VolumeIn) -> VolumeOut:

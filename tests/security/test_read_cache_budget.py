@@ -5,36 +5,16 @@ take the api's memory."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
-import pytest
-
-from projections.migrate import migrate
 from services.api.consistency import CheckpointWatcher
 from services.api.read_cache import ReadCache
 
 
-@pytest.fixture
-async def watcher(database_url: str) -> AsyncIterator[CheckpointWatcher]:
-    await migrate(database_url)
-    watcher = CheckpointWatcher(database_url)
-    await watcher.start()
-    try:
-        for _ in range(100):
-            if watcher.connected:
-                break
-            await asyncio.sleep(0.05)
-        assert watcher.connected
-        yield watcher
-    finally:
-        await watcher.stop()
-
-
 async def test_least_recently_used_bodies_go_once_over_the_byte_budget(
-    watcher: CheckpointWatcher,
+    checkpoint_watcher: CheckpointWatcher,
 ) -> None:
-    cache = ReadCache[bytes](watcher, len, max_bytes=1000)
+    cache = ReadCache[bytes](checkpoint_watcher, len, max_bytes=1000)
     loads: list[str] = []
 
     def loader(key: str, size: int) -> Callable[[], Awaitable[bytes]]:
