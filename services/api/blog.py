@@ -11,7 +11,7 @@ from litestar import Controller, Request, Response, get
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
-from services.api.pagination import PageQuery
+from services.api.pagination import Page
 from services.deciders.blog import PostState
 from services.errors import NotFound
 
@@ -38,7 +38,7 @@ class BlogController(Controller):
     async def list_posts(
         self,
         request: Request[Any, Any, Any],
-        page: PageQuery,
+        page: Page,
     ) -> Response[list[PostSummaryOut]]:
         positions, states = await read_models.list_page(
             context_of(request).pool, BLOG_POSTS, None, page, newest_first=True

@@ -13,7 +13,7 @@ from ledger.rate_card import in_force
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
-from services.api.pagination import PageQuery
+from services.api.pagination import Page
 from services.datacenters import DATACENTERS
 from services.deciders.host import HostState
 from services.deciders.placement import free_by_datacenter
@@ -57,7 +57,7 @@ async def _hosts(request: Request[Any, Any, Any]) -> list[HostState]:
 
 
 @get("/gpu-types", tags=["catalog"], summary="GPU types, prices and availability (paged)")
-async def gpu_types(request: Request[Any, Any, Any], page: PageQuery) -> Response[list[GpuTypeOut]]:
+async def gpu_types(request: Request[Any, Any, Any], page: Page) -> Response[list[GpuTypeOut]]:
     card = in_force(datetime.now(UTC))
     availability = free_by_datacenter(await _hosts(request))
     out = []
@@ -84,9 +84,7 @@ async def gpu_types(request: Request[Any, Any, Any], page: PageQuery) -> Respons
 
 
 @get("/datacenters", tags=["catalog"], summary="Data centers and their GPU capacity (paged)")
-async def datacenters(
-    request: Request[Any, Any, Any], page: PageQuery
-) -> Response[list[DatacenterOut]]:
+async def datacenters(request: Request[Any, Any, Any], page: Page) -> Response[list[DatacenterOut]]:
     hosts = await _hosts(request)
     out = []
     for dc in DATACENTERS.values():

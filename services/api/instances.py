@@ -16,7 +16,7 @@ from ledger.rate_card import gpu_type_ids, in_force
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
-from services.api.pagination import PageQuery
+from services.api.pagination import Page
 from services.api.templates import (
     TEMPLATES,
     ContainerDisk,
@@ -176,7 +176,7 @@ class InstanceController(Controller):
     async def list_instances(
         self,
         request: Request[Any, Any, Any],
-        page: PageQuery,
+        page: Page,
     ) -> Response[list[InstanceOut]]:
         positions, states = await read_models.list_page(
             context_of(request).pool, INSTANCES, request.user.id, page

@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 import msgspec
 from litestar import MediaType, Request, Response
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 
 from services.errors import BadRequest
@@ -147,5 +147,6 @@ def _page_query(limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> PageQuer
     return PageQuery(limit, cursor)
 
 
-# The app's dependencies: a handler that takes `page: PageQuery` gets the validated parameters.
+# The app's dependencies: a handler that takes `page: Page` gets the validated parameters.
 DEPENDENCIES = {"page": Provide(_page_query, sync_to_thread=False)}
+Page = NamedDependency[PageQuery]

@@ -13,7 +13,7 @@ from events.ids import new_id
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
-from services.api.pagination import PageQuery
+from services.api.pagination import Page
 from services.deciders.registry_auth import (
     CreateRegistryAuth,
     DeleteRegistryAuth,
@@ -51,7 +51,7 @@ class RegistryAuthController(Controller):
     async def list_registry_auths(
         self,
         request: Request[Any, Any, Any],
-        page: PageQuery,
+        page: Page,
     ) -> Response[list[RegistryAuthOut]]:
         positions, states = await read_models.list_page(
             context_of(request).pool, REGISTRY_AUTHS, request.user.id, page

@@ -13,7 +13,7 @@ from events.ids import new_id
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
-from services.api.pagination import ListPage, PageQuery
+from services.api.pagination import ListPage, Page
 from services.deciders.registry_auth import RegistryAuthState
 from services.deciders.template import (
     MAX_DISK_GB,
@@ -127,7 +127,7 @@ class TemplateController(Controller):
     async def list_templates(
         self,
         request: Request[Any, Any, Any],
-        page: PageQuery,
+        page: Page,
     ) -> Response[list[TemplateOut]]:
         ctx = context_of(request)
 

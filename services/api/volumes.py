@@ -15,7 +15,7 @@ from ledger.rate_card import in_force
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
-from services.api.pagination import PageQuery
+from services.api.pagination import Page
 from services.api.templates import Name
 from services.datacenters import DATACENTERS
 from services.deciders.host import HostState
@@ -95,7 +95,7 @@ class VolumeController(Controller):
     async def list_volumes(
         self,
         request: Request[Any, Any, Any],
-        page: PageQuery,
+        page: Page,
     ) -> Response[list[VolumeOut]]:
         positions, states = await read_models.list_page(
             context_of(request).pool, VOLUMES, request.user.id, page
