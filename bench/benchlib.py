@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -382,6 +383,28 @@ def http_json(
             return exc.code, raw.decode(errors="replace")
     except OSError:
         return 0, None
+
+
+def http_list(url: str, token: str | None = None, timeout_s: float = 10.0) -> tuple[int, Any]:
+    """(status, every item of a paged list), following `Link: <…>; rel="next"` to the last page;
+    the status of the first page that failed, if one did."""
+    items: list[Any] = []
+    next_url: str | None = url
+    while next_url is not None:
+        request = urllib.request.Request(next_url)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                items += json.loads(response.read())
+                link = response.headers.get("link", "")
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+        except OSError:
+            return 0, None
+        target = link.partition("<")[2].partition(">")[0] if 'rel="next"' in link else ""
+        next_url = urllib.parse.urljoin(next_url, target) if target else None
+    return 200, items
 
 
 def http_raw(url: str, token: str | None = None, timeout_s: float = 10.0) -> tuple[int, bytes]:

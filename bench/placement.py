@@ -185,16 +185,19 @@ async def poll_api(
         finished = done.is_set()
         users = sorted({result.owner[i] for i in result.sent_at if i not in result.running_s})
         for user in users:
-            response = await client.get(
-                "/instances", headers={"Authorization": f"Bearer {tokens[user]}"}
-            )
-            now = time.perf_counter()
-            if response.status_code != 200:
-                continue
-            for item in response.json():
-                iid = item["id"]
-                if item["status"] == "RUNNING" and iid in result.sent_at:
-                    result.running_s.setdefault(iid, now - result.sent_at[iid])
+            page: str | None = "/instances"
+            while page is not None:
+                response = await client.get(
+                    page, headers={"Authorization": f"Bearer {tokens[user]}"}
+                )
+                now = time.perf_counter()
+                if response.status_code != 200:
+                    break
+                for item in response.json():
+                    iid = item["id"]
+                    if item["status"] == "RUNNING" and iid in result.sent_at:
+                        result.running_s.setdefault(iid, now - result.sent_at[iid])
+                page = response.links.get("next", {}).get("url")
         if finished and len(result.running_s) >= len(result.sent_at):
             return
         await asyncio.sleep(interval_s)

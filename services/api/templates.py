@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, MediaType, Request, Response, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from msgspec import Meta
 
 from events.ids import new_id
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
+from services.api.pagination import ListPage, Page
 from services.deciders.registry_auth import RegistryAuthState
 from services.deciders.template import (
     MAX_DISK_GB,
@@ -34,8 +35,8 @@ ContainerDisk = Annotated[int, Meta(ge=1, le=MAX_DISK_GB)]
 VolumeDisk = Annotated[int, Meta(ge=0, le=MAX_DISK_GB)]
 MountPath = Annotated[str, Meta(max_length=256, pattern=r"^/[^\s]*$")]
 EnvName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-EnvValue = Annotated[str, Meta(max_length=8192)]
-Env = Annotated[dict[EnvName, EnvValue], Meta(max_length=200)]
+EnvValue = Annotated[str, Meta(max_length=4096)]
+Env = Annotated[dict[EnvName, EnvValue], Meta(max_length=64)]
 Port = Annotated[str, Meta(pattern=r"^[1-9][0-9]{0,4}/(http|tcp|udp)$")]
 Ports = Annotated[list[Port], Meta(max_length=32)]
 Readme = Annotated[str, Meta(max_length=65536)]
@@ -134,18 +135,22 @@ class TemplateController(Controller):
     path = "/templates"
     tags = ["templates"]
 
-    @get("/", summary="List your templates and the built-in ones")
-    async def list_templates(self, request: Request[Any, Any, Any]) -> Response[list[TemplateOut]]:
+    @get("/", summary="List your templates and the built-in ones (paged: see `Link`)")
+    async def list_templates(
+        self,
+        request: Request[Any, Any, Any],
+        page: Page,
+    ) -> Response[list[TemplateOut]]:
         ctx = context_of(request)
 
-        async def load() -> bytes:
-            states = await read_models.list_visible(
-                ctx.pool, TEMPLATES, request.user.id, include_public=True
+        async def load() -> ListPage:
+            positions, states = await read_models.list_page(
+                ctx.pool, TEMPLATES, request.user.id, page, include_public=True
             )
-            return msgspec.json.encode([view(s) for s in states])
+            return page.of_rows(positions, [view(s) for s in states])
 
-        body = await ctx.cache.get_or_load(TEMPLATES.name, request.user.id, load)
-        return Response(cast("list[TemplateOut]", body), media_type=MediaType.JSON)
+        key = f"{request.user.id}\n{page.limit}\n{page.cursor or ''}"
+        return page.response(request, await ctx.cache.get_or_load(TEMPLATES.name, key, load))
 
     @post("/", status_code=201, summary="Create a template")
     async def create_template(
