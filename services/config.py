@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 
@@ -19,6 +20,11 @@ def _required(name: str) -> str:
     return value
 
 
+def default_host_id() -> str:
+    """This machine's host id: GPUWORKER_HOST_ID, else its short host name."""
+    return os.environ.get("GPUWORKER_HOST_ID") or socket.gethostname().split(".")[0]
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -32,6 +38,11 @@ class Settings:
     read_your_writes_timeout_s: float = 5.0
     # A host whose agent is silent this long is marked lost (and its GPUs unavailable).
     host_timeout_s: float = 10.0
+    # How this process logs in to NATS: its own user and password, or its entry (by role) in a
+    # credentials file; neither: whatever NATS_URL carries (user:password@host), if anything.
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_credentials: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -44,4 +55,7 @@ class Settings:
             refresh_token_ttl_s=int(os.environ.get("GPUWORKER_REFRESH_TOKEN_TTL", "2592000")),
             stream_replicas=int(os.environ.get("GPUWORKER_STREAM_REPLICAS", "1")),
             host_timeout_s=float(os.environ.get("GPUWORKER_HOST_TIMEOUT", "10")),
+            nats_user=os.environ.get("GPUWORKER_NATS_USER") or None,
+            nats_password=os.environ.get("GPUWORKER_NATS_PASSWORD") or None,
+            nats_credentials=os.environ.get("GPUWORKER_NATS_CREDENTIALS") or None,
         )
