@@ -79,3 +79,16 @@ async def list_visible(
         cur = await conn.execute(query, params)
         rows = await cur.fetchall()
     return [table.decode_state(r[0]) for r in rows]
+
+
+async def user_with_email(pool: AsyncConnectionPool[Any], table: AggregateTable, email: str) -> Any:
+    """The account holding `email` (normalised), oldest first if ever more than one; or None."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT doc::text FROM {} WHERE doc->>'email' = %s ORDER BY created_at, id LIMIT 1"
+            ).format(sql.Identifier(table.name)),
+            (email,),
+        )
+        row = await cur.fetchone()
+    return table.decode_state(row[0]) if row else None
