@@ -8,7 +8,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import nats
@@ -32,62 +32,67 @@ from tests.servers import connect_as, new_nats
 ROOT = Path(__file__).resolve().parents[2]
 
 
+class Heard:
+    """Things heard (errors, subjects), and a way to wait until one of them is the one."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self._added = asyncio.Event()
+
+    def add(self, item: str) -> None:
+        self.items.append(item)
+        self._added.set()
+
+    async def until(self, found: Callable[[str], bool], timeout: float = 5.0) -> bool:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not any(found(item) for item in self.items):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            self._added.clear()
+            try:
+                await asyncio.wait_for(self._added.wait(), left)
+            except TimeoutError:
+                return False
+        return True
+
+
 class Login:
     """A client logged in as one user, with what the server said back about its requests."""
 
     def __init__(self) -> None:
-        self.errors: list[str] = []
-        self._error = asyncio.Event()
+        self.errors = Heard()
         self.client: NatsClient | None = None
 
     async def on_error(self, exc: Exception) -> None:
-        self.errors.append(str(exc).lower())
-        self._error.set()
+        self.errors.add(str(exc).lower())
 
     @property
     def nc(self) -> NatsClient:
         assert self.client is not None
         return self.client
 
-    async def refused(self, subject: str, timeout: float = 5.0) -> bool:
+    async def refused(self, subject: str) -> bool:
         """Whether the server answered a permissions violation naming `subject`."""
         subject = subject.lower()  # nats-py reports the server's error in lower case
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not any("permissions violation" in e and subject in e for e in self.errors):
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                return False
-            self._error.clear()
-            try:
-                await asyncio.wait_for(self._error.wait(), left)
-            except TimeoutError:
-                return False
-        return True
+        return await self.errors.until(lambda e: "permissions violation" in e and subject in e)
 
 
 class Listener:
     """The deciders' view of the bus: every command and heartbeat that gets through."""
 
     def __init__(self) -> None:
-        self.seen: list[str] = []
-        self._arrived = asyncio.Event()
+        self.heard = Heard()
 
     async def on_message(self, msg: Msg) -> None:
-        self.seen.append(msg.subject)
-        self._arrived.set()
+        self.heard.add(msg.subject)
 
-    async def received(self, subject: str, timeout: float = 5.0) -> bool:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while subject not in self.seen:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                return False
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), left)
-            except TimeoutError:
-                return False
-        return True
+    @property
+    def seen(self) -> list[str]:
+        return self.heard.items
+
+    async def received(self, subject: str) -> bool:
+        return await self.heard.until(lambda seen: seen == subject)
 
 
 @pytest.fixture
@@ -227,7 +232,7 @@ async def test_only_the_deciders_append_events(bus: tuple[EmbeddedNats, Listener
             before = await stream_messages(server)
             with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
                 await who.nc.jetstream().publish("ev.user.u-1.UserSignedUp", b"{}", timeout=1)
-            assert await who.refused("ev.user.u-1.UserSignedUp"), (user, who.errors)
+            assert await who.refused("ev.user.u-1.UserSignedUp"), (user, who.errors.items)
             assert await stream_messages(server) == before, user
         finally:
             await who.nc.close()

@@ -20,18 +20,10 @@ from services.deciders.catalog import DECIDERS
 from services.deciders.email_claim import EMAIL_CLAIM, ClaimEmail, claim_id, decide
 from services.deciders.runner import DeciderRunner
 from services.nats_permissions import DECIDERS_USER
-from tests.api_helpers import PASSWORD, assert_error, signup, unique_email
+from tests.api_helpers import PASSWORD, assert_error, me, signup, unique_email
 from tests.servers import Stack, connect_as
 
 AT = datetime(2026, 11, 29, tzinfo=UTC)
-
-
-def me(stack: Stack, token: str) -> dict[str, str]:
-    with stack.client(token) as client:
-        response = client.get("/me")
-    assert response.status_code == 200, response.text
-    body: dict[str, str] = response.json()
-    return body
 
 
 def test_user_ids_are_random_not_derived_from_the_email(stack: Stack) -> None:
