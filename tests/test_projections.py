@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import nats
 import psycopg
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -35,6 +34,8 @@ from services.deciders.template import (
     TemplateState,
     UpdateTemplate,
 )
+from services.nats_permissions import DECIDERS_USER, PROJECTOR_USER
+from tests.servers import connect_as
 
 TEMPLATES = PROJECTIONS["templates"]
 AT = datetime(2026, 11, 29, tzinfo=UTC)
@@ -107,8 +108,9 @@ async def test_migrations_are_versioned_and_applied_once(database_url: str) -> N
 
 
 async def test_redelivered_batch_has_no_second_effect(
-    nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner
+    projector_nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner
 ) -> None:
+    nc = projector_nc
     template_id = new_id()
     await send(runner, template_id, CreateTemplate(actor="u", at=AT, name="t", image_name="i:1"))
     last = await send(runner, template_id, UpdateTemplate(actor="u", at=AT, name="t2"))
@@ -145,7 +147,11 @@ async def test_redelivered_batch_has_no_second_effect(
 
 
 async def test_rebuild_reproduces_the_tables_byte_for_byte(
-    nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner, database_url: str
+    projector_nc: NatsClient,
+    operator_nc: NatsClient,
+    pool: AsyncConnectionPool[Any],
+    runner: DeciderRunner,
+    database_url: str,
 ) -> None:
     ids = [new_id() for _ in range(30)]
     last = 0
@@ -161,13 +167,13 @@ async def test_rebuild_reproduces_the_tables_byte_for_byte(
         )
         if i % 4 == 0:
             last = await send(runner, template_id, DeleteTemplate(actor=owner, at=AT))
-    projector = ProjectionRunner(nc, pool, [TEMPLATES])
+    projector = ProjectionRunner(projector_nc, pool, [TEMPLATES])
     await projector.start()
     await wait_for_checkpoint(pool, "templates", last)
     live = dump(database_url, "templates")
     assert live.count(b"\n") == 30
 
-    rows, _seconds = await rebuild(database_url, nc, TEMPLATES)
+    rows, _seconds = await rebuild(database_url, operator_nc, TEMPLATES)
     assert rows == 30
     assert dump(database_url, "templates") == live
 
@@ -177,7 +183,7 @@ async def test_rebuild_reproduces_the_tables_byte_for_byte(
     await projector.stop()
     assert (await template_row(pool, ids[1])).name == "renamed"
     after_more = dump(database_url, "templates")
-    await rebuild(database_url, nc, TEMPLATES)
+    await rebuild(database_url, operator_nc, TEMPLATES)
     assert dump(database_url, "templates") == after_more
 
 
@@ -185,12 +191,13 @@ def test_rebuild_command_line(tmp_path: Any, database_url: str, nats_server: Emb
     env = {
         "DATABASE_URL": database_url,
         "NATS_URL": nats_server.url,
+        "GPUWORKER_NATS_CREDENTIALS": str(nats_server.credentials_path),
         "GPUWORKER_SECRET_KEY": "x" * 43 + "=",
         "GPUWORKER_JWT_SECRET": "j",
     }
 
     async def seed() -> None:
-        client = await nats.connect(nats_server.url)
+        client = await connect_as(nats_server, DECIDERS_USER)
         store = JetStreamEventStore(client)
         await store.ensure_stream()
         r = DeciderRunner(store, DECIDERS)
@@ -234,15 +241,24 @@ async def test_projector_resumes_after_nats_restart(
     async def quiet(*_args: Any) -> None:
         return None
 
-    client = await nats.connect(
-        nats_server.url,
+    client = await connect_as(
+        nats_server,
+        PROJECTOR_USER,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
         reconnected_cb=on_reconnect,
         error_cb=quiet,
         disconnected_cb=quiet,
     )
-    store = JetStreamEventStore(client)
+    writer = await connect_as(
+        nats_server,
+        DECIDERS_USER,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+        error_cb=quiet,
+        disconnected_cb=quiet,
+    )
+    store = JetStreamEventStore(writer)
     await store.ensure_stream()
     deciders = DeciderRunner(store, DECIDERS)
     projector = ProjectionRunner(client, pool, [TEMPLATES])
@@ -258,7 +274,7 @@ async def test_projector_resumes_after_nats_restart(
         await asyncio.sleep(1.0)
         nats_server.start()
         for _ in range(100):
-            if reconnects and client.is_connected:
+            if reconnects and client.is_connected and writer.is_connected:
                 break
             await asyncio.sleep(0.1)
         assert reconnects >= 1
@@ -272,3 +288,4 @@ async def test_projector_resumes_after_nats_restart(
     finally:
         await projector.stop()
         await client.close()
+        await writer.close()

@@ -16,6 +16,7 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 
 from events.host import HostGpu
+from events.subjects import agent_command_subject, heartbeat_subject
 from services.agent.registry_credentials import RegistryCredentialStore
 from services.agent.runtime import (
     ContainerSpec,
@@ -26,6 +27,7 @@ from services.agent.runtime import (
 )
 from services.aggregate_follower import AggregateFollower
 from services.api.command_bus import CommandBus
+from services.deciders.decider import agent_actor
 from services.deciders.host import RegisterHost
 from services.deciders.instance import INSTANCE, InstanceState, Observation, ReportObservation
 from services.deciders.volume import VOLUME, ReportVolume, VolumeState
@@ -33,7 +35,6 @@ from services.errors import GpuWorkerError
 
 log = logging.getLogger("gpuworker.agent")
 
-HEARTBEAT_SUBJECT = "hb.agent"
 MEMORY_MB_PER_GPU = 2048
 
 
@@ -46,8 +47,10 @@ class HostSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Heartbeat(msgspec.Struct, frozen=True):
+    """Sent on `hb.<host>` for each host: the subject, which only that host's agent may publish
+    on, says which host is alive; the body is for people reading the wire."""
+
     agent: str
-    hosts: list[str]
     at: datetime
 
 
@@ -175,11 +178,11 @@ class HostAgent:
         delay = 0.2
         while True:
             try:
-                await self._bus.send(
-                    "host",
+                await self._bus.send_on(
+                    agent_command_subject(host.host_id, "host"),
                     host.host_id,
                     RegisterHost(
-                        actor=f"system:agent:{host.host_id}",
+                        actor=agent_actor(host.host_id),
                         at=datetime.now(UTC),
                         datacenter_id=host.datacenter_id,
                         cloud_type=host.cloud_type,
@@ -231,11 +234,11 @@ class HostAgent:
         size_gb: int | None = None,
         reason: str | None = None,
     ) -> None:
-        reply = await self._bus.send(
-            "volume",
+        reply = await self._bus.send_on(
+            agent_command_subject(state.host_id, "volume"),
             state.id,
             ReportVolume(
-                actor=f"system:agent:{state.host_id}",
+                actor=agent_actor(state.host_id),
                 at=datetime.now(UTC),
                 observed=observed,
                 size_gb=size_gb,
@@ -278,11 +281,11 @@ class HostAgent:
         exit_code: int | None = None,
         reason: str | None = None,
     ) -> None:
-        reply = await self._bus.send(
-            "instance",
+        reply = await self._bus.send_on(
+            agent_command_subject(state.host_id, "instance"),
             state.id,
             ReportObservation(
-                actor=f"system:agent:{state.host_id}",
+                actor=agent_actor(state.host_id),
                 at=at or datetime.now(UTC),
                 observed=observed,
                 exit_code=exit_code,
@@ -388,9 +391,10 @@ class HostAgent:
         encode = msgspec.json.Encoder().encode
         while True:
             if self._nc.is_connected:
-                beat = Heartbeat(agent=self.name, hosts=list(self._hosts), at=datetime.now(UTC))
+                beat = encode(Heartbeat(agent=self.name, at=datetime.now(UTC)))
                 try:
-                    await self._nc.publish(HEARTBEAT_SUBJECT, encode(beat))
+                    for host_id in self._hosts:
+                        await self._nc.publish(heartbeat_subject(host_id), beat)
                 except Exception as exc:
                     log.debug("heartbeat not sent: %s", exc)
             await asyncio.sleep(self._heartbeat_s)

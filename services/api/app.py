@@ -36,7 +36,8 @@ from services.api.registry_auth import RegistryAuthController
 from services.api.templates import TemplateController
 from services.api.volumes import VolumeController
 from services.config import Settings
-from services.nats_connection import connect_nats
+from services.nats_connection import connect_role
+from services.nats_permissions import API_USER
 from services.security.secret_box import SecretBox
 
 log = logging.getLogger("gpuworker.api")
@@ -81,7 +82,7 @@ def create_app(settings: Settings) -> Litestar:
             kwargs={"autocommit": True},
         )
         await pool.open(wait=False)
-        nc = await connect_nats(settings.nats_url, "api")
+        nc = await connect_role(settings, API_USER)
         watcher = CheckpointWatcher(settings.database_url)
         await watcher.start()
         app.state.ctx = ApiContext(

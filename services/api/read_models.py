@@ -117,3 +117,16 @@ async def list_page(
         [Position(created_at=r[0], id=r[1]) for r in rows],
         [table.decode_state(r[2]) for r in rows],
     )
+
+
+async def user_with_email(pool: AsyncConnectionPool[Any], table: AggregateTable, email: str) -> Any:
+    """The account holding `email` (normalised), oldest first if ever more than one; or None."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT doc::text FROM {} WHERE doc->>'email' = %s ORDER BY created_at, id LIMIT 1"
+            ).format(sql.Identifier(table.name)),
+            (email,),
+        )
+        row = await cur.fetchone()
+    return table.decode_state(row[0]) if row else None

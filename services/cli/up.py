@@ -18,6 +18,7 @@ from services.cli.embedded import (
     free_port,
     load_or_create_secrets,
 )
+from services.config import default_host_id
 
 log = logging.getLogger("gpuworker.up")
 
@@ -74,11 +75,25 @@ def up(
             log.info("starting embedded PostgreSQL in %s", data_dir / "postgres")
             embedded_pg = EmbeddedPostgres(data_dir / "postgres")
             env["DATABASE_URL"] = embedded_pg.url
+        if "agent" in roles():
+            env["GPUWORKER_HOST_ID"] = default_host_id()
         if not env.get("NATS_URL"):
             embedded_nats = EmbeddedNats(data_dir / "nats", free_port())
+            if "agent" in roles():
+                # This machine's agent may speak for this host only.
+                embedded_nats.add_agent(env["GPUWORKER_HOST_ID"])
             log.info("starting embedded nats-server on %s", embedded_nats.url)
             embedded_nats.start(data_dir / "nats.log")
             env["NATS_URL"] = embedded_nats.url
+            # Each role logs in as its own user from the data folder's credentials file.
+            env["GPUWORKER_NATS_CREDENTIALS"] = str(embedded_nats.credentials_path)
+            env.pop("GPUWORKER_NATS_USER", None)
+            env.pop("GPUWORKER_NATS_PASSWORD", None)
+        elif not (env.get("GPUWORKER_NATS_CREDENTIALS") or env.get("GPUWORKER_NATS_USER")):
+            log.warning(
+                "NATS_URL is set without GPUWORKER_NATS_CREDENTIALS or GPUWORKER_NATS_USER:"
+                " every role logs in with what NATS_URL carries, if anything"
+            )
         if not env.get("GPUWORKER_SECRET_KEY") or not env.get("GPUWORKER_JWT_SECRET"):
             keys = load_or_create_secrets(data_dir)
             env.setdefault("GPUWORKER_SECRET_KEY", keys["secret_key"])
