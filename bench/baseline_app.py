@@ -3,7 +3,8 @@
     python bench/baseline_app.py reads  --port P --items FILE.json
         GET /templates: the same items, decoded once into the product's TemplateOut Structs and
         returned from memory. No auth, no database.
-    python bench/baseline_app.py writes --port P   (env DATABASE_URL, NATS_URL)
+    python bench/baseline_app.py writes --port P   (env DATABASE_URL, NATS_URL, and the login:
+                                                   GPUWORKER_NATS_USER/PASSWORD)
         POST /templates: validate the product's TemplateIn body, one JetStream publish with ack
         (stream FLOOR, file storage), one PostgreSQL INSERT + commit, answer 201 with the row.
 
@@ -68,7 +69,13 @@ def writes_app() -> Litestar:
                 f"CREATE TABLE IF NOT EXISTS {FLOOR_TABLE} (id text PRIMARY KEY,"
                 " owner_id text, created_at timestamptz NOT NULL, doc jsonb NOT NULL)"
             )
-        nc = await nats.connect(nats_url, name="floor", pending_size=0)
+        nc = await nats.connect(
+            nats_url,
+            name="floor",
+            pending_size=0,
+            user=os.environ.get("GPUWORKER_NATS_USER"),
+            password=os.environ.get("GPUWORKER_NATS_PASSWORD"),
+        )
         js = nc.jetstream(timeout=5)
         await js.add_stream(
             StreamConfig(name=FLOOR_STREAM, subjects=["floor.>"], storage=StorageType.FILE)

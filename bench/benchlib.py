@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +25,12 @@ from types import FrameType
 from typing import Any
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
+from nats.aio.client import Client as NatsClient
+
+from services.cli.embedded import EmbeddedNats
+from services.config import default_host_id
+from services.nats_connection import NatsLogin, connect_nats
+from services.nats_permissions import NatsUser, Permissions
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -145,10 +153,10 @@ class Stack:
     """`gpuworker up` in its own data folder on a free port: embedded PostgreSQL + nats-server +
     the api, deciders and projector roles."""
 
-    def __init__(self, workdir: Path, nats_url: str | None = None) -> None:
-        """nats_url: use that nats-server instead of the embedded one `up` would start."""
+    def __init__(self, workdir: Path, nats: NatsServer | None = None) -> None:
+        """nats: use that nats-server instead of the embedded one `up` would start."""
         self.workdir = workdir
-        self.nats_url = nats_url
+        self.nats = nats
         self.data_dir = workdir / "gpuworker"
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
@@ -160,9 +168,13 @@ class Stack:
             k: v
             for k, v in os.environ.items()
             if k not in {"DATABASE_URL", "NATS_URL", "GPUWORKER_SECRET_KEY", "GPUWORKER_JWT_SECRET"}
+            and not k.startswith("GPUWORKER_NATS_")
         }
-        if self.nats_url:
-            env["NATS_URL"] = self.nats_url
+        if self.nats:
+            # `up` runs this machine's agent, which logs in as this host's agent.
+            self.nats.add_agent(default_host_id())
+            env["NATS_URL"] = self.nats.url
+            env["GPUWORKER_NATS_CREDENTIALS"] = str(self.nats.credentials_path)
         args = [
             venv_bin("gpuworker"), "up", "--host", HOST, "--port", str(self.port),
             "--data-dir", str(self.data_dir),
@@ -248,39 +260,53 @@ class PythonServer:
 
 
 class NatsServer:
-    """An embedded nats-server with JetStream (file storage in `store_dir`), stopped by PID.
-    sync_always mirrors what `gpuworker up` runs (fsync every write); off is the server default."""
+    """The embedded nats-server `gpuworker up` runs (every client logs in; the product's roles as
+    their own users), on a free port in `workdir`, stopped by PID. sync_always mirrors what `up`
+    runs (fsync every write); off is the server default. The raw baselines measure NATS itself,
+    so they log in as a `bench` user with every right, which only benchmarks' servers have."""
 
     def __init__(self, workdir: Path, sync_always: bool) -> None:
-        self.port = free_port()
-        self.url = f"nats://{HOST}:{self.port}"
-        self.store_dir = workdir / "nats"
-        self.sync_always = sync_always
+        self.bench_login = NatsLogin("bench", secrets.token_urlsafe(24))
+        everything = Permissions(publish=(">",), subscribe=(">",))
+        self.server = EmbeddedNats(
+            workdir / "nats",
+            free_port(),
+            sync_always,
+            extra_users=[NatsUser(self.bench_login.user, self.bench_login.password, everything)],
+        )
+        self.url = self.server.url
         self.log = workdir / "nats.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.server.credentials_path
 
     def start(self) -> None:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        config = self.store_dir.parent / f"nats-{self.port}.conf"
-        sync = "\n  sync_interval: always" if self.sync_always else ""
-        config.write_text(
-            f'listen: "{HOST}:{self.port}"\n'
-            f'jetstream {{\n  store_dir: "{self.store_dir}"{sync}\n}}\n'
-        )
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [venv_bin("nats-server"), "-c", str(config)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        wait_for_port(self.port, 15, self.proc)
+        self.server.start(self.log)
+
+    def add_agent(self, host_id: str, fleet: bool = False) -> None:
+        self.server.add_agent(host_id, fleet)
+
+    async def connect(self, name: str, user: str | None = None) -> NatsClient:
+        """As the bench user, or as one of the product's (e.g. "operator")."""
+        login = self.server.login(user) if user else self.bench_login
+        return await connect_nats(self.url, name, login)
+
+    def bench_env(self) -> dict[str, str]:
+        """A baseline process's login (read by bench/baseline_app.py)."""
+        return {
+            "GPUWORKER_NATS_USER": self.bench_login.user,
+            "GPUWORKER_NATS_PASSWORD": self.bench_login.password,
+        }
 
     def pids(self) -> list[int]:
-        return [self.proc.pid] if self.proc else []
+        process = self.server.process
+        return [process.pid] if process else []
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_tree(self.proc, timeout_s=15)
-            self.proc = None
+        if self.server.process is not None:
+            stop_tree(self.server.process, timeout_s=15)
+            self.server.process = None
 
 
 class Postgres:
@@ -382,6 +408,28 @@ def http_json(
             return exc.code, raw.decode(errors="replace")
     except OSError:
         return 0, None
+
+
+def http_list(url: str, token: str | None = None, timeout_s: float = 10.0) -> tuple[int, Any]:
+    """(status, every item of a paged list), following `Link: <…>; rel="next"` to the last page;
+    the status of the first page that failed, if one did."""
+    items: list[Any] = []
+    next_url: str | None = url
+    while next_url is not None:
+        request = urllib.request.Request(next_url)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                items += json.loads(response.read())
+                link = response.headers.get("link", "")
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+        except OSError:
+            return 0, None
+        target = link.partition("<")[2].partition(">")[0] if 'rel="next"' in link else ""
+        next_url = urllib.parse.urljoin(next_url, target) if target else None
+    return 200, items
 
 
 def http_raw(url: str, token: str | None = None, timeout_s: float = 10.0) -> tuple[int, bytes]:

@@ -27,6 +27,7 @@ from benchlib import (
 )
 
 from services.cli.embedded import load_or_create_secrets
+from services.config import default_host_id
 
 DATACENTER = "US-TX-3"
 
@@ -78,6 +79,8 @@ class RoleStack:
         env.update(
             DATABASE_URL=self.postgres.url,
             NATS_URL=self.nats.url,
+            # Each role logs in as its own user from the server's credentials file.
+            GPUWORKER_NATS_CREDENTIALS=str(self.nats.credentials_path),
             GPUWORKER_SECRET_KEY=keys["secret_key"],
             GPUWORKER_JWT_SECRET=keys["jwt_secret"],
             GPUWORKER_DATACENTER=self.datacenter,
@@ -120,7 +123,12 @@ class RoleStack:
         raise TimeoutError(f"api not healthy within {timeout_s}s:\n{log}")
 
     def start_agent(self) -> subprocess.Popen[bytes]:
-        return self.spawn("agent", ["agent", "--datacenter", self.datacenter, *self.agent_args])
+        args = self.agent_args
+        host_id = args[args.index("--host-id") + 1] if "--host-id" in args else default_host_id()
+        hosts = int(args[args.index("--simulate-hosts") + 1]) if "--simulate-hosts" in args else 1
+        # The agent's own login; a simulated fleet's covers the host ids under its own.
+        self.nats.add_agent(host_id, fleet=hosts > 1)
+        return self.spawn("agent", ["agent", "--datacenter", self.datacenter, *args])
 
     def start(self) -> None:
         self.start_servers()

@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import nats
 import psycopg
 from benchlib import (
+    NatsServer,
     http_json,
     machine_line,
     make_workdir,
@@ -75,8 +75,10 @@ class RawRates:
     concurrency: int
 
 
-async def raw_publish_rates(nats_url: str, count: int, size: int, concurrency: int) -> RawRates:
-    nc = await nats.connect(nats_url, name="bench-raw-publish")
+async def raw_publish_rates(
+    server: NatsServer, count: int, size: int, concurrency: int
+) -> RawRates:
+    nc = await server.connect("bench-raw-publish")
     try:
         js = nc.jetstream(timeout=10)
         await js.add_stream(
@@ -119,9 +121,9 @@ async def raw_publish_rates(nats_url: str, count: int, size: int, concurrency: i
         await nc.close()
 
 
-async def events_message_size(nats_url: str) -> float:
+async def events_message_size(server: NatsServer) -> float:
     """Mean bytes per message in the product's EVENTS stream (for the baseline's MSG_SIZE)."""
-    nc = await nats.connect(nats_url, name="bench-stream-info")
+    nc = await server.connect("bench-stream-info", user="operator")
     try:
         info = await nc.jetstream().stream_info("EVENTS")
         return info.state.bytes / info.state.messages if info.state.messages else 0.0
@@ -185,16 +187,19 @@ async def poll_api(
         finished = done.is_set()
         users = sorted({result.owner[i] for i in result.sent_at if i not in result.running_s})
         for user in users:
-            response = await client.get(
-                "/instances", headers={"Authorization": f"Bearer {tokens[user]}"}
-            )
-            now = time.perf_counter()
-            if response.status_code != 200:
-                continue
-            for item in response.json():
-                iid = item["id"]
-                if item["status"] == "RUNNING" and iid in result.sent_at:
-                    result.running_s.setdefault(iid, now - result.sent_at[iid])
+            page: str | None = "/instances"
+            while page is not None:
+                response = await client.get(
+                    page, headers={"Authorization": f"Bearer {tokens[user]}"}
+                )
+                now = time.perf_counter()
+                if response.status_code != 200:
+                    break
+                for item in response.json():
+                    iid = item["id"]
+                    if item["status"] == "RUNNING" and iid in result.sent_at:
+                        result.running_s.setdefault(iid, now - result.sent_at[iid])
+                page = response.links.get("next", {}).get("url")
         if finished and len(result.running_s) >= len(result.sent_at):
             return
         await asyncio.sleep(interval_s)
@@ -383,7 +388,7 @@ def main() -> int:
         stack.start_servers()
         print(f"baseline: {args.creates} raw JetStream publishes...", flush=True)
         raw = asyncio.run(
-            raw_publish_rates(stack.nats.url, args.creates, args.msg_size, args.concurrency)
+            raw_publish_rates(stack.nats, args.creates, args.msg_size, args.concurrency)
         )
         print("starting deciders, projector, api...", flush=True)
         stack.start_control_plane()
@@ -408,7 +413,7 @@ def main() -> int:
             "POST", f"{stack.url}/instances", create_body(args.creates), token=tokens[0]
         )
         audit = settled_audit(stack.database_url, result.created + int(extra_status == 201))
-        event_size = asyncio.run(events_message_size(stack.nats.url))
+        event_size = asyncio.run(events_message_size(stack.nats))
         ok = report(args, capacity, raw, result, audit, extra_status, extra_body, event_size)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import nats
 import psycopg
 from benchlib import (
     CpuMeter,
@@ -259,7 +258,8 @@ async def product_rebuild(nc: NatsClient, conninfo: str, events: int) -> Timing:
 async def run(nats_server: NatsServer, postgres: Postgres, args: argparse.Namespace) -> None:
     conninfo = postgres.url
     meter = CpuMeter(lambda: [*nats_server.pids(), *postgres.pids()])
-    nc = await nats.connect(nats_server.url, name="bench-rebuild")
+    nc = await nats_server.connect("bench-rebuild")
+    operator = await nats_server.connect("bench-rebuild-operator", user="operator")
     try:
         await JetStreamEventStore(nc).ensure_stream()
         events, publish_s = await publish_events(nc, args.aggregates)
@@ -272,12 +272,13 @@ async def run(nats_server: NatsServer, postgres: Postgres, args: argparse.Namesp
         print(f"[rebuild] raw baseline (fetch): {baseline.rate:,.0f} events/s", flush=True)
         fast = await timed(meter, raw_baseline(nc, conninfo, args.fetch, consume_with_callback))
         print(f"[rebuild] raw baseline (callback): {fast.rate:,.0f} events/s", flush=True)
-        product = await timed(meter, product_rebuild(nc, conninfo, events))
+        product = await timed(meter, product_rebuild(operator, conninfo, events))
         print(f"[rebuild] product rebuild: {product.rate:,.0f} events/s", flush=True)
         if not product.detail.startswith(f"{args.aggregates} rows"):
             raise RuntimeError(f"rebuild wrote the wrong rows: {product.detail}")
     finally:
         await nc.close()
+        await operator.close()
     report(args, events, publish_s, baseline, fast, product)
 
 

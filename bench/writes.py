@@ -39,7 +39,7 @@ from benchlib import (
     Stack,
     WrkResult,
     fsync_rate,
-    http_json,
+    http_list,
     lua_script,
     machine_line,
     make_workdir,
@@ -108,7 +108,7 @@ def settled_count(count: Callable[[], int], timeout_s: float = 20.0) -> int:
 
 
 def own_templates(url: str, token: str) -> int:
-    status, body = http_json("GET", f"{url}/templates", token=token, timeout_s=60)
+    status, body = http_list(f"{url}/templates", token=token, timeout_s=60)
     if status != 200:
         raise RuntimeError(f"GET /templates answered {status}")
     return len(body) - BUILT_IN
@@ -223,7 +223,7 @@ def main() -> int:
     postgres = Postgres(workdir / "floor")
     nats_always = NatsServer(workdir / "floor", sync_always=True)
     nats_lazy = NatsServer(workdir / "lazy", sync_always=False)
-    lazy_stack = Stack(workdir / "lazy", nats_url=nats_lazy.url)
+    lazy_stack = Stack(workdir / "lazy", nats=nats_lazy)
     floors: list[PythonServer] = []
     sides: list[tuple[Side, Side]] = []
     try:
@@ -239,7 +239,8 @@ def main() -> int:
             PythonServer(
                 workdir / "floor",
                 ["writes"],
-                {"DATABASE_URL": postgres.url, "NATS_URL": nats_always.url},
+                {"DATABASE_URL": postgres.url, "NATS_URL": nats_always.url}
+                | nats_always.bench_env(),
             )
         )
         floors[-1].start()
@@ -255,7 +256,8 @@ def main() -> int:
                 PythonServer(
                     workdir / "lazy",
                     ["writes"],
-                    {"DATABASE_URL": postgres.url, "NATS_URL": nats_lazy.url},
+                    {"DATABASE_URL": postgres.url, "NATS_URL": nats_lazy.url}
+                    | nats_lazy.bench_env(),
                 )
             )
             floors[-1].start()

@@ -1,11 +1,21 @@
 """Subject names on NATS: one subject per aggregate for events, one per aggregate type for
-commands."""
+commands.
+
+Who sends a command is told by its subject, because NATS permissions bind subjects to credentials:
+`cmd.<aggregate>` only the api may publish (users' commands), `cmd.agent.<host>.<aggregate>` only
+that host's agent (its reports), `cmd.operator.<aggregate>` only operators' tools. A host id's
+dots stay token separators in agent subjects, so a simulated fleet `sim` (hosts `sim.0000`, …)
+is covered by one permission, `cmd.agent.sim.>`."""
 
 import re
+from typing import NamedTuple
 
 STREAM = "EVENTS"
 EVENTS_ROOT = "ev"
 COMMANDS_ROOT = "cmd"
+AGENT_CHANNEL = "agent"
+OPERATOR_CHANNEL = "operator"
+HEARTBEATS_ROOT = "hb"
 DECIDER_QUEUE = "deciders"
 
 # Aggregate ids are [A-Za-z0-9_.-]; built-in ids such as "pytorch-cuda12-2.1" hold dots, which
@@ -36,3 +46,60 @@ def aggregate_type_filter(aggregate_type: str) -> str:
 
 def command_subject(aggregate_type: str) -> str:
     return f"{COMMANDS_ROOT}.{aggregate_type}"
+
+
+def check_host_id(host_id: str) -> str:
+    """A host id usable as subject tokens: an aggregate id without empty dot-separated parts."""
+    check_token(host_id)
+    if any(not part for part in host_id.split(".")):
+        raise ValueError(f"not a valid host id: {host_id!r}")
+    return host_id
+
+
+def agent_command_subject(host_id: str, aggregate_type: str) -> str:
+    return f"{COMMANDS_ROOT}.{AGENT_CHANNEL}.{check_host_id(host_id)}.{aggregate_type}"
+
+
+def operator_command_subject(aggregate_type: str) -> str:
+    return f"{COMMANDS_ROOT}.{OPERATOR_CHANNEL}.{aggregate_type}"
+
+
+def heartbeat_subject(host_id: str) -> str:
+    return f"{HEARTBEATS_ROOT}.{check_host_id(host_id)}"
+
+
+def host_of_heartbeat(subject: str) -> str | None:
+    """The host a heartbeat's subject speaks for, or None for a subject that is not one."""
+    root, _, host_id = subject.partition(".")
+    if root != HEARTBEATS_ROOT:
+        return None
+    try:
+        return check_host_id(host_id)
+    except ValueError:
+        return None
+
+
+class CommandChannel(NamedTuple):
+    """Where a command came from, as its subject says: "api", "operator" or "agent" (with the
+    host the agent speaks for), and the aggregate type (or service) it addresses."""
+
+    sender: str
+    aggregate_type: str
+    host_id: str | None = None
+
+
+def channel_of(subject: str) -> CommandChannel | None:
+    tokens = subject.split(".")
+    if len(tokens) < 2 or tokens[0] != COMMANDS_ROOT:
+        return None
+    if len(tokens) == 2 and tokens[1] not in (AGENT_CHANNEL, OPERATOR_CHANNEL):
+        return CommandChannel("api", tokens[1])
+    if len(tokens) == 3 and tokens[1] == OPERATOR_CHANNEL:
+        return CommandChannel("operator", tokens[2])
+    if len(tokens) >= 4 and tokens[1] == AGENT_CHANNEL:
+        host_id = ".".join(tokens[2:-1])
+        try:
+            return CommandChannel("agent", tokens[-1], check_host_id(host_id))
+        except ValueError:
+            return None
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 
@@ -17,6 +18,11 @@ def _required(name: str) -> str:
             f"{name} is not set; run `gpuworker up` for an embedded setup, or set {name}"
         )
     return value
+
+
+def default_host_id() -> str:
+    """This machine's host id: GPUWORKER_HOST_ID, else its short host name."""
+    return os.environ.get("GPUWORKER_HOST_ID") or socket.gethostname().split(".")[0]
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,14 @@ class Settings:
     host_timeout_s: float = 10.0
     # Where `gpuworker up`'s supervisor writes the state of every process it runs (for /health).
     supervisor_status: str | None = None
+    # Addresses (or networks) of the reverse proxies whose X-Forwarded-For/-Proto the api believes.
+    # None by default: any client could otherwise choose the address the login throttle counts.
+    trusted_proxies: tuple[str, ...] = ()
+    # How this process logs in to NATS: its own user and password, or its entry (by role) in a
+    # credentials file; neither: whatever NATS_URL carries (user:password@host), if anything.
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_credentials: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -47,4 +61,12 @@ class Settings:
             stream_replicas=int(os.environ.get("GPUWORKER_STREAM_REPLICAS", "1")),
             host_timeout_s=float(os.environ.get("GPUWORKER_HOST_TIMEOUT", "10")),
             supervisor_status=os.environ.get("GPUWORKER_SUPERVISOR_STATUS") or None,
+            trusted_proxies=tuple(
+                p.strip()
+                for p in os.environ.get("GPUWORKER_TRUSTED_PROXIES", "").split(",")
+                if p.strip()
+            ),
+            nats_user=os.environ.get("GPUWORKER_NATS_USER") or None,
+            nats_password=os.environ.get("GPUWORKER_NATS_PASSWORD") or None,
+            nats_credentials=os.environ.get("GPUWORKER_NATS_CREDENTIALS") or None,
         )

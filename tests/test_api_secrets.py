@@ -11,14 +11,15 @@ import uuid
 from dataclasses import dataclass, field
 
 import httpx
-import nats
 import nats.js.errors
 import psycopg
 from psycopg import sql
 
 from events.subjects import STREAM
+from services.cli.embedded import EmbeddedNats
+from services.nats_permissions import OPERATOR_USER
 from tests.api_helpers import assert_error, unique_email
-from tests.servers import Stack
+from tests.servers import Stack, connect_as
 
 
 @dataclass
@@ -38,10 +39,10 @@ class Blobs:
                 assert form not in data, f"{what} found in {where}"
 
 
-async def _stream_blobs(url: str) -> tuple[Blobs, int]:
-    """Every message of every stream, read one by one by sequence."""
+async def _stream_blobs(server: EmbeddedNats) -> tuple[Blobs, int]:
+    """Every message of every stream, read one by one by sequence (as an operator would)."""
     blobs = Blobs()
-    nc = await nats.connect(url)
+    nc = await connect_as(server, OPERATOR_USER)
     try:
         js = nc.jetstream(timeout=10)
         names = [s.config.name for s in await js.streams_info() if s.config.name]
@@ -65,10 +66,10 @@ async def _stream_blobs(url: str) -> tuple[Blobs, int]:
         await nc.close()
 
 
-async def _drain(url: str, timeout: float = 15.0) -> None:
+async def _drain(server: EmbeddedNats, timeout: float = 15.0) -> None:
     """Give every consumer of the event stream (projections, audit, ...) time to catch up, so the
     database holds everything they will ever write about this test's events."""
-    nc = await nats.connect(url)
+    nc = await connect_as(server, OPERATOR_USER)
     try:
         js = nc.jetstream(timeout=10)
         deadline = time.monotonic() + timeout
@@ -208,8 +209,8 @@ def test_secrets_never_leak(stack: Stack) -> None:
         logs.assert_absent(secret, "a token")
 
     # 3. The event store, and any other stream, byte for byte.
-    asyncio.run(_drain(stack.nats.url))
-    streamed, events = asyncio.run(_stream_blobs(stack.nats.url))
+    asyncio.run(_drain(stack.nats))
+    streamed, events = asyncio.run(_stream_blobs(stack.nats))
     assert events > 0
     # The scan does see this test's events (so an absent secret is absent, not unread)...
     streamed_text = b"".join(data for _, data in streamed.items)

@@ -20,21 +20,32 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.errors
 import pytest
 import yaml
 
 from events.store import JetStreamEventStore
 from services.cli.embedded import free_port, nats_server_binary, wait_for_port
 from services.cli.main import _parser
-from services.nats_connection import connect_nats, nats_servers
+from services.nats_connection import NatsLogin, connect_nats, nats_servers
+from services.nats_permissions import (
+    DECIDERS_USER,
+    ROLE_USERS,
+    authorization_block,
+    deployment_users,
+    password_variable,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
 ROLES = ("api", "deciders", "projector")
+NATS_PASSWORDS = {password_variable(user): f"dummy-nats-{user}-password" for user in ROLE_USERS}
 SECRETS = {
     "POSTGRES_PASSWORD": "dummy-postgres-password",
     "GPUWORKER_SECRET_KEY": "ZHVtbXktc2VjcmV0LWtleS1mb3ItY29tcG9zZS10ZXN0IQ==",
     "GPUWORKER_JWT_SECRET": "dummy-jwt-secret",
+    **NATS_PASSWORDS,
 }
 
 
@@ -183,9 +194,27 @@ def test_nats_configs_fsync_always_and_route_to_each_other(compose: dict[str, An
             capture_output=True,
             text=True,
             check=False,
+            env={**os.environ, **NATS_PASSWORDS},
         )
         assert checked.returncode == 0, checked.stdout + checked.stderr
     assert len(names) == 3, names
+
+
+def test_nats_nodes_require_a_login_with_each_roles_permissions(compose: dict[str, Any]) -> None:
+    for name, svc in nats_services(compose).items():
+        text = nats_config_file(svc).read_text()
+        assert re.search(r'^include "auth.conf"$', text, re.M), f"{name}: no authorization"
+        auth = ROOT / "deploy/nats/auth.conf"
+        assert any(
+            (ROOT / source).resolve() == auth and target == "/etc/nats/auth.conf"
+            for source, target in mounts(svc)
+        ), f"{name}: {auth} is not mounted beside nats.conf"
+        env = svc["environment"]
+        for variable, value in NATS_PASSWORDS.items():
+            assert env[variable] == value, f"{name}: {variable}"
+    # The shipped users are exactly what `gpuworker nats authorization` renders.
+    shipped = (ROOT / "deploy/nats/auth.conf").read_text()
+    assert authorization_block(deployment_users()) in shipped
 
 
 def test_roles_are_real_cli_commands_from_one_image(compose: dict[str, Any]) -> None:
@@ -226,6 +255,9 @@ def test_roles_get_the_cluster_the_database_and_secrets(compose: dict[str, Any])
         assert {re.sub(r"^nats://([\w.-]+):4222$", r"\1", s) for s in servers} == nodes
         for key in ("GPUWORKER_SECRET_KEY", "GPUWORKER_JWT_SECRET"):
             assert env[key] == SECRETS[key]
+        # Each role logs in to NATS as its own user.
+        assert env["GPUWORKER_NATS_USER"] == role
+        assert env["GPUWORKER_NATS_PASSWORD"] == SECRETS[password_variable(role)]
         deps = svc["depends_on"]
         assert isinstance(deps, dict)
         for dep in ("postgres", *nodes):
@@ -275,6 +307,7 @@ def loopback_cluster(compose: dict[str, Any], tmp_path: Path) -> Iterator[list[s
     client_ports = {name: free_port() for name in nodes}
     route_ports = {name: free_port() for name in nodes}
     processes = []
+    shutil.copy(ROOT / "deploy/nats/auth.conf", tmp_path / "auth.conf")
     try:
         for name, svc in nodes.items():
             text = nats_config_file(svc).read_text()
@@ -302,6 +335,8 @@ def loopback_cluster(compose: dict[str, Any], tmp_path: Path) -> Iterator[list[s
                     stdout=(tmp_path / f"{name}.log").open("wb"),
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    # As compose passes them: the nodes read the roles' passwords from here.
+                    env={**os.environ, **NATS_PASSWORDS},
                 )
             )
         for port in client_ports.values():
@@ -321,7 +356,8 @@ def loopback_cluster(compose: dict[str, Any], tmp_path: Path) -> Iterator[list[s
 async def test_shipped_nats_configs_form_a_cluster_that_holds_an_r3_stream(
     loopback_cluster: list[str],
 ) -> None:
-    nc = await connect_nats(",".join(loopback_cluster), "compose-test")
+    login = NatsLogin(DECIDERS_USER, NATS_PASSWORDS[password_variable(DECIDERS_USER)])
+    nc = await connect_nats(",".join(loopback_cluster), "compose-test", login)
     try:
         store = JetStreamEventStore(nc)
         js = nc.jetstream()
@@ -346,3 +382,36 @@ async def test_shipped_nats_configs_form_a_cluster_that_holds_an_r3_stream(
         assert ack.seq >= 1
     finally:
         await nc.close()
+
+
+async def test_shipped_nats_configs_refuse_strangers_and_hold_roles_to_their_subjects(
+    loopback_cluster: list[str],
+) -> None:
+    errors: list[str] = []
+    refused = asyncio.Event()
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+        refused.set()
+
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(
+            loopback_cluster[0], allow_reconnect=False, connect_timeout=5, error_cb=on_error
+        )
+    errors.clear()
+    refused.clear()
+
+    api = await nats.connect(
+        loopback_cluster[0],
+        user="api",
+        password=NATS_PASSWORDS[password_variable("api")],
+        inbox_prefix="_INBOX.api",
+        error_cb=on_error,
+    )
+    try:
+        await api.publish("ev.instance.x.InstanceStopped", b"{}")
+        await api.flush()
+        await asyncio.wait_for(refused.wait(), 10)
+        assert any("permissions violation" in e.lower() and "ev.instance" in e for e in errors)
+    finally:
+        await api.close()

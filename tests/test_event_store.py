@@ -8,7 +8,6 @@ import signal
 from datetime import UTC, datetime
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -23,6 +22,8 @@ from services.command_wire import CommandEnvelope
 from services.deciders.catalog import DECIDERS
 from services.deciders.runner import DeciderRunner
 from services.deciders.template import CreateTemplate, TemplateState, UpdateTemplate
+from services.nats_permissions import DECIDERS_USER
+from tests.servers import connect_as
 
 AT = datetime(2026, 11, 29, tzinfo=UTC)
 
@@ -121,7 +122,7 @@ async def test_resent_event_is_deduplicated(store: JetStreamEventStore, nc: Nats
 
 
 async def test_events_are_stored_as_versioned_json_and_upcast(
-    store: JetStreamEventStore, nc: NatsClient
+    store: JetStreamEventStore, nc: NatsClient, operator_nc: NatsClient
 ) -> None:
     ref = AggregateRef("template", new_id())
     v1 = {
@@ -160,7 +161,8 @@ async def test_events_are_stored_as_versioned_json_and_upcast(
         readme="",
         is_public=False,
     )
-    raw = await js.get_msg(STREAM, event.sequence)
+    # Read back raw, as an operator inspecting the stream would.
+    raw = await operator_nc.jetstream().get_msg(STREAM, event.sequence)
     assert raw.data is not None
     assert msgspec.json.decode(raw.data)["version"] == 1, "stored events are never rewritten"
     assert decode_event(raw.data).data.env == {}
@@ -262,7 +264,7 @@ async def test_a_lost_acknowledgement_is_settled_not_reported_as_nothing_changed
 ) -> None:
     """The server takes the append but its answer comes too late: the store sends the same
     event again, is told the aggregate moved, reads it back, finds its own event: success."""
-    client = await nats.connect(nats_server.url)
+    client = await connect_as(nats_server, DECIDERS_USER)
     try:
         store = JetStreamEventStore(client, timeout=0.3, patience_s=10)
         await store.ensure_stream()

@@ -33,6 +33,7 @@ def stack_without_agent(tmp_path: Path, pg_base_uri: str) -> Iterator[Stack]:
 
 
 def start_agent(stack: Stack) -> subprocess.Popen[bytes]:
+    stack.nats.add_agent(HOST)
     env = {**stack.env, "GPUWORKER_HEARTBEAT": "0.5"}
     return subprocess.Popen(
         [

@@ -268,6 +268,7 @@ class AgentProcess:
 
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None
+        self.stack.nats.add_agent(self.host_id)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -366,7 +367,8 @@ def test_restarted_agent_reconciles_with_docker(
                 agent.kill()
                 _container(docker_client, gone["id"]).remove(force=True)
                 # One named as the runtime names its own containers (an earlier life of this
-                # agent left it), one with the managed labels alone and a name Docker chose.
+                # agent left it), one with the managed labels alone and a name Docker chose
+                # (anyone can put labels on a container: that one is not ours).
                 named = _leftover(docker_client, busybox_image, host_id, named=True)
                 unnamed = _leftover(docker_client, busybox_image, host_id, named=False)
                 assert get_instance(client, gone["id"])["status"] == "RUNNING"
@@ -392,10 +394,9 @@ def test_restarted_agent_reconciles_with_docker(
 
                 for created in (keep, gone):
                     terminate(client, created["id"], UP_S)
-                # Found by its labels like every managed container, removed like the named one.
-                assert _removed(unnamed), (
-                    f"left-over container {unnamed.name} (labels only) is still there"
-                )
+                # Labels alone do not make a container ours: the agent left it alone.
+                assert not _removed(unnamed), f"{unnamed.name} (labels only) was removed"
+                unnamed.remove(force=True)
                 label = f"{LABEL_HOST}={host_id}"
                 assert not docker_client.containers.list(all=True, filters={"label": label})
         finally:

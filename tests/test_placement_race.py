@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -33,7 +32,9 @@ from services.deciders.host import HOST, HostState, RegisterHost, ReleaseGpus
 from services.deciders.instance import InstanceState, ReportObservation, StopInstance
 from services.deciders.placement_service import PlacementService, StartPlacedInstance
 from services.deciders.runner import DeciderRunner
+from services.nats_permissions import DECIDERS_USER
 from tests.fleet_strategies import GPU_TYPES, OWNERS, place_instance
+from tests.servers import connect_as
 
 GPU = GPU_TYPES[0]
 OWNER = OWNERS[0]
@@ -80,7 +81,7 @@ async def new_stack(nats_server: EmbeddedNats) -> AsyncIterator[Callable[[], Awa
     fleets: list[FleetView] = []
 
     async def make() -> Stack:
-        client = await nats.connect(nats_server.url)
+        client = await connect_as(nats_server, DECIDERS_USER)
         clients.append(client)
         runner = DeciderRunner(JetStreamEventStore(client), DECIDERS)
         fleet = FleetView()
@@ -207,7 +208,10 @@ async def test_three_replicas_race_for_two_gpus(
 
 
 async def test_gpu_releaser_frees_exactly_the_ended_lease(
-    nc: NatsClient, store: JetStreamEventStore, new_stack: Callable[[], Awaitable[Stack]]
+    nc: NatsClient,
+    operator_nc: NatsClient,
+    store: JetStreamEventStore,
+    new_stack: Callable[[], Awaitable[Stack]],
 ) -> None:
     stack = await new_stack()
     runner = stack.runner
@@ -263,7 +267,7 @@ async def test_gpu_releaser_frees_exactly_the_ended_lease(
     assert again.status == "PENDING" and again.lease_id not in (None, old_lease)
     # ... and then the releaser's consumer is lost and rebuilt: it replays every instance event,
     # the old InstanceStopped among them. That old lease's release must free nothing now.
-    await nc.jetstream().delete_consumer(STREAM, gpu_releaser.DURABLE)
+    await operator_nc.jetstream().delete_consumer(STREAM, gpu_releaser.DURABLE)
     before = await store.load(AggregateRef("host", host_id))
     replay = GpuReleaser(nc, runner, stack.fleet)
     await replay.start()

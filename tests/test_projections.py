@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import nats
 import psycopg
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -35,6 +34,8 @@ from services.deciders.template import (
     TemplateState,
     UpdateTemplate,
 )
+from services.nats_permissions import DECIDERS_USER, PROJECTOR_USER
+from tests.servers import connect_as
 
 TEMPLATES = PROJECTIONS["templates"]
 AT = datetime(2026, 11, 29, tzinfo=UTC)
@@ -107,14 +108,14 @@ async def test_migrations_are_versioned_and_applied_once(database_url: str) -> N
 
 
 async def test_a_crash_after_a_commit_has_no_second_effect(
-    nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner
+    projector_nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner
 ) -> None:
     template_id = new_id()
     await send(runner, template_id, CreateTemplate(actor="u", at=AT, name="t", image_name="i:1"))
     last = await send(runner, template_id, UpdateTemplate(actor="u", at=AT, name="t2"))
 
     # This projector "dies" right after every commit and starts again from its checkpoint.
-    crashing = ProjectionRunner(nc, pool, [TEMPLATES])
+    crashing = ProjectionRunner(projector_nc, pool, [TEMPLATES])
     crashing.crash_after_commit = True
     await crashing.start()
     try:
@@ -129,7 +130,11 @@ async def test_a_crash_after_a_commit_has_no_second_effect(
 
 
 async def test_projector_killed_at_random_points_loses_nothing(
-    nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner, database_url: str
+    projector_nc: NatsClient,
+    operator_nc: NatsClient,
+    pool: AsyncConnectionPool[Any],
+    runner: DeciderRunner,
+    database_url: str,
 ) -> None:
     """Projectors cancelled at arbitrary instants (mid-pull, mid-transaction) while writes go on:
     the table ends equal to a rebuild from sequence 1."""
@@ -145,13 +150,13 @@ async def test_projector_killed_at_random_points_loses_nothing(
         return await send(runner, template_id, command)
 
     for round_ in range(8):
-        projector = ProjectionRunner(nc, pool, [TEMPLATES])
+        projector = ProjectionRunner(projector_nc, pool, [TEMPLATES])
         await projector.start()
         sequences = await asyncio.gather(*(write(t, round_) for t in ids))
         last = max(last, *sequences)
         await asyncio.sleep(rng.uniform(0, 0.05))
         await projector.stop()
-    projector = ProjectionRunner(nc, pool, [TEMPLATES])
+    projector = ProjectionRunner(projector_nc, pool, [TEMPLATES])
     await projector.start()
     try:
         await wait_for_checkpoint(pool, "templates", last)
@@ -160,12 +165,16 @@ async def test_projector_killed_at_random_points_loses_nothing(
     live = dump(database_url, "templates")
     for template_id in ids:
         assert (await template_row(pool, template_id)).version == 8
-    await rebuild(database_url, nc, TEMPLATES)
+    await rebuild(database_url, operator_nc, TEMPLATES)
     assert dump(database_url, "templates") == live
 
 
 async def test_rebuild_reproduces_the_tables_byte_for_byte(
-    nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner, database_url: str
+    projector_nc: NatsClient,
+    operator_nc: NatsClient,
+    pool: AsyncConnectionPool[Any],
+    runner: DeciderRunner,
+    database_url: str,
 ) -> None:
     ids = [new_id() for _ in range(30)]
     last = 0
@@ -181,13 +190,13 @@ async def test_rebuild_reproduces_the_tables_byte_for_byte(
         )
         if i % 4 == 0:
             last = await send(runner, template_id, DeleteTemplate(actor=owner, at=AT))
-    projector = ProjectionRunner(nc, pool, [TEMPLATES])
+    projector = ProjectionRunner(projector_nc, pool, [TEMPLATES])
     await projector.start()
     await wait_for_checkpoint(pool, "templates", last)
     live = dump(database_url, "templates")
     assert live.count(b"\n") == 30
 
-    rows, _seconds = await rebuild(database_url, nc, TEMPLATES)
+    rows, _seconds = await rebuild(database_url, operator_nc, TEMPLATES)
     assert rows == 30
     assert dump(database_url, "templates") == live
 
@@ -197,7 +206,7 @@ async def test_rebuild_reproduces_the_tables_byte_for_byte(
     await projector.stop()
     assert (await template_row(pool, ids[1])).name == "renamed"
     after_more = dump(database_url, "templates")
-    await rebuild(database_url, nc, TEMPLATES)
+    await rebuild(database_url, operator_nc, TEMPLATES)
     assert dump(database_url, "templates") == after_more
 
 
@@ -205,12 +214,13 @@ def test_rebuild_command_line(tmp_path: Any, database_url: str, nats_server: Emb
     env = {
         "DATABASE_URL": database_url,
         "NATS_URL": nats_server.url,
+        "GPUWORKER_NATS_CREDENTIALS": str(nats_server.credentials_path),
         "GPUWORKER_SECRET_KEY": "x" * 43 + "=",
         "GPUWORKER_JWT_SECRET": "j",
     }
 
     async def seed() -> None:
-        client = await nats.connect(nats_server.url)
+        client = await connect_as(nats_server, DECIDERS_USER)
         store = JetStreamEventStore(client)
         await store.ensure_stream()
         r = DeciderRunner(store, DECIDERS)
@@ -254,15 +264,24 @@ async def test_projector_resumes_after_nats_restart(
     async def quiet(*_args: Any) -> None:
         return None
 
-    client = await nats.connect(
-        nats_server.url,
+    client = await connect_as(
+        nats_server,
+        PROJECTOR_USER,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
         reconnected_cb=on_reconnect,
         error_cb=quiet,
         disconnected_cb=quiet,
     )
-    store = JetStreamEventStore(client)
+    writer = await connect_as(
+        nats_server,
+        DECIDERS_USER,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+        error_cb=quiet,
+        disconnected_cb=quiet,
+    )
+    store = JetStreamEventStore(writer)
     await store.ensure_stream()
     deciders = DeciderRunner(store, DECIDERS)
     projector = ProjectionRunner(client, pool, [TEMPLATES])
@@ -278,7 +297,7 @@ async def test_projector_resumes_after_nats_restart(
         await asyncio.sleep(1.0)
         nats_server.start()
         for _ in range(100):
-            if reconnects and client.is_connected:
+            if reconnects and client.is_connected and writer.is_connected:
                 break
             await asyncio.sleep(0.1)
         assert reconnects >= 1
@@ -292,15 +311,16 @@ async def test_projector_resumes_after_nats_restart(
     finally:
         await projector.stop()
         await client.close()
+        await writer.close()
 
 
 async def test_two_projector_replicas_lose_nothing(
-    nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner
+    projector_nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner
 ) -> None:
     """Two replicas of one projection share a stream: every event is applied once, none skipped
     (with a shared ack-all durable, one replica's ack covered batches the other never applied)."""
-    one = ProjectionRunner(nc, pool, [TEMPLATES])
-    two = ProjectionRunner(nc, pool, [TEMPLATES])
+    one = ProjectionRunner(projector_nc, pool, [TEMPLATES])
+    two = ProjectionRunner(projector_nc, pool, [TEMPLATES])
     await one.start()
     await two.start()
     try:
@@ -326,13 +346,16 @@ async def test_two_projector_replicas_lose_nothing(
 
 
 async def test_an_event_that_cannot_be_applied_halts_the_projection_loudly(
-    nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner
+    nc: NatsClient,
+    projector_nc: NatsClient,
+    pool: AsyncConnectionPool[Any],
+    runner: DeciderRunner,
 ) -> None:
     good = new_id()
     before = await send(runner, good, CreateTemplate(actor="u", at=AT, name="a", image_name="i"))
     ack = await nc.jetstream().publish(f"ev.template.{new_id()}.TemplateCreated", b"{not json")
     after = await send(runner, new_id(), CreateTemplate(actor="u", at=AT, name="b", image_name="i"))
-    projector = ProjectionRunner(nc, pool, [TEMPLATES])
+    projector = ProjectionRunner(projector_nc, pool, [TEMPLATES])
     await projector.start()
     try:
         await wait_for_checkpoint(pool, "templates", before)

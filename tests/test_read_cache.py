@@ -7,50 +7,41 @@ import asyncio
 import psycopg
 
 from projections import checkpoints
-from projections.migrate import migrate
 from services.api.consistency import CheckpointWatcher
 from services.api.read_cache import ReadCache
 
 
-async def test_entries_live_until_the_checkpoint_moves(database_url: str) -> None:
-    await migrate(database_url)
-    watcher = CheckpointWatcher(database_url)
-    await watcher.start()
-    try:
-        for _ in range(100):
-            if watcher.connected:
-                break
-            await asyncio.sleep(0.05)
-        assert watcher.connected
-        cache = ReadCache(watcher)
-        loads = 0
+async def test_entries_live_until_the_checkpoint_moves(
+    database_url: str, checkpoint_watcher: CheckpointWatcher
+) -> None:
+    watcher = checkpoint_watcher
+    cache = ReadCache[bytes](watcher, len)
+    loads = 0
 
-        async def load() -> bytes:
-            nonlocal loads
-            loads += 1
-            return f"body-{loads}".encode()
+    async def load() -> bytes:
+        nonlocal loads
+        loads += 1
+        return f"body-{loads}".encode()
 
-        assert await cache.get_or_load("templates", "u1", load) == b"body-1"
-        assert await cache.get_or_load("templates", "u1", load) == b"body-1"
-        assert await cache.get_or_load("templates", "u2", load) == b"body-2"
-        assert cache.hits == 1
+    assert await cache.get_or_load("templates", "u1", load) == b"body-1"
+    assert await cache.get_or_load("templates", "u1", load) == b"body-1"
+    assert await cache.get_or_load("templates", "u2", load) == b"body-2"
+    assert cache.hits == 1
 
-        # A projector commit anywhere in the projection makes every entry old.
-        async with (
-            await psycopg.AsyncConnection.connect(database_url) as conn,
-            conn.transaction(),
-        ):
-            await checkpoints.lock(conn, "templates")
-            await checkpoints.advance(conn, "templates", 7)
-        for _ in range(100):
-            if watcher.seen("templates") == 7:
-                break
-            await asyncio.sleep(0.05)
-        assert await cache.get_or_load("templates", "u1", load) == b"body-3"
+    # A projector commit anywhere in the projection makes every entry old.
+    async with (
+        await psycopg.AsyncConnection.connect(database_url) as conn,
+        conn.transaction(),
+    ):
+        await checkpoints.lock(conn, "templates")
+        await checkpoints.advance(conn, "templates", 7)
+    for _ in range(100):
+        if watcher.seen("templates") == 7:
+            break
+        await asyncio.sleep(0.05)
+    assert await cache.get_or_load("templates", "u1", load) == b"body-3"
 
-        # Without its LISTEN connection the watcher cannot see commits: no cache at all.
-        watcher.connected = False
-        assert await cache.get_or_load("templates", "u1", load) == b"body-4"
-        assert await cache.get_or_load("templates", "u1", load) == b"body-5"
-    finally:
-        await watcher.stop()
+    # Without its LISTEN connection the watcher cannot see commits: no cache at all.
+    watcher.connected = False
+    assert await cache.get_or_load("templates", "u1", load) == b"body-4"
+    assert await cache.get_or_load("templates", "u1", load) == b"body-5"

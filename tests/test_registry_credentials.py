@@ -12,8 +12,9 @@ from nats.aio.client import Client as NatsClient
 from events.ids import new_id
 from events.store import JetStreamEventStore
 from services.agent.docker_runtime import DockerRuntime
+from services.agent.image_access import ImageAccess, ImagePolicy
 from services.agent.registry_credentials import RegistryCredentialStore, registry_of
-from services.agent.runtime import ImagePullFailed, RegistryCredentials
+from services.agent.runtime import ContainerSpec, ImagePullFailed, RegistryCredentials
 from services.command_wire import CommandEnvelope
 from services.deciders.catalog import DECIDERS
 from services.deciders.registry_auth import (
@@ -22,6 +23,7 @@ from services.deciders.registry_auth import (
     sealed_for,
 )
 from services.deciders.runner import DeciderRunner
+from services.images.registry_policy import RegistryPolicy
 from services.security.secret_box import SecretBox, generate_key
 
 AT = datetime(2026, 11, 29, tzinfo=UTC)
@@ -76,16 +78,25 @@ async def test_credentials_open_only_for_their_owner(nc: NatsClient) -> None:
 
 
 async def test_failed_private_pull_does_not_leak_the_password() -> None:
-    runtime = DockerRuntime(f"creds-{uuid.uuid4().hex[:8]}", pull_timeout_s=20)
+    # localhost:1 is allowed here so that the daemon really tries (and fails) to pull with it.
+    images = ImageAccess(ImagePolicy(registries=RegistryPolicy(frozenset({"localhost:1"}))))
+    runtime = DockerRuntime(f"creds-{uuid.uuid4().hex[:8]}", pull_timeout_s=20, images=images)
     password = f"pw-{uuid.uuid4().hex}"
+    spec = ContainerSpec(
+        instance_id=f"i-{uuid.uuid4().hex[:12]}",
+        image="localhost:1/private/does-not-exist:1",
+        owner_id="ada",
+        registry_auth=RegistryCredentials(
+            username="ada", password=password, registry="localhost:1"
+        ),
+    )
     try:
         with pytest.raises(ImagePullFailed) as failure:
-            await runtime.ensure_image(
-                "localhost:1/private/does-not-exist:1",
-                RegistryCredentials(username="ada", password=password, registry="localhost:1"),
-            )
+            await runtime.create_and_start(spec)
         assert "does-not-exist" in str(failure.value)
+        assert "registry not reachable" in str(failure.value)
         assert password not in str(failure.value)
         assert password not in repr(failure.value.__cause__ or "")
+        assert password not in repr(failure.value.__context__ or "")
     finally:
         await runtime.close()

@@ -23,13 +23,13 @@ import docker.types
 import pytest
 
 from services.agent.docker_runtime import (
-    LABEL_VOLUME,
     DockerRuntime,
     container_create_kwargs,
     container_name,
     parse_docker_time,
     state_from_attrs,
 )
+from services.agent.image_access import NOT_FOUND_OR_DENIED
 from services.agent.runtime import (
     LABEL_HOST,
     LABEL_INSTANCE,
@@ -41,9 +41,11 @@ from services.agent.runtime import (
     RuntimeEvent,
 )
 from services.agent.simulated_runtime import SimulatedRuntime
-from tests.docker_fixtures import busybox_image, docker_client  # noqa: F401
+from tests.docker_fixtures import build_image, busybox_image, docker_client  # noqa: F401
 
 UNPULLABLE = "local/does-not-exist:1"
+# The label an older runtime read to find an instance's volume (issue 7, finding 1).
+LABEL_VOLUME = "gpuworker.volume"
 STOP_TIMEOUT_S = 1
 EVENT_TIMEOUT_S = 10
 
@@ -69,6 +71,15 @@ class Backend(Protocol):
 
     async def remove_from_outside(self, instance_id: str) -> None: ...
 
+    async def image_id(self) -> str:
+        """The image ID ("sha256:…") of `image` on this backend."""
+        ...
+
+    async def hostile_image(self, labels: dict[str, str], volumes: list[str]) -> str:
+        """An image a customer could have built: its own labels and `VOLUME`s (the simulated
+        runtime has no images: it gives its plain one)."""
+        ...
+
 
 class DockerBackend:
     def __init__(self, client: docker.DockerClient, image: str) -> None:
@@ -76,6 +87,7 @@ class DockerBackend:
         self.image = image
         self.host_ids: list[str] = []
         self.runtimes: list[DockerRuntime] = []
+        self.images: list[str] = []
 
     def make_runtime(self, host_id: str) -> Runtime:
         self.host_ids.append(host_id)
@@ -135,6 +147,18 @@ class DockerBackend:
         container = await asyncio.to_thread(self.client.containers.get, container_name(instance_id))
         await asyncio.to_thread(container.remove, force=True)
 
+    async def image_id(self) -> str:
+        image = await asyncio.to_thread(self.client.images.get, self.image)
+        return str(image.id)
+
+    async def hostile_image(self, labels: dict[str, str], volumes: list[str]) -> str:
+        tag = f"local/hostile-{uuid.uuid4().hex[:10]}:1"
+        instructions = [f"LABEL {k}={v}" for k, v in labels.items()]
+        instructions += [f"VOLUME {path}" for path in volumes]
+        await asyncio.to_thread(build_image, self.client, tag, *instructions)
+        self.images.append(tag)
+        return tag
+
     def cleanup(self) -> None:
         for host_id in self.host_ids:
             label = {"label": f"{LABEL_HOST}={host_id}"}
@@ -144,6 +168,9 @@ class DockerBackend:
             for volume in self.client.volumes.list(filters=label):
                 with contextlib.suppress(docker.errors.NotFound):
                     volume.remove(force=True)
+        for tag in self.images:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.client.images.remove(tag)
 
 
 class SimulatedBackend:
@@ -196,6 +223,12 @@ class SimulatedBackend:
 
     async def remove_from_outside(self, instance_id: str) -> None:
         self._owner(instance_id).remove_from_outside(instance_id)
+
+    async def image_id(self) -> str:
+        return "sha256:" + "5e" * 32
+
+    async def hostile_image(self, labels: dict[str, str], volumes: list[str]) -> str:
+        return self.image
 
 
 @pytest.fixture
@@ -357,7 +390,7 @@ async def test_remove_deletes_container_and_volume(runtime: Runtime, backend: Ba
     assert spec.volume_name is not None
     await runtime.create_and_start(spec)
 
-    await runtime.remove(spec.instance_id)
+    await runtime.remove(spec.instance_id, spec.volume_name)
 
     state = await runtime.inspect(spec.instance_id)
     assert state.status == "missing"
@@ -372,12 +405,54 @@ async def test_remove_can_keep_the_volume(runtime: Runtime, backend: Backend) ->
     assert spec.volume_name is not None
     await runtime.create_and_start(spec)
 
-    await runtime.remove(spec.instance_id, remove_volume=False)
+    await runtime.remove(spec.instance_id)
 
     assert (await runtime.inspect(spec.instance_id)).status == "missing"
     assert await backend.volume_exists(spec.volume_name)
-    await runtime.remove(spec.instance_id, remove_volume=True)  # the volume, found by its label
+    await runtime.remove(spec.instance_id, spec.volume_name)  # the container gone already
     assert not await backend.volume_exists(spec.volume_name)
+
+
+async def test_an_image_label_cannot_make_remove_delete_another_volume(
+    runtime: Runtime, backend: Backend
+) -> None:
+    """An image labelled as if it owned someone else's volume, or were another instance on
+    another host: the runtime's own labels win, and removal deletes nothing it was not told to."""
+    victim = f"gpuworker-vol-test-{uuid.uuid4().hex[:12]}"
+    await runtime.ensure_volume(victim, {})
+    image = await backend.hostile_image(
+        {
+            LABEL_VOLUME: victim,
+            LABEL_INSTANCE: f"i-{uuid.uuid4().hex[:12]}",
+            LABEL_HOST: "someone-elses-host",
+        },
+        [],
+    )
+    spec = new_spec(backend, image=image, volume_name=None)
+    await runtime.create_and_start(spec)
+    assert [s.instance_id for s in await runtime.list_managed()] == [spec.instance_id]
+
+    await runtime.remove(spec.instance_id)
+
+    assert await backend.container_count(spec.instance_id) == 0
+    assert await backend.volume_exists(victim)
+    await runtime.remove_volume(victim)
+
+
+async def test_removing_an_instance_keeps_the_network_volume_it_mounted(
+    runtime: Runtime, backend: Backend
+) -> None:
+    """A network volume goes only through the volume's own lifecycle (`remove_volume`)."""
+    network = f"gpuworker-vol-test-{uuid.uuid4().hex[:12]}"
+    await runtime.ensure_volume(network, {})
+    spec = new_spec(backend, volume_name=network)
+    await runtime.create_and_start(spec)
+
+    await runtime.remove(spec.instance_id)
+
+    assert await backend.volume_exists(network)
+    await runtime.remove_volume(network)
+    assert not await backend.volume_exists(network)
 
 
 async def test_create_and_start_is_idempotent(runtime: Runtime, backend: Backend) -> None:
@@ -417,25 +492,35 @@ async def test_create_and_start_starts_a_stopped_container(
     assert await backend.container_count(spec.instance_id) == 1
 
 
+async def test_an_image_named_by_its_id_is_refused(runtime: Runtime, backend: Backend) -> None:
+    """An image ID (or a prefix of one) says nothing about where the image came from: with it, one
+    tenant could run another's private image already on the host."""
+    image_id = await backend.image_id()
+    hex_id = image_id.removeprefix("sha256:")
+    for name in (image_id, hex_id, hex_id[:12], "sha256:" + hex_id[:12]):
+        spec = new_spec(backend, image=name)
+        with pytest.raises(ImagePullFailed) as failure:
+            await runtime.create_and_start(spec)
+        assert "image ID" in str(failure.value)
+        assert (await runtime.inspect(spec.instance_id)).status == "missing"
+    assert await runtime.list_managed() == []
+
+
 async def test_an_image_that_cannot_be_had_fails_fast(runtime: Runtime, backend: Backend) -> None:
     started = time.monotonic()
-    with pytest.raises(ImagePullFailed) as failure:
-        await runtime.ensure_image(UNPULLABLE, None)
-    assert UNPULLABLE in str(failure.value)
-    assert "image pull failed" in str(failure.value)
-
     spec = new_spec(backend, image=UNPULLABLE)
-    with pytest.raises(ImagePullFailed):
+    with pytest.raises(ImagePullFailed) as failure:
         await runtime.create_and_start(spec)
+    assert str(failure.value) == f"image pull failed for {UNPULLABLE}: {NOT_FOUND_OR_DENIED}"
     assert time.monotonic() - started < 30
     assert (await runtime.inspect(spec.instance_id)).status == "missing"
 
 
-async def test_an_image_already_present_needs_no_registry(
-    runtime: Runtime, backend: Backend
-) -> None:
-    # No registry is reachable here: this passes only if a present image is not pulled.
-    await runtime.ensure_image(backend.image, None)
+async def test_a_preloaded_image_needs_no_registry(runtime: Runtime, backend: Backend) -> None:
+    # No registry is reachable here: this passes only if an image the operator preloaded (the
+    # default pattern `local/*`) is used as it is, without a pull.
+    state = await runtime.create_and_start(new_spec(backend, owner_id="any-tenant"))
+    assert state.status == "running"
 
 
 async def test_a_container_killed_from_outside_is_reported(
@@ -561,11 +646,27 @@ def test_create_kwargs_carry_the_whole_spec() -> None:
         "53/udp": ("127.0.0.1",),
     }
     assert kwargs["volumes"] == {"vol-i-2": {"bind": "/data", "mode": "rw"}}
+    assert kwargs["labels"] == {LABEL_MANAGED: "true", LABEL_INSTANCE: "i-2", LABEL_HOST: "host-7"}
+
+
+def test_create_kwargs_blank_every_gpuworker_label_of_the_image() -> None:
+    spec = ContainerSpec(instance_id="i-3", image="local/x:1")
+    image_labels = {
+        LABEL_VOLUME: "gpuworker-vol-someone-else",
+        LABEL_INSTANCE: "i-other",
+        LABEL_HOST: "other-host",
+        "gpuworker.anything": "x",
+        "org.opencontainers.image.title": "kept",
+    }
+
+    kwargs = container_create_kwargs(spec, "host-1", image_labels=image_labels)
+
     assert kwargs["labels"] == {
+        LABEL_VOLUME: "",
+        "gpuworker.anything": "",
         LABEL_MANAGED: "true",
-        LABEL_INSTANCE: "i-2",
-        LABEL_HOST: "host-7",
-        LABEL_VOLUME: "vol-i-2",
+        LABEL_INSTANCE: "i-3",
+        LABEL_HOST: "host-1",
     }
 
 

@@ -4,6 +4,12 @@ Every blocking SDK call runs in a worker thread (`asyncio.to_thread`). Container
 `gpuworker-<instance id>` and carry the labels of `services.agent.runtime`, so an agent that
 restarts finds its containers again (`list_managed`) and reconciles them with the events.
 
+A container's labels are the image's labels merged with ours, and the image is the customer's: so
+the runtime sets every `gpuworker.*` label itself (blanking any other the image brings), counts a
+container as ours only when its name is the one we give (`gpuworker-<instance id>`) and its labels
+agree, and never deletes anything because a label names it: `remove` deletes the volume its caller
+names from its own records, nothing else.
+
 `watch()` reports every `die` and `destroy` of this host's managed containers, including the ones
 this runtime caused itself (stop, restart, remove): Docker does not say who stopped a container, so
 the agent compares an event with what it asked for."""
@@ -16,16 +22,22 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import docker
 import docker.errors
 import docker.types
-import docker.utils
+import msgspec
 import requests
 
+from services.agent.image_access import (
+    NOT_FOUND_OR_DENIED,
+    ImageAccess,
+    pull_failed,
+    pull_failure_reason,
+)
 from services.agent.runtime import (
     LABEL_HOST,
     LABEL_INSTANCE,
@@ -34,15 +46,14 @@ from services.agent.runtime import (
     ContainerSpec,
     ContainerState,
     ContainerStatus,
-    ImagePullFailed,
     RegistryCredentials,
     RuntimeEvent,
 )
+from services.images.reference import ImageReference
 
 log = logging.getLogger(__name__)
 
-# The instance's own volume, recorded on its container so `remove` finds it again.
-LABEL_VOLUME = "gpuworker.volume"
+LABEL_PREFIX = "gpuworker."
 CONTAINER_PREFIX = "gpuworker-"
 # Docker's "never" for StartedAt / FinishedAt.
 _ZERO_TIME_PREFIX = "0001-01-01"
@@ -56,6 +67,29 @@ def container_name(instance_id: str) -> str:
 
 def managed_labels(instance_id: str, host_id: str) -> dict[str, str]:
     return {LABEL_MANAGED: "true", LABEL_INSTANCE: instance_id, LABEL_HOST: host_id}
+
+
+def container_labels(
+    instance_id: str, host_id: str, image_labels: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Ours, over every `gpuworker.*` label the image brings (blanked: Docker cannot drop an
+    inherited label, but ours override it), so no image can speak for the runtime."""
+    blanked = {k: "" for k in image_labels or {} if k.startswith(LABEL_PREFIX)}
+    return {**blanked, **managed_labels(instance_id, host_id)}
+
+
+def is_ours(name: str, labels: Mapping[str, str], host_id: str) -> str | None:
+    """The instance id of a container this runtime created on `host_id`, else None: its name is
+    the one we give and its labels (which we set, over the image's) agree with it."""
+    instance_id = labels.get(LABEL_INSTANCE, "")
+    if (
+        instance_id
+        and name.lstrip("/") == container_name(instance_id)
+        and labels.get(LABEL_MANAGED) == "true"
+        and labels.get(LABEL_HOST) == host_id
+    ):
+        return instance_id
+    return None
 
 
 def _docker_port(port: str) -> str:
@@ -72,16 +106,16 @@ def _docker_port(port: str) -> str:
 
 
 def container_create_kwargs(
-    spec: ContainerSpec, host_id: str, publish_host_ip: str = "127.0.0.1"
+    spec: ContainerSpec,
+    host_id: str,
+    publish_host_ip: str = "127.0.0.1",
+    image_labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments for `client.containers.create` that realise `spec` (pure)."""
-    labels = managed_labels(spec.instance_id, host_id)
-    if spec.volume_name:
-        labels[LABEL_VOLUME] = spec.volume_name
     kwargs: dict[str, Any] = {
         "image": spec.image,
         "name": container_name(spec.instance_id),
-        "labels": labels,
+        "labels": container_labels(spec.instance_id, host_id, image_labels),
         "environment": dict(spec.env),
         "mem_limit": f"{spec.memory_mb}m",
         "detach": True,
@@ -156,9 +190,12 @@ def state_from_attrs(instance_id: str, attrs: dict[str, Any]) -> ContainerState:
     )
 
 
-def _auth_config(auth: RegistryCredentials | None) -> dict[str, str] | None:
+def _auth_config(auth: RegistryCredentials | None) -> dict[str, str]:
+    """The tenant's credential for one pull. No credential is `{}`, never None: with None the
+    SDK would send the host's own `docker login` (~/.docker/config.json), lending the operator's
+    access to every tenant."""
     if auth is None:
-        return None
+        return {}
     config = {"username": auth.username, "password": auth.password}
     if auth.registry:
         config["serveraddress"] = auth.registry
@@ -183,8 +220,10 @@ class DockerRuntime:
         *,
         pull_timeout_s: float = 900.0,
         publish_host_ip: str = "127.0.0.1",
+        images: ImageAccess | None = None,
     ) -> None:
         self.host_id = host_id
+        self._images = images if images is not None else ImageAccess()
         self._owns_client = client is None
         self._client: docker.DockerClient = client if client is not None else docker.from_env()
         self._pull_timeout_s = pull_timeout_s
@@ -194,51 +233,97 @@ class DockerRuntime:
 
     # -- images -------------------------------------------------------------------------------
 
-    async def ensure_image(self, image: str, auth: RegistryCredentials | None) -> None:
-        if await asyncio.to_thread(self._image_present, image):
-            return
-        repository, tag = docker.utils.parse_repository_tag(image)
+    async def _verified_image(self, spec: ContainerSpec) -> str:
+        """What to create `spec`'s container from, once this tenant's access to the image is
+        verified: a digest reference or an image ID, never the customer's name (image_access)."""
+        ref = self._images.reference(spec.image)
+        if self._images.is_preloaded(ref):
+            return await asyncio.to_thread(self._preloaded, spec.image, ref)
+        cached = self._images.verified(spec.owner_id, ref, spec.registry_auth)
+        if cached is not None:
+            return cached
+        await self._images.check_resolution(spec.image, ref)
         try:
-            await asyncio.wait_for(
-                asyncio.to_thread(
-                    self._client.images.pull,
-                    repository,
-                    tag=tag or "latest",
-                    auth_config=_auth_config(auth),
-                ),
+            digest = await asyncio.wait_for(
+                asyncio.to_thread(self._pull, ref, spec.registry_auth),
                 timeout=self._pull_timeout_s,
             )
         except TimeoutError:
-            raise ImagePullFailed(
-                f"image pull failed for {image}: no result within {self._pull_timeout_s:g} s"
+            log.warning("pull of %s timed out after %g s", spec.image, self._pull_timeout_s)
+            raise pull_failed(
+                spec.image, f"pull timed out after {self._pull_timeout_s:g} s: try again later"
             ) from None
         except Exception as exc:
-            raise ImagePullFailed(f"image pull failed for {image}: {_explain(exc)}") from exc
+            # The daemon's words are for the operator only: they can carry what a registry
+            # (or whatever answered in its place) chose to say.
+            detail = _explain(exc)
+            log.warning("pull of %s for %s failed: %s", spec.image, spec.owner_id, detail)
+            raise pull_failed(spec.image, pull_failure_reason(detail)) from None
+        resolved = f"{ref.repository}@{digest}"
+        self._images.remember(spec.owner_id, ref, spec.registry_auth, resolved)
+        return resolved
 
-    def _image_present(self, image: str) -> bool:
+    def _pull(self, ref: ImageReference, auth: RegistryCredentials | None) -> str:
+        """Ask the registry, with this tenant's credential, which manifest `ref` names, then pull
+        that digest (nothing to fetch when its layers are here); the digest.
+
+        The asking is `GET /distribution/<ref>/json`, which always fetches the manifest: Docker's
+        own pull of a digest it already has never contacts the registry, so it cannot be the
+        check."""
+        auth_config = _auth_config(auth)
+        info = self._client.api.inspect_distribution(ref.canonical(), auth_config=auth_config)
+        digest = str(info["Descriptor"]["digest"])
+        if ref.digest is not None and digest != ref.digest:
+            raise docker.errors.APIError(f"the registry named {digest}, not {ref.digest}")
+        for line in self._client.api.pull(
+            ref.repository, tag=digest, stream=True, decode=True, auth_config=auth_config
+        ):
+            if line.get("error"):
+                raise docker.errors.APIError(str(line["error"]))
+        return digest
+
+    def _preloaded(self, image: str, ref: ImageReference) -> str:
+        """The ID of an image the operator put here, found by its tag (or digest), never by an ID
+        prefix that Docker would also accept."""
         try:
-            self._client.images.get(image)
+            found = self._client.images.get(ref.familiar())
         except docker.errors.ImageNotFound:
-            return False
-        return True
+            log.warning("preloaded image %s is not on this host", ref.familiar())
+            raise pull_failed(image, NOT_FOUND_OR_DENIED) from None
+        if ref.digest is not None:
+            names = found.attrs.get("RepoDigests") or []
+            wanted = f"{ref.familiar_repository}@{ref.digest}"
+        else:
+            names, wanted = found.tags, f"{ref.familiar_repository}:{ref.tag_or_default}"
+        if wanted not in names:
+            raise pull_failed(image, NOT_FOUND_OR_DENIED)
+        return str(found.id)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def create_and_start(self, spec: ContainerSpec) -> ContainerState:
-        await self.ensure_image(spec.image, spec.registry_auth)
-        kwargs = container_create_kwargs(spec, self.host_id, self._publish_host_ip)
-        return await asyncio.to_thread(self._create_and_start, spec, kwargs)
+        image = await self._verified_image(spec)
+        try:
+            return await asyncio.to_thread(self._create_and_start, spec, image)
+        except docker.errors.ImageNotFound:
+            # Removed from the host since it was verified: verify (and pull) once more.
+            self._images.forget(spec.owner_id, spec.image, spec.registry_auth)
+            image = await self._verified_image(spec)
+            return await asyncio.to_thread(self._create_and_start, spec, image)
 
-    def _create_and_start(self, spec: ContainerSpec, kwargs: dict[str, Any]) -> ContainerState:
+    def _create_and_start(self, spec: ContainerSpec, image: str) -> ContainerState:
         container = self._get(spec.instance_id)
         if container is None:
+            image_labels = self._client.images.get(image).labels
+            kwargs = container_create_kwargs(
+                msgspec.structs.replace(spec, image=image),
+                self.host_id,
+                self._publish_host_ip,
+                image_labels,
+            )
             if spec.volume_name:
                 self._client.volumes.create(
-                    name=spec.volume_name,
-                    labels={
-                        **managed_labels(spec.instance_id, self.host_id),
-                        LABEL_VOLUME: spec.volume_name,
-                    },
+                    name=spec.volume_name, labels=managed_labels(spec.instance_id, self.host_id)
                 )
             try:
                 container = self._client.containers.create(**kwargs)
@@ -287,32 +372,24 @@ class DockerRuntime:
         container.reload()
         return state_from_attrs(instance_id, container.attrs)
 
-    async def remove(self, instance_id: str, remove_volume: bool = True) -> None:
-        await asyncio.to_thread(self._remove, instance_id, remove_volume)
+    async def remove(self, instance_id: str, volume_name: str | None = None) -> None:
+        await asyncio.to_thread(self._remove, instance_id, volume_name)
 
-    def _remove(self, instance_id: str, remove_volume: bool) -> None:
+    def _remove(self, instance_id: str, volume_name: str | None) -> None:
         container = self._get(instance_id)
-        volume_names: set[str] = set()
         if container is not None:
-            volume = container.labels.get(LABEL_VOLUME)
-            if volume:
-                volume_names.add(volume)
             try:
-                container.remove(force=True)
+                # v: the anonymous volumes of the image's `VOLUME`s go with it (named ones,
+                # like a network volume mounted over such a path, never do).
+                container.remove(force=True, v=True)
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # 409: removal already in progress; wait for it
                     raise
         self._wait_gone(lambda: self._get(instance_id) is None, f"container {instance_id}")
-        if not remove_volume:
-            return
-        found = self._client.volumes.list(
-            filters={"label": [f"{LABEL_INSTANCE}={instance_id}", f"{LABEL_HOST}={self.host_id}"]}
-        )
-        volume_names.update(v.name for v in found)
-        for name in volume_names:
-            self._remove_volume(name)
+        if volume_name:
+            self._remove_volume(volume_name)
 
     async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
         def create() -> None:
@@ -381,11 +458,12 @@ class DockerRuntime:
             filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_HOST}={self.host_id}"]},
             ignore_removed=True,
         )
-        return [
-            state_from_attrs(c.labels.get(LABEL_INSTANCE, ""), c.attrs)
-            for c in containers
-            if c.labels.get(LABEL_INSTANCE)
-        ]
+        states = []
+        for c in containers:
+            instance_id = is_ours(c.name, c.labels, self.host_id)
+            if instance_id is not None:
+                states.append(state_from_attrs(instance_id, c.attrs))
+        return states
 
     def watch(self) -> AsyncIterator[RuntimeEvent]:
         """Events from the moment of this call on (Docker replays from then, so none is lost
@@ -407,18 +485,15 @@ class DockerRuntime:
     # -- helpers ------------------------------------------------------------------------------
 
     def _get(self, instance_id: str) -> Any:
+        """Our container of the instance, by the name we gave it; a container carrying our
+        labels under any other name was not made by us and is not ours to touch."""
         try:
-            return self._client.containers.get(container_name(instance_id))
+            container = self._client.containers.get(container_name(instance_id))
         except docker.errors.NotFound:
-            pass
-        # A container of ours under another name (made by hand, or by an older agent) is still
-        # ours: the labels, not the name, say which instance it belongs to.
-        found = self._client.containers.list(
-            all=True,
-            ignore_removed=True,
-            filters={"label": [f"{LABEL_INSTANCE}={instance_id}", f"{LABEL_HOST}={self.host_id}"]},
-        )
-        return found[0] if found else None
+            return None
+        if is_ours(container.name, container.labels, self.host_id) != instance_id:
+            return None
+        return container
 
     def _require(self, instance_id: str) -> Any:
         container = self._get(instance_id)
@@ -521,9 +596,10 @@ class _DockerWatch(AsyncIterator[RuntimeEvent]):
             return
         self._since_ns = nanos + 1
         attributes: dict[str, Any] = (raw.get("Actor") or {}).get("Attributes") or {}
-        instance_id = attributes.get(LABEL_INSTANCE)
+        # The attributes are the container's labels plus its name (and image, exit code).
+        instance_id = is_ours(str(attributes.get("name", "")), attributes, self._host_id)
         action = raw.get("Action") or raw.get("status")
-        if not instance_id:
+        if instance_id is None:
             return
         if action == "die":
             code_text = attributes.get("exitCode")

@@ -16,10 +16,18 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 
 from events.host import HostGpu
+from events.subjects import agent_command_subject, heartbeat_subject
 from services.agent.registry_credentials import RegistryCredentialStore
-from services.agent.runtime import ContainerSpec, ContainerState, ImagePullFailed, Runtime
+from services.agent.runtime import (
+    ContainerSpec,
+    ContainerState,
+    ImagePullFailed,
+    RegistryCredentials,
+    Runtime,
+)
 from services.aggregate_follower import AggregateFollower
 from services.api.command_bus import CommandBus
+from services.deciders.decider import agent_actor
 from services.deciders.host import RegisterHost
 from services.deciders.instance import INSTANCE, InstanceState, Observation, ReportObservation
 from services.deciders.volume import VOLUME, ReportVolume, VolumeState
@@ -27,7 +35,6 @@ from services.errors import GpuWorkerError
 
 log = logging.getLogger("gpuworker.agent")
 
-HEARTBEAT_SUBJECT = "hb.agent"
 MEMORY_MB_PER_GPU = 2048
 
 
@@ -40,8 +47,10 @@ class HostSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Heartbeat(msgspec.Struct, frozen=True):
+    """Sent on `hb.<host>` for each host: the subject, which only that host's agent may publish
+    on, says which host is alive; the body is for people reading the wire."""
+
     agent: str
-    hosts: list[str]
     at: datetime
 
 
@@ -52,17 +61,33 @@ def network_volume_name(volume_id: str) -> str:
     return f"gpuworker-vol-{volume_id}"
 
 
+def own_disk_name(instance_id: str) -> str:
+    return f"gpuworker-{instance_id}-disk"
+
+
 def instance_volume_name(state: InstanceState) -> str | None:
     """A network volume replaces the instance's own disk at the mount path."""
     if state.network_volume_id:
         return network_volume_name(state.network_volume_id)
-    return f"gpuworker-{state.id}-disk" if state.volume_in_gb > 0 else None
+    return own_disk_name(state.id) if state.volume_in_gb > 0 else None
 
 
-def container_spec(state: InstanceState, real_gpus: bool) -> ContainerSpec:
+def disk_to_delete(state: InstanceState | None, instance_id: str) -> str | None:
+    """The volume that goes with the instance's container, named from the events, never from
+    anything the container or its image says: its own disk; a network volume outlives it."""
+    if state is not None and state.network_volume_id:
+        return None
+    return own_disk_name(instance_id)
+
+
+def container_spec(
+    state: InstanceState, real_gpus: bool, auth: RegistryCredentials | None = None
+) -> ContainerSpec:
     return ContainerSpec(
         instance_id=state.id,
         image=state.image_name,
+        owner_id=state.owner_id,
+        registry_auth=auth,
         command=state.docker_start_cmd,
         env=state.env,
         ports=state.ports,
@@ -153,11 +178,11 @@ class HostAgent:
         delay = 0.2
         while True:
             try:
-                await self._bus.send(
-                    "host",
+                await self._bus.send_on(
+                    agent_command_subject(host.host_id, "host"),
                     host.host_id,
                     RegisterHost(
-                        actor=f"system:agent:{host.host_id}",
+                        actor=agent_actor(host.host_id),
                         at=datetime.now(UTC),
                         datacenter_id=host.datacenter_id,
                         cloud_type=host.cloud_type,
@@ -209,11 +234,11 @@ class HostAgent:
         size_gb: int | None = None,
         reason: str | None = None,
     ) -> None:
-        reply = await self._bus.send(
-            "volume",
+        reply = await self._bus.send_on(
+            agent_command_subject(state.host_id, "volume"),
             state.id,
             ReportVolume(
-                actor=f"system:agent:{state.host_id}",
+                actor=agent_actor(state.host_id),
                 at=datetime.now(UTC),
                 observed=observed,
                 size_gb=size_gb,
@@ -256,11 +281,11 @@ class HostAgent:
         exit_code: int | None = None,
         reason: str | None = None,
     ) -> None:
-        reply = await self._bus.send(
-            "instance",
+        reply = await self._bus.send_on(
+            agent_command_subject(state.host_id, "instance"),
             state.id,
             ReportObservation(
-                actor=f"system:agent:{state.host_id}",
+                actor=agent_actor(state.host_id),
                 at=at or datetime.now(UTC),
                 observed=observed,
                 exit_code=exit_code,
@@ -282,7 +307,9 @@ class HostAgent:
             await self._bring_up(state, actual)
         elif status == "RESTARTING":
             if actual.status == "missing":
-                running = await self._runtime.create_and_start(self._spec(state))
+                if (created := await self._create(state)) is None:
+                    return
+                running = created
             else:
                 running = await self._runtime.restart(instance_id)
             await self._report(state, "running", running.started_at)
@@ -304,29 +331,26 @@ class HostAgent:
             if actual.status == "running":
                 await self._runtime.stop(instance_id)
         elif status == "TERMINATING":
-            # A network volume outlives the instance; the instance's own disk does not.
-            await self._runtime.remove(instance_id, remove_volume=not state.network_volume_id)
+            await self._runtime.remove(instance_id, disk_to_delete(state, instance_id))
             await self._report(state, "terminated")
         elif status == "TERMINATED" and actual.status != "missing":
-            await self._runtime.remove(instance_id, remove_volume=not state.network_volume_id)
+            await self._runtime.remove(instance_id, disk_to_delete(state, instance_id))
 
-    def _spec(self, state: InstanceState) -> ContainerSpec:
-        host = self._hosts[state.host_id]
-        return container_spec(state, real_gpus=host.inventory_source == "nvml")
-
-    async def _pull(self, state: InstanceState) -> bool:
-        """Make sure the image is here; False (and a "failed" report) if it cannot be had."""
+    async def _create(self, state: InstanceState) -> ContainerState | None:
+        """Create and start the container with this tenant's registry credential; None (and a
+        "failed" report) if the tenant may not use the image or it cannot be had."""
         auth = None
         if state.registry_auth_id and self._credentials is not None:
             auth = await self._credentials.for_pull(
                 state.registry_auth_id, state.owner_id, state.image_name
             )
+        host = self._hosts[state.host_id]
+        spec = container_spec(state, real_gpus=host.inventory_source == "nvml", auth=auth)
         try:
-            await self._runtime.ensure_image(state.image_name, auth)
+            return await self._runtime.create_and_start(spec)
         except ImagePullFailed as exc:
             await self._report(state, "failed", reason=str(exc))
-            return False
-        return True
+            return None
 
     async def _bring_up(self, state: InstanceState, actual: ContainerState) -> None:
         if actual.status == "running":
@@ -335,9 +359,8 @@ class HostAgent:
             return
         if state.status == "PENDING":
             await self._report(state, "provisioning")
-        if not await self._pull(state):
+        if (running := await self._create(state)) is None:
             return
-        running = await self._runtime.create_and_start(self._spec(state))
         self._generation_applied[state.id] = state.config_generation
         if running.status == "running":
             await self._report(state, "running", running.started_at)
@@ -348,10 +371,9 @@ class HostAgent:
 
     async def _recreate(self, state: InstanceState) -> None:
         """Image, command, env or ports changed: a new container on the same disk."""
-        await self._runtime.remove(state.id, remove_volume=False)
-        if not await self._pull(state):
+        await self._runtime.remove(state.id)
+        if await self._create(state) is None:
             return
-        await self._runtime.create_and_start(self._spec(state))
         self._generation_applied[state.id] = state.config_generation
 
     async def _reconcile_leftovers(self) -> None:
@@ -361,16 +383,18 @@ class HostAgent:
             state = self._instances.get(container.instance_id)
             if state is None or state.status == "TERMINATED":
                 log.warning("removing left-over container of instance %s", container.instance_id)
-                keep = state is not None and state.network_volume_id is not None
-                await self._runtime.remove(container.instance_id, remove_volume=not keep)
+                await self._runtime.remove(
+                    container.instance_id, disk_to_delete(state, container.instance_id)
+                )
 
     async def _heartbeat(self) -> None:
         encode = msgspec.json.Encoder().encode
         while True:
             if self._nc.is_connected:
-                beat = Heartbeat(agent=self.name, hosts=list(self._hosts), at=datetime.now(UTC))
+                beat = encode(Heartbeat(agent=self.name, at=datetime.now(UTC)))
                 try:
-                    await self._nc.publish(HEARTBEAT_SUBJECT, encode(beat))
+                    for host_id in self._hosts:
+                        await self._nc.publish(heartbeat_subject(host_id), beat)
                 except Exception as exc:
                     log.debug("heartbeat not sent: %s", exc)
             await asyncio.sleep(self._heartbeat_s)

@@ -7,15 +7,17 @@ from events.envelope import AggregateRef
 from events.store import EventStore
 from services.agent.runtime import RegistryCredentials
 from services.deciders.registry_auth import REGISTRY_AUTH, RegistryAuthState, sealed_for
+from services.images import reference
 from services.security.secret_box import SecretBox, SecretBoxError
 
 
 def registry_of(image: str) -> str | None:
-    """The registry host of an image reference; None for Docker Hub."""
-    first, slash, _rest = image.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return None
+    """The registry (host[:port]) of an image reference; None for Docker Hub or a bad name."""
+    try:
+        domain = reference.parse(image).domain
+    except reference.InvalidReference:
+        return None
+    return None if domain == reference.DEFAULT_DOMAIN else domain
 
 
 class RegistryCredentialStore:

@@ -25,7 +25,11 @@ class RegistryCredentials(msgspec.Struct, frozen=True):
 
 class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
     instance_id: str
+    # The customer's image reference, by name: the runtime checks this tenant may use it (with
+    # `registry_auth`) before every create, and creates from the digest it verified.
     image: str
+    # The tenant the container runs for.
+    owner_id: str = ""
     command: str | None = None
     env: dict[str, str] = {}
     # "8888/http", "22/tcp": exposed container ports.
@@ -62,7 +66,8 @@ class RuntimeEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ImagePullFailed(Exception):
-    """The image is not present and could not be pulled; the message says why."""
+    """The image may not or could not be had for this tenant; the message says why, in words the
+    customer can act on (never the daemon's own)."""
 
 
 class ContainerNotFound(Exception):
@@ -72,12 +77,10 @@ class ContainerNotFound(Exception):
 class Runtime(Protocol):
     name: str
 
-    async def ensure_image(self, image: str, auth: RegistryCredentials | None) -> None:
-        """Pull only if missing. Raises ImagePullFailed."""
-        ...
-
     async def create_and_start(self, spec: ContainerSpec) -> ContainerState:
-        """Idempotent by instance id: an existing container for it is started, not duplicated."""
+        """Idempotent by instance id: an existing container for it is started, not duplicated.
+        Raises ImagePullFailed when `spec.owner_id` may not use `spec.image` (or it cannot be
+        had): see services/agent/image_access.py."""
         ...
 
     async def stop(self, instance_id: str, timeout_s: float = 10) -> ContainerState: ...
@@ -86,8 +89,10 @@ class Runtime(Protocol):
 
     async def restart(self, instance_id: str, timeout_s: float = 10) -> ContainerState: ...
 
-    async def remove(self, instance_id: str, remove_volume: bool = True) -> None:
-        """Gone for real when this returns, with its volume if asked. Missing is not an error."""
+    async def remove(self, instance_id: str, volume_name: str | None = None) -> None:
+        """Gone for real when this returns, and the volume `volume_name` with it: the caller names
+        the instance's own disk from its records (never from a label); a network volume goes
+        only by `remove_volume`. Missing is not an error."""
         ...
 
     async def inspect(self, instance_id: str) -> ContainerState:

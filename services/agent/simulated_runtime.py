@@ -4,9 +4,11 @@ Each instance is an in-memory state machine that changes on timers and shows wha
 
 - `create_and_start` takes `start_delay_s`, then the instance is "running" (idempotent by id).
 - `stop` takes `start_delay_s`, then "exited" with code 143 (the process honoured SIGTERM).
-- `restart` is stop + start; `remove` forgets the instance and, if asked, its volume.
-- `ensure_image` fails with ImagePullFailed for any image whose name contains "does-not-exist"
-  (the way to rehearse a pull failure) and succeeds for every other name.
+- `restart` is stop + start; `remove` forgets the instance and the volume it is told to.
+- `create_and_start` refuses what the Docker runtime refuses before any pull (image IDs,
+  registries on local or private addresses: services/agent/image_access.py), fails with
+  ImagePullFailed for any image whose name contains "does-not-exist" (the way to rehearse a pull
+  failure) and takes every other name as pulled.
 - `watch()` reports every death ("exited") and removal ("missing"), the ones this runtime caused
   included, as Docker's event stream does.
 
@@ -28,13 +30,12 @@ from pathlib import Path
 
 import msgspec
 
+from services.agent.image_access import NOT_FOUND_OR_DENIED, ImageAccess, pull_failed
 from services.agent.runtime import (
     ContainerNotFound,
     ContainerSpec,
     ContainerState,
     ContainerStatus,
-    ImagePullFailed,
-    RegistryCredentials,
     RuntimeEvent,
 )
 
@@ -74,7 +75,6 @@ class _Saved(msgspec.Struct, kw_only=True):
 
     containers: list[tuple[ContainerSpec, ContainerState]] = []
     volumes: dict[str, dict[str, str]] = {}
-    volume_owner: dict[str, str] = {}
 
 
 class _Watch(AsyncIterator[RuntimeEvent]):
@@ -111,14 +111,15 @@ class SimulatedRuntime:
         start_delay_s: float = 0.05,
         clock: Callable[[], datetime] = _utc_now,
         state_file: Path | None = None,
+        images: ImageAccess | None = None,
     ) -> None:
         self.host_id = host_id
+        self._images = images if images is not None else ImageAccess()
         self.start_delay_s = start_delay_s
         self._clock = clock
         self._containers: dict[str, _Container] = {}
-        # Named volumes: name -> files in it (path -> content), and which instance owns each.
+        # Named volumes: name -> files in it (path -> content).
         self.volumes: dict[str, dict[str, str]] = {}
-        self._volume_owner: dict[str, str] = {}
         self._watches: set[_Watch] = set()
         self._state_file = state_file
         self._load()
@@ -137,7 +138,6 @@ class SimulatedRuntime:
                 finished_at=state.finished_at,
             )
         self.volumes = saved.volumes
-        self._volume_owner = saved.volume_owner
 
     def _save(self) -> None:
         if self._state_file is None:
@@ -145,26 +145,19 @@ class SimulatedRuntime:
         saved = _Saved(
             containers=[(c.spec, c.state()) for c in self._containers.values()],
             volumes=self.volumes,
-            volume_owner=self._volume_owner,
         )
         tmp = self._state_file.with_suffix(".tmp")
         tmp.write_bytes(msgspec.json.encode(saved))
         os.replace(tmp, self._state_file)
 
-    async def ensure_image(self, image: str, auth: RegistryCredentials | None) -> None:
-        if UNPULLABLE_MARKER in image:
-            raise ImagePullFailed(
-                f"image pull failed for {image}: repository does not exist or may require "
-                "'docker login' (simulated)"
-            )
-
     async def create_and_start(self, spec: ContainerSpec) -> ContainerState:
-        await self.ensure_image(spec.image, spec.registry_auth)
+        self._images.reference(spec.image)
+        if UNPULLABLE_MARKER in spec.image:
+            raise pull_failed(spec.image, NOT_FOUND_OR_DENIED)
         if spec.instance_id not in self._containers:
             self._containers[spec.instance_id] = _Container(spec=spec)
-            if spec.volume_name and spec.volume_name not in self.volumes:
-                self.volumes[spec.volume_name] = {}
-                self._volume_owner[spec.volume_name] = spec.instance_id
+            if spec.volume_name:
+                self.volumes.setdefault(spec.volume_name, {})
             self._save()
         return await self.start(spec.instance_id)
 
@@ -197,14 +190,11 @@ class SimulatedRuntime:
         await self.stop(instance_id, timeout_s)
         return await self.start(instance_id)
 
-    async def remove(self, instance_id: str, remove_volume: bool = True) -> None:
+    async def remove(self, instance_id: str, volume_name: str | None = None) -> None:
         if instance_id in self._containers:
             self.remove_from_outside(instance_id)
-        if remove_volume:
-            for name, owner in list(self._volume_owner.items()):
-                if owner == instance_id:
-                    del self._volume_owner[name]
-                    self.volumes.pop(name, None)
+        if volume_name:
+            self.volumes.pop(volume_name, None)
         self._save()
 
     async def inspect(self, instance_id: str) -> ContainerState:
@@ -217,7 +207,6 @@ class SimulatedRuntime:
 
     async def remove_volume(self, name: str) -> None:
         self.volumes.pop(name, None)
-        self._volume_owner.pop(name, None)
         self._save()
 
     async def volume_exists(self, name: str) -> bool:

@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.api.auth import AuthController, me
 from services.api.blog import BlogController
+from services.api.body_limit import MAX_BODY_BYTES
 from services.api.catalog import datacenters, gpu_types
 from services.api.command_bus import CommandBus
 from services.api.consistency import CheckpointWatcher
@@ -27,18 +28,20 @@ from services.api.errors import EXCEPTION_HANDLERS
 from services.api.health import health
 from services.api.idempotency import IdempotencyMiddleware
 from services.api.instances import InstanceController
+from services.api.json_body import JsonBodyRequest
 from services.api.login_throttle import LoginThrottle
+from services.api.pagination import DEPENDENCIES, ListPage
 from services.api.read_cache import ReadCache
 from services.api.registry_auth import RegistryAuthController
 from services.api.templates import TemplateController
 from services.api.volumes import VolumeController
 from services.config import Settings
-from services.nats_connection import connect_nats
+from services.nats_connection import connect_role
+from services.nats_permissions import API_USER
 from services.security.secret_box import SecretBox
 
 log = logging.getLogger("gpuworker.api")
 
-MAX_BODY_BYTES = 1024 * 1024
 PUBLIC_PATHS = ["^/health", "^/auth/", "^/blog/", "^/docs", "^/metrics"]
 
 
@@ -79,7 +82,7 @@ def create_app(settings: Settings) -> Litestar:
             kwargs={"autocommit": True},
         )
         await pool.open(wait=False)
-        nc = await connect_nats(settings.nats_url, "api")
+        nc = await connect_role(settings, API_USER)
         watcher = CheckpointWatcher(settings.database_url)
         await watcher.start()
         app.state.ctx = ApiContext(
@@ -91,7 +94,7 @@ def create_app(settings: Settings) -> Litestar:
             throttle=LoginThrottle(),
             box=SecretBox(settings.secret_key),
             jwt=jwt_auth,
-            cache=ReadCache(watcher),
+            cache=ReadCache[ListPage](watcher, lambda page: len(page.body)),
         )
         try:
             yield
@@ -119,7 +122,9 @@ def create_app(settings: Settings) -> Litestar:
         on_app_init=[jwt_auth.on_app_init],
         middleware=[prometheus.middleware, DefineMiddleware(IdempotencyMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
+        dependencies=DEPENDENCIES,
         request_max_body_size=MAX_BODY_BYTES,
+        request_class=JsonBodyRequest,
         openapi_config=OpenAPIConfig(
             title="GPUWorker API",
             version="0.1.0",

@@ -9,12 +9,19 @@ import msgspec
 from litestar import Controller, Request, get, post
 from msgspec import Meta
 
-from events.ids import derived_id, new_id
+from events.ids import new_id
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
-from services.deciders.user import RotateRefreshToken, SignUp, StartSession, UserState
-from services.errors import Unauthorized
+from services.deciders.email_claim import ClaimEmail, EmailClaimState, claim_id, normalise_email
+from services.deciders.user import (
+    ACCOUNT_EXISTS,
+    RotateRefreshToken,
+    SignUp,
+    StartSession,
+    UserState,
+)
+from services.errors import Conflict, Unauthorized
 from services.security.passwords import hash_password, verify_password
 from services.security.refresh_tokens import new_refresh_token, token_hash, user_of
 
@@ -54,14 +61,6 @@ class UserOut(msgspec.Struct, rename="camel", kw_only=True):
     created_at: datetime
 
 
-def normalise_email(email: str) -> str:
-    return email.strip().lower()
-
-
-def user_id_for(email: str) -> str:
-    return derived_id("user", normalise_email(email))
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -75,6 +74,21 @@ def _tokens(request: Request[Any, Any, Any], user_id: str, refresh_token: str) -
     )
 
 
+async def _claim(request: Request[Any, Any, Any], email: str) -> str:
+    """The user id `email`'s account has: a new random one, unless a claim names one already
+    (then the signup that made the claim won, or died before creating the account: either way the
+    account is made under that id at most once)."""
+    ctx = context_of(request)
+    proposed = new_id()
+    reply = await ctx.bus.send(
+        "email_claim",
+        claim_id(email),
+        ClaimEmail(actor=proposed, at=_now(), email=email, user_id=proposed),
+        request.headers.get("x-request-id") or new_id(),
+    )
+    return msgspec.json.decode(reply.state, type=EmailClaimState).user_id
+
+
 class AuthController(Controller):
     path = "/auth"
     tags = ["auth"]
@@ -83,7 +97,10 @@ class AuthController(Controller):
     async def signup(self, request: Request[Any, Any, Any], data: SignupIn) -> TokensOut:
         ctx = context_of(request)
         email = normalise_email(data.email)
-        user_id = user_id_for(email)
+        # Accounts made before email claims existed have none: refuse their emails here.
+        if await read_models.user_with_email(ctx.pool, USERS, email) is not None:
+            raise Conflict(ACCOUNT_EXISTS)
+        user_id = await _claim(request, email)
         refresh = new_refresh_token(user_id)
         await ctx.execute(
             USERS,
@@ -107,13 +124,19 @@ class AuthController(Controller):
         ctx = context_of(request)
         email = normalise_email(data.email)
         address = request.client.host if request.client else "unknown"
-        ctx.throttle.check(email, address)
-        user_id = user_id_for(email)
-        user: UserState | None = await read_models.get(ctx.pool, USERS, user_id)
-        if not await verify_password(user.password_hash if user else None, data.password):
-            ctx.throttle.failed(email, address)
+        attempt = ctx.throttle.reserve(email, address)
+        try:
+            user: UserState | None = await read_models.user_with_email(ctx.pool, USERS, email)
+            # An unknown email costs as much time as a wrong password (a dummy hash is verified).
+            valid = await verify_password(user.password_hash if user else None, data.password)
+        except BaseException:
+            ctx.throttle.release(attempt)
+            raise
+        if not valid:
             raise Unauthorized("email or password is incorrect")
-        ctx.throttle.succeeded(email)
+        assert user is not None  # verify_password refuses a missing hash
+        ctx.throttle.succeeded(attempt)
+        user_id = user.id
         refresh = new_refresh_token(user_id)
         await ctx.execute(
             USERS,

@@ -6,11 +6,12 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, get
+from litestar import Controller, Request, Response, get
 
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
+from services.api.pagination import Page
 from services.deciders.blog import PostState
 from services.errors import NotFound
 
@@ -33,12 +34,16 @@ class BlogController(Controller):
     path = "/blog/posts"
     tags = ["blog"]
 
-    @get("/", summary="List blog posts, newest first")
-    async def list_posts(self, request: Request[Any, Any, Any]) -> list[PostSummaryOut]:
-        states: list[PostState] = await read_models.list_visible(
-            context_of(request).pool, BLOG_POSTS, None
+    @get("/", summary="List blog posts, newest first (paged: see `Link`)")
+    async def list_posts(
+        self,
+        request: Request[Any, Any, Any],
+        page: Page,
+    ) -> Response[list[PostSummaryOut]]:
+        positions, states = await read_models.list_page(
+            context_of(request).pool, BLOG_POSTS, None, page, newest_first=True
         )
-        return [
+        summaries = [
             PostSummaryOut(
                 slug=s.slug,
                 title=s.title,
@@ -46,8 +51,9 @@ class BlogController(Controller):
                 published_at=s.published_at,
                 updated_at=s.updated_at,
             )
-            for s in reversed(states)
+            for s in states
         ]
+        return page.response(request, page.of_rows(positions, summaries))
 
     @get("/{slug:str}", summary="Read a blog post")
     async def get_post(self, request: Request[Any, Any, Any], slug: str) -> PostOut:

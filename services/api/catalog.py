@@ -6,13 +6,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from litestar import Request, get
+from litestar import Request, Response, get
 
 from ledger.money import MICROS_PER_USD
 from ledger.rate_card import in_force
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
+from services.api.pagination import Page
 from services.datacenters import DATACENTERS
 from services.deciders.host import HostState
 from services.deciders.placement import free_by_datacenter
@@ -55,8 +56,8 @@ async def _hosts(request: Request[Any, Any, Any]) -> list[HostState]:
     return states
 
 
-@get("/gpu-types", tags=["catalog"], summary="GPU types, prices and availability")
-async def gpu_types(request: Request[Any, Any, Any]) -> list[GpuTypeOut]:
+@get("/gpu-types", tags=["catalog"], summary="GPU types, prices and availability (paged)")
+async def gpu_types(request: Request[Any, Any, Any], page: Page) -> Response[list[GpuTypeOut]]:
     card = in_force(datetime.now(UTC))
     availability = free_by_datacenter(await _hosts(request))
     out = []
@@ -79,11 +80,11 @@ async def gpu_types(request: Request[Any, Any, Any]) -> list[GpuTypeOut]:
                 ],
             )
         )
-    return out
+    return page.response(request, page.of_list(out, lambda g: g.id))
 
 
-@get("/datacenters", tags=["catalog"], summary="Data centers and their GPU capacity")
-async def datacenters(request: Request[Any, Any, Any]) -> list[DatacenterOut]:
+@get("/datacenters", tags=["catalog"], summary="Data centers and their GPU capacity (paged)")
+async def datacenters(request: Request[Any, Any, Any], page: Page) -> Response[list[DatacenterOut]]:
     hosts = await _hosts(request)
     out = []
     for dc in DATACENTERS.values():
@@ -100,4 +101,4 @@ async def datacenters(request: Request[Any, Any, Any]) -> list[DatacenterOut]:
                 gpus_total=total,
             )
         )
-    return out
+    return page.response(request, page.of_list(out, lambda d: d.id))

@@ -22,15 +22,22 @@ class CommandBus:
     async def send(
         self, aggregate_type: str, aggregate_id: str, command: Command, correlation_id: str
     ) -> Reply:
+        """A user's command, on the api's subject for the aggregate type."""
+        return await self.send_on(
+            command_subject(aggregate_type), aggregate_id, command, correlation_id
+        )
+
+    async def send_on(
+        self, subject: str, aggregate_id: str, command: Command, correlation_id: str
+    ) -> Reply:
+        """A command on the subject of the sender's own channel (an agent's, an operator's)."""
         if not self._nc.is_connected:
             raise ServiceUnavailable(
                 "the message bus (NATS) is unreachable; nothing was changed, retry shortly"
             )
         envelope = CommandEnvelope.wrap(aggregate_id, command, correlation_id)
         try:
-            msg = await self._nc.request(
-                command_subject(aggregate_type), self._encode(envelope), timeout=self._timeout
-            )
+            msg = await self._nc.request(subject, self._encode(envelope), timeout=self._timeout)
         except nats.errors.NoRespondersError:
             raise ServiceUnavailable(
                 "no decider runner is accepting commands; nothing was changed, retry shortly"

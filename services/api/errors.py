@@ -15,6 +15,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from psycopg_pool import PoolTimeout
 
+from services.api.body_limit import TOO_LARGE
 from services.errors import ErrorBody, ErrorResponse, GpuWorkerError, error_type
 
 log = logging.getLogger("gpuworker.api")
@@ -37,6 +38,8 @@ def _validation_message(exc: ValidationException) -> str:
         key, message = item.get("key"), str(item.get("message", "is invalid"))
         if "unknown field" in message:
             problems.append(message.replace("Object contains", "request body contains"))
+        elif key and item.get("source") == "query":
+            problems.append(f"query parameter `{key}`: {message}")
         elif key == "data":
             problems.append(f"request body: {message}")
         elif key:
@@ -68,7 +71,7 @@ def on_http_exception(_request: Request[Any, Any, Any], exc: HTTPException) -> R
         allowed = (exc.headers or {}).get("allow", "?")
         message = f"method not allowed here; allowed: {allowed}"
     elif code == 413:
-        message = "request body is too large (limit 1 MiB)"
+        message = TOO_LARGE
     else:
         message = str(exc.detail)
     headers = {

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, Request, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from msgspec import Meta
 
 from events.ids import new_id
@@ -16,6 +16,7 @@ from ledger.rate_card import gpu_type_ids, in_force
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
+from services.api.pagination import Page
 from services.api.templates import (
     TEMPLATES,
     ContainerDisk,
@@ -26,6 +27,7 @@ from services.api.templates import (
     Ports,
     StartCmd,
     VolumeDisk,
+    check_image_name,
 )
 from services.datacenters import DATACENTERS
 from services.deciders.host import HostState
@@ -171,11 +173,16 @@ class InstanceController(Controller):
     path = "/instances"
     tags = ["instances"]
 
-    @get("/", summary="List your instances")
-    async def list_instances(self, request: Request[Any, Any, Any]) -> list[InstanceOut]:
-        ctx = context_of(request)
-        states = await read_models.list_visible(ctx.pool, INSTANCES, request.user.id)
-        return await views(request, states)
+    @get("/", summary="List your instances (paged: see `Link`)")
+    async def list_instances(
+        self,
+        request: Request[Any, Any, Any],
+        page: Page,
+    ) -> Response[list[InstanceOut]]:
+        positions, states = await read_models.list_page(
+            context_of(request).pool, INSTANCES, request.user.id, page
+        )
+        return page.response(request, page.of_rows(positions, await views(request, states)))
 
     @post("/", status_code=201, summary="Rent a GPU instance")
     async def create_instance(
@@ -254,6 +261,7 @@ class InstanceController(Controller):
         self, request: Request[Any, Any, Any], instance_id: str, data: InstancePatch
     ) -> InstanceOut:
         ctx = context_of(request)
+        check_image_name(data.image_name)
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         command = UpdateInstance(actor=request.user.id, at=datetime.now(UTC), **changes)
         return view(

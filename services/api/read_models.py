@@ -10,6 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from events.subjects import ID_PATTERN
 from projections.aggregate_table import AggregateTable
+from services.api.pagination import PageQuery, Position
 from services.errors import NotFound
 
 _ID = re.compile(ID_PATTERN)
@@ -57,6 +58,16 @@ async def get_many(
     return {row[0]: table.decode_state(row[1]) for row in rows}
 
 
+def _visible_to(
+    owner_id: str | None, include_public: bool
+) -> tuple[sql.Composable, tuple[str, ...]]:
+    if owner_id is None:
+        return sql.SQL("owner_id IS NULL"), ()
+    if include_public:
+        return sql.SQL("(owner_id = %s OR owner_id IS NULL)"), (owner_id,)
+    return sql.SQL("owner_id = %s"), (owner_id,)
+
+
 async def list_visible(
     pool: AsyncConnectionPool[Any],
     table: AggregateTable,
@@ -65,13 +76,7 @@ async def list_visible(
 ) -> list[Any]:
     """Live rows owned by `owner_id` (and public ones, owner NULL, if asked), oldest first.
     `owner_id=None` lists only the public ones."""
-    params: tuple[str, ...] = ()
-    if owner_id is None:
-        where = sql.SQL("owner_id IS NULL")
-    elif include_public:
-        where, params = sql.SQL("(owner_id = %s OR owner_id IS NULL)"), (owner_id,)
-    else:
-        where, params = sql.SQL("owner_id = %s"), (owner_id,)
+    where, params = _visible_to(owner_id, include_public)
     query = sql.SQL(
         "SELECT doc::text FROM {} WHERE {} AND NOT deleted ORDER BY created_at, id"
     ).format(sql.Identifier(table.name), where)
@@ -79,3 +84,49 @@ async def list_visible(
         cur = await conn.execute(query, params)
         rows = await cur.fetchall()
     return [table.decode_state(r[0]) for r in rows]
+
+
+async def list_page(
+    pool: AsyncConnectionPool[Any],
+    table: AggregateTable,
+    owner_id: str | None,
+    page: PageQuery,
+    include_public: bool = False,
+    newest_first: bool = False,
+) -> tuple[list[Position], list[Any]]:
+    """One page of `list_visible`'s rows (oldest first unless `newest_first`) after the page's
+    cursor, with their positions: up to limit + 1 rows, the last only telling that more follow."""
+    where, params = _visible_to(owner_id, include_public)
+    after = page.after()
+    direction = sql.SQL("DESC" if newest_first else "ASC")
+    keyset: sql.Composable = sql.SQL("")
+    values: tuple[Any, ...] = params
+    if after is not None:
+        keyset = sql.SQL(" AND (created_at, id) {} (%s, %s)").format(
+            sql.SQL("<" if newest_first else ">")
+        )
+        values = (*params, after.created_at, after.id)
+    query = sql.SQL(
+        "SELECT created_at, id, doc::text FROM {} WHERE {} AND NOT deleted{}"
+        " ORDER BY created_at {}, id {} LIMIT %s"
+    ).format(sql.Identifier(table.name), where, keyset, direction, direction)
+    async with pool.connection() as conn:
+        cur = await conn.execute(query, (*values, page.limit + 1))
+        rows = await cur.fetchall()
+    return (
+        [Position(created_at=r[0], id=r[1]) for r in rows],
+        [table.decode_state(r[2]) for r in rows],
+    )
+
+
+async def user_with_email(pool: AsyncConnectionPool[Any], table: AggregateTable, email: str) -> Any:
+    """The account holding `email` (normalised), oldest first if ever more than one; or None."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT doc::text FROM {} WHERE doc->>'email' = %s ORDER BY created_at, id LIMIT 1"
+            ).format(sql.Identifier(table.name)),
+            (email,),
+        )
+        row = await cur.fetchone()
+    return table.decode_state(row[0]) if row else None

@@ -6,13 +6,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from msgspec import Meta
 
 from events.ids import new_id
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
+from services.api.pagination import Page
 from services.deciders.registry_auth import (
     CreateRegistryAuth,
     DeleteRegistryAuth,
@@ -46,11 +47,16 @@ class RegistryAuthController(Controller):
     path = "/registry-auth"
     tags = ["registry-auth"]
 
-    @get("/", summary="List saved registry credentials (passwords are never returned)")
-    async def list_registry_auths(self, request: Request[Any, Any, Any]) -> list[RegistryAuthOut]:
-        ctx = context_of(request)
-        states = await read_models.list_visible(ctx.pool, REGISTRY_AUTHS, request.user.id)
-        return [view(s) for s in states]
+    @get("/", summary="List saved registry credentials, never their passwords (paged: see `Link`)")
+    async def list_registry_auths(
+        self,
+        request: Request[Any, Any, Any],
+        page: Page,
+    ) -> Response[list[RegistryAuthOut]]:
+        positions, states = await read_models.list_page(
+            context_of(request).pool, REGISTRY_AUTHS, request.user.id, page
+        )
+        return page.response(request, page.of_rows(positions, [view(s) for s in states]))
 
     @post("/", status_code=201, summary="Save registry credentials")
     async def create_registry_auth(

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, MediaType, Request, Response, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from msgspec import Meta
 
 from events.ids import new_id
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
+from services.api.pagination import ListPage, Page
 from services.deciders.registry_auth import RegistryAuthState
 from services.deciders.template import (
     MAX_DISK_GB,
@@ -22,6 +23,8 @@ from services.deciders.template import (
     UpdateTemplate,
 )
 from services.errors import BadRequest, NotFound
+from services.images import reference
+from services.images.registry_policy import RegistryPolicy, RegistryRefused
 
 TEMPLATES = PROJECTIONS["templates"]
 
@@ -32,8 +35,8 @@ ContainerDisk = Annotated[int, Meta(ge=1, le=MAX_DISK_GB)]
 VolumeDisk = Annotated[int, Meta(ge=0, le=MAX_DISK_GB)]
 MountPath = Annotated[str, Meta(max_length=256, pattern=r"^/[^\s]*$")]
 EnvName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-EnvValue = Annotated[str, Meta(max_length=8192)]
-Env = Annotated[dict[EnvName, EnvValue], Meta(max_length=200)]
+EnvValue = Annotated[str, Meta(max_length=4096)]
+Env = Annotated[dict[EnvName, EnvValue], Meta(max_length=64)]
 Port = Annotated[str, Meta(pattern=r"^[1-9][0-9]{0,4}/(http|tcp|udp)$")]
 Ports = Annotated[list[Port], Meta(max_length=32)]
 Readme = Annotated[str, Meta(max_length=65536)]
@@ -112,6 +115,16 @@ async def check_registry_auth(request: Request[Any, Any, Any], auth_id: str | No
         raise BadRequest(f"field `containerRegistryAuthId`: no registry credential {auth_id!r}")
 
 
+def check_image_name(image_name: str | None) -> None:
+    """An image by name (never an image ID) on a registry the hosts may contact (issue 7)."""
+    if image_name is None:
+        return
+    try:
+        RegistryPolicy.from_env().check(reference.parse(image_name))
+    except (reference.InvalidReference, RegistryRefused) as exc:
+        raise BadRequest(f"field `imageName`: {exc}") from None
+
+
 def visible_to(state: TemplateState | None, user_id: str) -> TemplateState:
     if state is None or state.deleted or not (state.is_public or state.owner_id == user_id):
         raise NotFound("template not found")
@@ -122,24 +135,29 @@ class TemplateController(Controller):
     path = "/templates"
     tags = ["templates"]
 
-    @get("/", summary="List your templates and the built-in ones")
-    async def list_templates(self, request: Request[Any, Any, Any]) -> Response[list[TemplateOut]]:
+    @get("/", summary="List your templates and the built-in ones (paged: see `Link`)")
+    async def list_templates(
+        self,
+        request: Request[Any, Any, Any],
+        page: Page,
+    ) -> Response[list[TemplateOut]]:
         ctx = context_of(request)
 
-        async def load() -> bytes:
-            states = await read_models.list_visible(
-                ctx.pool, TEMPLATES, request.user.id, include_public=True
+        async def load() -> ListPage:
+            positions, states = await read_models.list_page(
+                ctx.pool, TEMPLATES, request.user.id, page, include_public=True
             )
-            return msgspec.json.encode([view(s) for s in states])
+            return page.of_rows(positions, [view(s) for s in states])
 
-        body = await ctx.cache.get_or_load(TEMPLATES.name, request.user.id, load)
-        return Response(cast("list[TemplateOut]", body), media_type=MediaType.JSON)
+        key = f"{request.user.id}\n{page.limit}\n{page.cursor or ''}"
+        return page.response(request, await ctx.cache.get_or_load(TEMPLATES.name, key, load))
 
     @post("/", status_code=201, summary="Create a template")
     async def create_template(
         self, request: Request[Any, Any, Any], data: TemplateIn
     ) -> TemplateOut:
         ctx = context_of(request)
+        check_image_name(data.image_name)
         await check_registry_auth(request, data.container_registry_auth_id)
         command = CreateTemplate(
             actor=request.user.id, at=datetime.now(UTC), **msgspec.structs.asdict(data)
@@ -158,6 +176,7 @@ class TemplateController(Controller):
     ) -> TemplateOut:
         ctx = context_of(request)
         read_models.checked_id(template_id, "template")
+        check_image_name(data.image_name)
         await check_registry_auth(request, data.container_registry_auth_id)
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         command = UpdateTemplate(actor=request.user.id, at=datetime.now(UTC), **changes)

@@ -15,6 +15,7 @@ from ledger.rate_card import in_force
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
+from services.api.pagination import Page
 from services.api.templates import Name
 from services.datacenters import DATACENTERS
 from services.deciders.host import HostState
@@ -90,10 +91,16 @@ class VolumeController(Controller):
     path = "/volumes"
     tags = ["volumes"]
 
-    @get("/", summary="List your network volumes")
-    async def list_volumes(self, request: Request[Any, Any, Any]) -> list[VolumeOut]:
-        states = await read_models.list_visible(context_of(request).pool, VOLUMES, request.user.id)
-        return [view(s) for s in states]
+    @get("/", summary="List your network volumes (paged: see `Link`)")
+    async def list_volumes(
+        self,
+        request: Request[Any, Any, Any],
+        page: Page,
+    ) -> Response[list[VolumeOut]]:
+        positions, states = await read_models.list_page(
+            context_of(request).pool, VOLUMES, request.user.id, page
+        )
+        return page.response(request, page.of_rows(positions, [view(s) for s in states]))
 
     @post("/", status_code=201, summary="Create a network volume")
     async def create_volume(self, request: Request[Any, Any, Any], data: VolumeIn) -> VolumeOut:

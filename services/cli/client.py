@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -64,15 +65,13 @@ class ApiError(Exception):
     pass
 
 
-def _call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def _send(method: str, url: str, body: dict[str, Any] | None = None) -> httpx.Response:
     creds = _load()
     headers = {}
     if creds.get("access_token"):
         headers["authorization"] = f"Bearer {creds['access_token']}"
     try:
-        response = httpx.request(
-            method, creds["url"] + path, json=body, headers=headers, timeout=30
-        )
+        response = httpx.request(method, url, json=body, headers=headers, timeout=30)
     except httpx.HTTPError as exc:
         raise ApiError(f"cannot reach {creds['url']}: {exc}") from exc
     if response.status_code >= 400:
@@ -81,7 +80,28 @@ def _call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         except (ValueError, KeyError, TypeError):
             message = response.text
         raise ApiError(f"{response.status_code}: {message}")
+    return response
+
+
+def _call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    response = _send(method, _load()["url"] + path, body)
     return response.json() if response.content else None
+
+
+def list_all(path: str) -> list[Any]:
+    """Every item of a paged list: follows `Link: <…>; rel="next"` to the last page. Only links to
+    the API's own origin are followed, since each request carries the access token."""
+    base = urlsplit(_load()["url"])
+    url: str | None = _load()["url"] + path
+    items: list[Any] = []
+    while url is not None:
+        response = _send("GET", url)
+        items += response.json()
+        link = response.links.get("next", {}).get("url")
+        url = urljoin(url, link) if link else None
+        if url is not None and urlsplit(url)[:2] != base[:2]:
+            raise ApiError(f"the API sent a next page on another origin ({url}); not following it")
+    return items
 
 
 def table(rows: list[dict[str, Any]], columns: tuple[tuple[str, str], ...] = COLUMNS) -> str:
@@ -130,7 +150,7 @@ def instances(action: str, args: Any) -> int:
     try:
         result: Any
         if action == "list":
-            result = _call("GET", "/instances")
+            result = list_all("/instances")
         elif action == "get":
             result = _call("GET", f"/instances/{args.id}")
         elif action == "create":
@@ -165,7 +185,7 @@ def volumes(action: str, args: Any) -> int:
     try:
         result: Any
         if action == "list":
-            result = _call("GET", "/volumes")
+            result = list_all("/volumes")
         elif action == "create":
             body = {"name": args.name, "size": args.size, "dataCenterId": args.datacenter}
             result = _call("POST", "/volumes", body)

@@ -5,17 +5,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from services import nats_credentials
 from services.cli.supervisor import describe_exit
+from services.nats_connection import NatsLogin
+from services.nats_credentials import NatsCredentials
+from services.nats_permissions import NatsUser, agent_user, authorization_block
 from services.security.secret_box import generate_key
 
 
@@ -48,30 +53,71 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
 
 @dataclass
 class EmbeddedNats:
+    """A nats-server that every client must log in to, as a user of the credentials file beside
+    its store (`<store>-credentials.json`, 0600), each with its role's permissions."""
+
     store_dir: Path
     port: int
     sync_always: bool = True
     process: subprocess.Popen[bytes] | None = None
     log_file: Path | None = None
+    # Users beside the file's (benchmarks add an unrestricted one for their raw baselines).
+    extra_users: list[NatsUser] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    def _beside(self, suffix: str) -> Path:
+        return self.store_dir.parent / f"{self.store_dir.name}{suffix}"
+
+    @property
+    def credentials_path(self) -> Path:
+        return self._beside("-credentials.json")
+
+    @property
+    def config_path(self) -> Path:
+        return self._beside(".conf")
+
+    @property
+    def _authorization_path(self) -> Path:
+        return self._beside("-authorization.conf")
+
+    @property
+    def _pid_path(self) -> Path:
+        return self._beside(".pid")
+
+    def credentials(self) -> NatsCredentials:
+        return nats_credentials.load_or_create(self.credentials_path)
+
+    def login(self, user: str) -> NatsLogin:
+        password = self.credentials().password_of(user)
+        if password is None:
+            raise KeyError(f"no NATS user {user!r} in {self.credentials_path}")
+        return NatsLogin(user, password)
+
+    def _write_authorization(self) -> None:
+        text = authorization_block([*self.credentials().users(), *self.extra_users])
+        fd = os.open(self._authorization_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
     def start(self, log_file: Path | None = None) -> None:
         log_file = log_file or self.log_file
         self.log_file = log_file
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        config = self.store_dir.parent / f"nats-{self.port}.conf"
+        self._write_authorization()
         # Jepsen (NATS 2.12.1) lost acknowledged writes under the default lazy fsync.
         sync = "\n  sync_interval: always" if self.sync_always else ""
-        config.write_text(
+        self.config_path.write_text(
             f'listen: "127.0.0.1:{self.port}"\n'
+            f'pid_file: "{self._pid_path}"\n'
+            f'include "{self._authorization_path.name}"\n'
             f'jetstream {{\n  store_dir: "{self.store_dir}"{sync}\n}}\n'
         )
         out: Any = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            [nats_server_binary(), "-c", str(config)],
+            [nats_server_binary(), "-c", str(self.config_path)],
             stdout=out,
             stderr=subprocess.STDOUT,
             # Out of the terminal's process group: Ctrl-C reaches `up`, which stops the roles
@@ -85,6 +131,39 @@ class EmbeddedNats:
             return "never started"
         code = self.process.poll()
         return None if code is None else describe_exit(code)
+
+    def add_agent(self, host_id: str, fleet: bool = False) -> NatsLogin:
+        """Mint (or keep) the user of `host_id`'s agent; a running server takes it at once."""
+        current = self.credentials()
+        updated = current.with_agent(host_id, fleet)
+        if updated is not current:
+            nats_credentials.save(self.credentials_path, updated)
+            self.reload()
+        return self.login(agent_user(host_id))
+
+    def reload(self) -> bool:
+        """Re-render the users and have the running server (this one's, or another process's,
+        found by its pid file) read them; False if none runs."""
+        self._write_authorization()
+        pid = self._running_pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGHUP)
+        return True
+
+    def is_running(self) -> bool:
+        return self._running_pid() is not None
+
+    def _running_pid(self) -> int | None:
+        if self.process is not None and self.process.poll() is None:
+            return self.process.pid
+        try:
+            pid = int(self._pid_path.read_text().strip())
+            # A stale pid file may name another process now: only signal our server.
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if str(self.config_path).encode() in cmdline else None
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -62,6 +62,25 @@ def _parser() -> argparse.ArgumentParser:
 
     client.add_parsers(sub)
 
+    nats_cmd = sub.add_parser("nats", help="NATS users and permissions")
+    nsub = nats_cmd.add_subparsers(dest="action", required=True)
+    add_agent = nsub.add_parser(
+        "add-agent", help="mint the NATS user of a GPU host's agent (for `up`'s embedded server)"
+    )
+    add_agent.add_argument("host_id")
+    add_agent.add_argument("--data-dir", type=Path, default=Path(".gpuworker"))
+    add_agent.add_argument(
+        "--fleet",
+        action="store_true",
+        help="also cover host ids under it (HOST_ID.0000, …): `agent --simulate-hosts`",
+    )
+    authorization = nsub.add_parser(
+        "authorization",
+        help="print the nats-server authorization block (deploy/nats/auth.conf) for compose",
+    )
+    authorization.add_argument("--agent", action="append", default=[], metavar="HOST_ID")
+    authorization.add_argument("--fleet-agent", action="append", default=[], metavar="HOST_ID")
+
     blog = sub.add_parser("blog", help="the public blog")
     bsub = blog.add_subparsers(dest="action", required=True)
     publish = bsub.add_parser("publish", help="publish or update a post")
@@ -81,11 +100,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.cli.up import up
 
         return up(args.host, args.port, args.data_dir, args.runtime, args.gpus, args.datacenter)
+    if args.command == "nats":
+        from services.cli.nats_users import run_nats_command
+
+        return run_nats_command(args)
     try:
-        settings = Settings.from_env()
+        return _run_role(args, Settings.from_env())
     except ConfigurationError as exc:
         print(f"gpuworker: {exc}", file=sys.stderr)
         return 2
+
+
+def _run_role(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "api":
         from services.roles.api import run_api
 

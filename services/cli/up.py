@@ -31,6 +31,7 @@ from services.cli.supervisor import (
     describe_exit,
     reap_orphans,
 )
+from services.config import default_host_id
 
 log = logging.getLogger("gpuworker.up")
 
@@ -115,7 +116,13 @@ CONNECTION_FILE = "connection.env"
 def write_connection_env(data_dir: Path, env: dict[str, str]) -> None:
     """Where this `up`'s servers are, for an operator's commands against them (`set -a; .
     DATA_DIR/connection.env` before `gpuworker projections rebuild` or `gpuworker blog publish`)."""
-    names = ("DATABASE_URL", "NATS_URL", "GPUWORKER_SECRET_KEY", "GPUWORKER_JWT_SECRET")
+    names = (
+        "DATABASE_URL",
+        "NATS_URL",
+        "GPUWORKER_NATS_CREDENTIALS",
+        "GPUWORKER_SECRET_KEY",
+        "GPUWORKER_JWT_SECRET",
+    )
     path = data_dir / CONNECTION_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
@@ -156,12 +163,26 @@ def up(
             postgres = EmbeddedPostgres(data_dir / "postgres")
             supervisor.add(Supervised("postgres", postgres.start, postgres.ended, postgres.stop))
             env["DATABASE_URL"] = postgres.url
+        if "agent" in roles():
+            env["GPUWORKER_HOST_ID"] = default_host_id()
         if not env.get("NATS_URL"):
             nats = EmbeddedNats(data_dir / "nats", free_port(), log_file=data_dir / "nats.log")
+            if "agent" in roles():
+                # This machine's agent may speak for this host only.
+                nats.add_agent(env["GPUWORKER_HOST_ID"])
             log.info("starting embedded nats-server on %s", nats.url)
             supervisor.add(Supervised("nats-server", nats.start, nats.ended, nats.stop))
             env["NATS_URL"] = nats.url
             servers.append(nats)
+            # Each role logs in as its own user from the data folder's credentials file.
+            env["GPUWORKER_NATS_CREDENTIALS"] = str(nats.credentials_path)
+            env.pop("GPUWORKER_NATS_USER", None)
+            env.pop("GPUWORKER_NATS_PASSWORD", None)
+        elif not (env.get("GPUWORKER_NATS_CREDENTIALS") or env.get("GPUWORKER_NATS_USER")):
+            log.warning(
+                "NATS_URL is set without GPUWORKER_NATS_CREDENTIALS or GPUWORKER_NATS_USER:"
+                " every role logs in with what NATS_URL carries, if anything"
+            )
         if not env.get("GPUWORKER_SECRET_KEY") or not env.get("GPUWORKER_JWT_SECRET"):
             keys = load_or_create_secrets(data_dir)
             env.setdefault("GPUWORKER_SECRET_KEY", keys["secret_key"])

@@ -4,6 +4,7 @@ from typing import Any
 
 from services.deciders.blog import BLOG_POST
 from services.deciders.decider import Decider
+from services.deciders.email_claim import EMAIL_CLAIM
 from services.deciders.host import HOST
 from services.deciders.instance import INSTANCE
 from services.deciders.registry_auth import REGISTRY_AUTH
@@ -12,5 +13,6 @@ from services.deciders.user import USER
 from services.deciders.volume import VOLUME
 
 DECIDERS: dict[str, Decider[Any]] = {
-    d.aggregate_type: d for d in (USER, TEMPLATE, REGISTRY_AUTH, BLOG_POST, HOST, INSTANCE, VOLUME)
+    d.aggregate_type: d
+    for d in (USER, EMAIL_CLAIM, TEMPLATE, REGISTRY_AUTH, BLOG_POST, HOST, INSTANCE, VOLUME)
 }

@@ -22,8 +22,25 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     at: datetime
 
 
+SYSTEM_PREFIX = "system:"
+AGENT_ACTOR_PREFIX = "system:agent:"
+
+
 def is_system(actor: str) -> bool:
-    return actor.startswith("system:")
+    return actor.startswith(SYSTEM_PREFIX)
+
+
+def agent_actor(host_id: str) -> str:
+    """The actor of a host's agent; the deciders accept it only from that host's subjects."""
+    return f"{AGENT_ACTOR_PREFIX}{host_id}"
+
+
+def reports_for(actor: str, host_id: str | None) -> bool:
+    """Whether `actor` may report facts about something on `host_id`: an agent only about its
+    own host; the deciders' own processes (placement, host monitor, …) about any."""
+    if actor.startswith(AGENT_ACTOR_PREFIX):
+        return host_id is not None and actor == agent_actor(host_id)
+    return is_system(actor)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """Marks hosts lost when their agent stops heartbeating, and recovered when it comes back.
 
-Run by every deciders replica; the host decider makes repeated marks no-ops."""
+A heartbeat's subject (`hb.<host>`, which only that host's agent may publish on) says which host
+is alive; its body is not trusted. Run by every deciders replica; the host decider makes repeated
+marks no-ops."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from services.agent.host_agent import HEARTBEAT_SUBJECT, Heartbeat
+from events.subjects import HEARTBEATS_ROOT, host_of_heartbeat
 from services.deciders.fleet_view import FleetView
 from services.deciders.host import HostState, MarkHostLost, MarkHostRecovered
 from services.deciders.runner import DeciderRunner
@@ -36,10 +38,9 @@ class HostMonitor:
         self._started = time.monotonic()
         self._sub: Any = None
         self._task: asyncio.Task[None] | None = None
-        self._decode = msgspec.json.Decoder(Heartbeat).decode
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(HEARTBEAT_SUBJECT, cb=self._on_heartbeat)
+        self._sub = await self._nc.subscribe(f"{HEARTBEATS_ROOT}.>", cb=self._on_heartbeat)
         self._task = asyncio.create_task(self._check_forever())
 
     async def stop(self) -> None:
@@ -50,16 +51,13 @@ class HostMonitor:
             await self._sub.unsubscribe()
 
     async def _on_heartbeat(self, msg: Msg) -> None:
-        try:
-            beat = self._decode(msg.data)
-        except msgspec.ValidationError:
+        host_id = host_of_heartbeat(msg.subject)
+        if host_id is None:
             return
-        now = time.monotonic()
-        for host_id in beat.hosts:
-            self._last_seen[host_id] = now
-            host = self._fleet.get(host_id)
-            if host is not None and not host.available:
-                await self._mark(host_id, MarkHostRecovered(actor=ACTOR, at=datetime.now(UTC)))
+        self._last_seen[host_id] = time.monotonic()
+        host = self._fleet.get(host_id)
+        if host is not None and not host.available:
+            await self._mark(host_id, MarkHostRecovered(actor=ACTOR, at=datetime.now(UTC)))
 
     async def _check_forever(self) -> None:
         while True:

@@ -28,7 +28,7 @@ from events.instance import (
     InstanceTerminated,
     InstanceTerminateRequested,
 )
-from services.deciders.decider import Command, Decider, is_system
+from services.deciders.decider import Command, Decider, is_system, reports_for
 from services.errors import BadRequest, Conflict, NotFound
 
 Status = Literal[
@@ -194,7 +194,8 @@ def _refuse(state: InstanceState, action: str, needs: str) -> Conflict:
 
 
 def _observe(state: InstanceState, command: ReportObservation) -> list[msgspec.Struct]:
-    if not is_system(command.actor):
+    # Another host's agent knows nothing about this instance: as for a user, it does not exist.
+    if not reports_for(command.actor, state.host_id):
         raise NotFound("instance not found")
     lease = state.lease_id
     if state.status == "TERMINATED":

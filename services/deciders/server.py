@@ -1,4 +1,7 @@
-"""The deciders role: answers commands from the `deciders` queue group on `cmd.<aggregate>`."""
+"""The deciders role: answers commands from the `deciders` queue group on `cmd.>`.
+
+The subject says who sent a command (api, an agent for its host, an operator); a command is
+checked against what that sender may say (entitlements.py) before any decider sees it."""
 
 from __future__ import annotations
 
@@ -11,10 +14,11 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from events.subjects import COMMANDS_ROOT, DECIDER_QUEUE
+from events.subjects import COMMANDS_ROOT, DECIDER_QUEUE, channel_of
 from services.command_wire import CommandEnvelope, Reply
+from services.deciders.entitlements import check_entitled, head_of
 from services.deciders.runner import DeciderRunner
-from services.errors import BadRequest, ErrorBody
+from services.errors import BadRequest, ErrorBody, GpuWorkerError
 
 log = logging.getLogger("gpuworker.deciders")
 
@@ -40,7 +44,7 @@ class DeciderServer:
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(
-            f"{COMMANDS_ROOT}.*", queue=DECIDER_QUEUE, cb=self._on_message
+            f"{COMMANDS_ROOT}.>", queue=DECIDER_QUEUE, cb=self._on_message
         )
 
     async def stop(self) -> None:
@@ -62,14 +66,21 @@ class DeciderServer:
         self._slots.release()
 
     async def _handle(self, msg: Msg) -> None:
-        aggregate_type = msg.subject.split(".", 1)[1]
         try:
+            channel = channel_of(msg.subject)
+            if channel is None:
+                raise BadRequest(f"{msg.subject} is not a command subject")
             envelope = self._decode(msg.data)
-            service = self._services.get(aggregate_type)
+            check_entitled(channel, envelope.aggregate_id, head_of(envelope.command))
+            service = self._services.get(channel.aggregate_type)
             if service is not None:
                 reply = await service(envelope)
             else:
-                reply = await self._runner.handle(aggregate_type, envelope)
+                reply = await self._runner.handle(channel.aggregate_type, envelope)
+        except GpuWorkerError as exc:
+            if exc.code == 403:
+                log.warning("refused a command on %s: %s", msg.subject, exc.message)
+            reply = Reply(error=exc.body())
         except (msgspec.ValidationError, KeyError) as exc:
             reply = Reply(error=BadRequest(f"malformed command: {exc}").body())
         except Exception:

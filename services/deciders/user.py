@@ -1,7 +1,9 @@
 """User accounts and refresh-token families (rotation on every use, reuse revokes the family).
 
-The aggregate id is derived from the normalised email, so "one account per email" is enforced by
-the event store itself: a second signup appends at expected sequence 0 and loses."""
+The aggregate id is random (UUIDv7), so no one can compute another's id from an email; "one account
+per email" is the email claim's job (email_claim.py), which names the id a signup must use. A second
+signup for that id appends at expected sequence 0 and loses. (Accounts made before claims existed
+have ids derived from their email; they read the same.)"""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from events.envelope import Envelope
 from events.user import RefreshFamilyRevoked, RefreshTokenIssued, RefreshTokenRotated, UserSignedUp
 from services.deciders.decider import Command, Decider
 from services.errors import BadRequest, Conflict, NotFound, Unauthorized
+
+ACCOUNT_EXISTS = "an account with this email already exists; log in instead"
 
 
 class RefreshFamily(msgspec.Struct, kw_only=True, frozen=True):
@@ -76,7 +80,7 @@ def decide(state: UserState | None, command: UserCommand) -> list[msgspec.Struct
     match command:
         case SignUp():
             if state is not None:
-                raise Conflict("an account with this email already exists; log in instead")
+                raise Conflict(ACCOUNT_EXISTS)
             if not command.name.strip():
                 raise BadRequest("name must not be empty")
             return [

@@ -23,7 +23,7 @@ from events.volume import (
     VolumeRenamed,
     VolumeResized,
 )
-from services.deciders.decider import Command, Decider, is_system
+from services.deciders.decider import Command, Decider, is_system, reports_for
 from services.errors import BadRequest, Conflict, NotFound
 
 MIN_SIZE_GB = 10
@@ -162,7 +162,7 @@ def decide(state: VolumeState | None, command: VolumeCommand) -> list[msgspec.St
 
 
 def _observe(state: VolumeState, command: ReportVolume) -> list[msgspec.Struct]:
-    if not is_system(command.actor):
+    if not reports_for(command.actor, state.host_id):
         raise NotFound("volume not found")
     match command.observed:
         case "provisioned":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from pathlib import Path
 
 from events.host import HostGpu
@@ -17,9 +16,10 @@ from services.agent.registry_credentials import RegistryCredentialStore
 from services.agent.runtime import Runtime
 from services.agent.simulated_runtime import SimulatedRuntime
 from services.api.command_bus import CommandBus
-from services.config import Settings
-from services.nats_connection import connect_nats
-from services.roles.lifecycle import ensure_stream, until_signalled
+from services.config import Settings, default_host_id
+from services.nats_connection import connect_role
+from services.nats_permissions import agent_user
+from services.roles.lifecycle import until_signalled, wait_for_stream
 from services.security.secret_box import SecretBox
 
 log = logging.getLogger("gpuworker.agent")
@@ -79,15 +79,16 @@ async def run_agent(
     gpus: str | None,
     simulate_hosts: int,
 ) -> None:
-    host_id = host_id or socket.gethostname().split(".")[0]
+    host_id = host_id or default_host_id()
     if simulate_hosts > 1:
         if runtime_name == "docker":
             raise SystemExit("--simulate-hosts needs the simulated runtime")
         spec = gpus or "NVIDIA GeForce RTX 4090:8"
+        # `<prefix>.<n>`: under the prefix in subjects, so one fleet credential covers them all.
         hosts = [
             host_spec(
-                f"{host_id}-{i:04d}",
-                DeclaredInventory.parse(spec, f"{host_id}-{i:04d}"),
+                f"{host_id}.{i:04d}",
+                DeclaredInventory.parse(spec, f"{host_id}.{i:04d}"),
                 datacenter,
                 cloud_type,
             )
@@ -98,8 +99,8 @@ async def run_agent(
     else:
         hosts = [host_spec(host_id, detect_inventory(gpus, host_id), datacenter, cloud_type)]
         runtime = choose_runtime(runtime_name, host_id)
-    nc = await connect_nats(settings.nats_url, f"agent-{host_id}")
-    await ensure_stream(nc, settings.stream_replicas)
+    nc = await connect_role(settings, agent_user(host_id))
+    await wait_for_stream(nc)
     credentials = RegistryCredentialStore(JetStreamEventStore(nc), SecretBox(settings.secret_key))
     agent = HostAgent(
         host_id,

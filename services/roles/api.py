@@ -9,9 +9,8 @@ from services.api.app import create_app
 from services.config import Settings
 
 
-async def run_api(settings: Settings, host: str, port: int) -> None:
-    await migrate(settings.database_url)
-    config = uvicorn.Config(
+def server_config(settings: Settings, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
         create_app(settings),
         host=host,
         port=port,
@@ -20,5 +19,14 @@ async def run_api(settings: Settings, host: str, port: int) -> None:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 (or FORWARDED_ALLOW_IPS) by default, so
+        # anything on the api's host could pick the client address the login throttle counts. Only
+        # the proxies the operator names are believed, and none by default.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies),
     )
-    await uvicorn.Server(config).serve()
+
+
+async def run_api(settings: Settings, host: str, port: int) -> None:
+    await migrate(settings.database_url)
+    await uvicorn.Server(server_config(settings, host, port)).serve()

@@ -14,7 +14,8 @@ from services.deciders.host_monitor import HostMonitor
 from services.deciders.placement_service import PlacementService
 from services.deciders.runner import DeciderRunner
 from services.deciders.server import DeciderServer
-from services.nats_connection import connect_nats
+from services.nats_connection import connect_role
+from services.nats_permissions import DECIDERS_USER
 from services.roles.lifecycle import ensure_stream, until_signalled
 
 log = logging.getLogger("gpuworker.deciders")
@@ -28,7 +29,7 @@ async def seed_builtins(runner: DeciderRunner) -> None:
 
 
 async def run_deciders(settings: Settings) -> None:
-    nc = await connect_nats(settings.nats_url, "deciders")
+    nc = await connect_role(settings, DECIDERS_USER)
     await ensure_stream(nc, settings.stream_replicas)
     runner = DeciderRunner(JetStreamEventStore(nc), DECIDERS)
     fleet = FleetView()

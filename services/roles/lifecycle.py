@@ -9,6 +9,7 @@ import signal
 from nats.aio.client import Client as NatsClient
 
 from events.store import JetStreamEventStore
+from events.subjects import STREAM
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -28,7 +29,7 @@ async def until_signalled() -> None:
 
 
 async def ensure_stream(nc: NatsClient, replicas: int) -> None:
-    """Every role that needs the stream makes sure it exists; creation is idempotent."""
+    """The deciders, the stream's only writer, make sure it exists; creation is idempotent."""
     delay = 0.2
     while True:
         try:
@@ -36,5 +37,21 @@ async def ensure_stream(nc: NatsClient, replicas: int) -> None:
             return
         except Exception as exc:
             logging.getLogger("gpuworker").warning("waiting for JetStream: %s", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def wait_for_stream(nc: NatsClient) -> None:
+    """Readers wait for the deciders to have made the stream (they may not create it)."""
+    delay = 0.2
+    js = nc.jetstream(timeout=5)
+    while True:
+        try:
+            await js.stream_info(STREAM)
+            return
+        except Exception as exc:
+            logging.getLogger("gpuworker").warning(
+                "waiting for the event stream: %s", exc or type(exc).__name__
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

@@ -11,16 +11,17 @@ from projections.catalog import PROJECTIONS
 from projections.migrate import migrate
 from projections.runner import ProjectionRunner
 from services.config import Settings
-from services.nats_connection import connect_nats
-from services.roles.lifecycle import ensure_stream, until_signalled
+from services.nats_connection import connect_role
+from services.nats_permissions import PROJECTOR_USER
+from services.roles.lifecycle import until_signalled, wait_for_stream
 
 log = logging.getLogger("gpuworker.projector")
 
 
 async def run_projector(settings: Settings) -> None:
     await migrate(settings.database_url)
-    nc = await connect_nats(settings.nats_url, "projector")
-    await ensure_stream(nc, settings.stream_replicas)
+    nc = await connect_role(settings, PROJECTOR_USER)
+    await wait_for_stream(nc)
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         settings.database_url, min_size=1, max_size=len(PROJECTIONS) + 1, open=False
     )

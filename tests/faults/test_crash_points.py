@@ -75,12 +75,15 @@ commands = st.lists(
 )
 @given(steps=commands)
 async def test_any_crash_point_ends_with_every_command_applied_once(
-    nc: NatsClient, pool: AsyncConnectionPool[Any], steps: list[tuple[str, int, str]]
+    nc: NatsClient,
+    projector_nc: NatsClient,
+    pool: AsyncConnectionPool[Any],
+    steps: list[tuple[str, int, str]],
 ) -> None:
     store = CrashingStore(nc)
     await store.ensure_stream()
     runner = DeciderRunner(store, DECIDERS)
-    projector = ProjectionRunner(nc, pool, [TEMPLATES])
+    projector = ProjectionRunner(projector_nc, pool, [TEMPLATES])
     await projector.start()
     ids = [new_id() for _ in range(4)]
     applied: dict[str, list[str]] = {i: [] for i in ids}  # template id -> command ids taken
