@@ -2,6 +2,26 @@
 
 Importing the package registers every event type with the catalogue."""
 
-from events import blog, email_claim, host, instance, registry_auth, template, user, volume
+from events import (
+    blog,
+    email_claim,
+    endpoint,
+    host,
+    instance,
+    registry_auth,
+    template,
+    user,
+    volume,
+)
 
-__all__ = ["blog", "email_claim", "host", "instance", "registry_auth", "template", "user", "volume"]
+__all__ = [
+    "blog",
+    "email_claim",
+    "endpoint",
+    "host",
+    "instance",
+    "registry_auth",
+    "template",
+    "user",
+    "volume",
+]
