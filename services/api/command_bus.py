@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -20,22 +22,35 @@ class CommandBus:
         self._decode = msgspec.json.Decoder(Reply).decode
 
     async def send(
-        self, aggregate_type: str, aggregate_id: str, command: Command, correlation_id: str
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        command: Command,
+        correlation_id: str,
+        command_id: str | None = None,
     ) -> Reply:
         """A user's command, on the api's subject for the aggregate type."""
         return await self.send_on(
-            command_subject(aggregate_type), aggregate_id, command, correlation_id
+            command_subject(aggregate_type), aggregate_id, command, correlation_id, command_id
         )
 
     async def send_on(
-        self, subject: str, aggregate_id: str, command: Command, correlation_id: str
+        self,
+        subject: str,
+        aggregate_id: str,
+        command: Command,
+        correlation_id: str,
+        command_id: str | None = None,
     ) -> Reply:
         """A command on the subject of the sender's own channel (an agent's, an operator's)."""
         if not self._nc.is_connected:
             raise ServiceUnavailable(
                 "the message bus (NATS) is unreachable; nothing was changed, retry shortly"
             )
-        envelope = CommandEnvelope.wrap(aggregate_id, command, correlation_id)
+        # The deciders never apply it after we stop waiting for their answer.
+        envelope = CommandEnvelope.wrap(
+            aggregate_id, command, correlation_id, command_id, time.time() + self._timeout
+        )
         try:
             msg = await self._nc.request(subject, self._encode(envelope), timeout=self._timeout)
         except nats.errors.NoRespondersError:

@@ -18,6 +18,7 @@ from services.api.consistency import CheckpointWatcher
 from services.api.login_throttle import LoginThrottle
 from services.api.pagination import ListPage
 from services.api.read_cache import ReadCache
+from services.api.request_ids import derived
 from services.config import Settings
 from services.deciders.decider import Command
 from services.security.secret_box import SecretBox
@@ -48,8 +49,14 @@ class ApiContext:
         returned: the write happened and is never reported as failed."""
         correlation_id = (request.headers.get("x-request-id") if request else None) or new_id()
         # `via` names a service subject (e.g. "placement") that answers for the aggregate.
+        subject = via or projection.decider.aggregate_type
         reply = await self.bus.send(
-            via or projection.decider.aggregate_type, aggregate_id, command, correlation_id
+            subject,
+            aggregate_id,
+            command,
+            correlation_id,
+            # Fixed by the request's Idempotency-Key: a retry sends the very same command.
+            derived(request, "command", subject, aggregate_id, type(command).__name__),
         )
         await self.watcher.wait(
             projection.name, reply.sequence, self.settings.read_your_writes_timeout_s

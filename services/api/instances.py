@@ -10,13 +10,13 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from msgspec import Meta
 
-from events.ids import new_id
 from ledger.money import MICROS_PER_USD
 from ledger.rate_card import gpu_type_ids, in_force
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
 from services.api.pagination import Page
+from services.api.request_ids import new_resource_id
 from services.api.templates import (
     TEMPLATES,
     ContainerDisk,
@@ -245,7 +245,9 @@ class InstanceController(Controller):
             rate_card_version=card.id,
             registry_auth_id=template.container_registry_auth_id,
         )
-        state = await ctx.execute(INSTANCES, new_id(), command, request, via="placement")
+        state = await ctx.execute(
+            INSTANCES, new_resource_id(request), command, request, via="placement"
+        )
         if state.network_volume_id:
             await _until_attached(request, state.network_volume_id, state.id)
         return view(state)

@@ -9,11 +9,11 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from msgspec import Meta
 
-from events.ids import new_id
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
 from services.api.pagination import Page
+from services.api.request_ids import new_resource_id
 from services.deciders.registry_auth import (
     CreateRegistryAuth,
     DeleteRegistryAuth,
@@ -63,7 +63,7 @@ class RegistryAuthController(Controller):
         self, request: Request[Any, Any, Any], data: RegistryAuthIn
     ) -> RegistryAuthOut:
         ctx = context_of(request)
-        auth_id = new_id()
+        auth_id = new_resource_id(request)
         command = CreateRegistryAuth(
             actor=request.user.id,
             at=datetime.now(UTC),

@@ -9,11 +9,11 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from msgspec import Meta
 
-from events.ids import new_id
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
 from services.api.pagination import ListPage, Page
+from services.api.request_ids import new_resource_id
 from services.deciders.registry_auth import RegistryAuthState
 from services.deciders.template import (
     MAX_DISK_GB,
@@ -162,7 +162,7 @@ class TemplateController(Controller):
         command = CreateTemplate(
             actor=request.user.id, at=datetime.now(UTC), **msgspec.structs.asdict(data)
         )
-        return view(await ctx.execute(TEMPLATES, new_id(), command, request))
+        return view(await ctx.execute(TEMPLATES, new_resource_id(request), command, request))
 
     @get("/{template_id:str}", summary="Get a template")
     async def get_template(self, request: Request[Any, Any, Any], template_id: str) -> TemplateOut:

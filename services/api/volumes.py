@@ -9,13 +9,13 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from msgspec import Meta
 
-from events.ids import new_id
 from ledger.money import MICROS_PER_USD
 from ledger.rate_card import in_force
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
 from services.api.pagination import Page
+from services.api.request_ids import new_resource_id
 from services.api.templates import Name
 from services.datacenters import DATACENTERS
 from services.deciders.host import HostState
@@ -122,7 +122,7 @@ class VolumeController(Controller):
             )
         now = datetime.now(UTC)
         card = in_force(now)
-        volume_id = new_id()
+        volume_id = new_resource_id(request)
         # Spread volumes over the data center's hosts, stably by id.
         host = storage[int(volume_id.replace("-", ""), 16) % len(storage)]
         command = CreateVolume(
