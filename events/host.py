@@ -1,5 +1,7 @@
 """Facts about GPU hosts: registration, liveness and who holds which GPU."""
 
+from datetime import datetime
+
 import msgspec
 
 from events.catalog import register
@@ -27,6 +29,8 @@ class HostRegistered(msgspec.Struct, frozen=True, kw_only=True):
 @register()
 class HostLost(msgspec.Struct, frozen=True):
     reason: str
+    # When its agent was last heard: its instances' GPU time is not billed from then on.
+    last_heard_at: datetime | None = None
 
 
 @register()

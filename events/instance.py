@@ -39,8 +39,9 @@ class InstanceStartRequested(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @register()
-class InstanceStopRequested(msgspec.Struct, frozen=True):
-    pass
+class InstanceStopRequested(msgspec.Struct, frozen=True, kw_only=True):
+    # Why, when not the customer's own request (e.g. billing: the balance is used up).
+    reason: str | None = None
 
 
 @register()

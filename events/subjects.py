@@ -3,7 +3,9 @@ commands.
 
 Who sends a command is told by its subject, because NATS permissions bind subjects to credentials:
 `cmd.<aggregate>` only the api may publish (users' commands), `cmd.agent.<host>.<aggregate>` only
-that host's agent (its reports), `cmd.operator.<aggregate>` only operators' tools. A host id's
+that host's agent (its reports), `cmd.operator.<aggregate>` only operators' tools,
+`cmd.billing.<aggregate>` only the ledger (spend control: stopping what a customer can no longer
+pay for). A host id's
 dots stay token separators in agent subjects, so a simulated fleet `sim` (hosts `sim.0000`, …)
 is covered by one permission, `cmd.agent.sim.>`."""
 
@@ -15,6 +17,7 @@ EVENTS_ROOT = "ev"
 COMMANDS_ROOT = "cmd"
 AGENT_CHANNEL = "agent"
 OPERATOR_CHANNEL = "operator"
+BILLING_CHANNEL = "billing"
 HEARTBEATS_ROOT = "hb"
 DECIDER_QUEUE = "deciders"
 
@@ -64,6 +67,10 @@ def operator_command_subject(aggregate_type: str) -> str:
     return f"{COMMANDS_ROOT}.{OPERATOR_CHANNEL}.{aggregate_type}"
 
 
+def billing_command_subject(aggregate_type: str) -> str:
+    return f"{COMMANDS_ROOT}.{BILLING_CHANNEL}.{aggregate_type}"
+
+
 def heartbeat_subject(host_id: str) -> str:
     return f"{HEARTBEATS_ROOT}.{check_host_id(host_id)}"
 
@@ -80,8 +87,8 @@ def host_of_heartbeat(subject: str) -> str | None:
 
 
 class CommandChannel(NamedTuple):
-    """Where a command came from, as its subject says: "api", "operator" or "agent" (with the
-    host the agent speaks for), and the aggregate type (or service) it addresses."""
+    """Where a command came from, as its subject says: "api", "operator", "billing" or "agent"
+    (with the host the agent speaks for), and the aggregate type (or service) it addresses."""
 
     sender: str
     aggregate_type: str
@@ -92,10 +99,10 @@ def channel_of(subject: str) -> CommandChannel | None:
     tokens = subject.split(".")
     if len(tokens) < 2 or tokens[0] != COMMANDS_ROOT:
         return None
-    if len(tokens) == 2 and tokens[1] not in (AGENT_CHANNEL, OPERATOR_CHANNEL):
+    if len(tokens) == 2 and tokens[1] not in (AGENT_CHANNEL, OPERATOR_CHANNEL, BILLING_CHANNEL):
         return CommandChannel("api", tokens[1])
-    if len(tokens) == 3 and tokens[1] == OPERATOR_CHANNEL:
-        return CommandChannel("operator", tokens[2])
+    if len(tokens) == 3 and tokens[1] in (OPERATOR_CHANNEL, BILLING_CHANNEL):
+        return CommandChannel(tokens[1], tokens[2])
     if len(tokens) >= 4 and tokens[1] == AGENT_CHANNEL:
         host_id = ".".join(tokens[2:-1])
         try:

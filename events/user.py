@@ -35,3 +35,21 @@ class RefreshTokenRotated(msgspec.Struct, frozen=True):
 class RefreshFamilyRevoked(msgspec.Struct, frozen=True):
     family_id: str
     reason: str
+
+
+@register()
+class CreditGranted(msgspec.Struct, frozen=True, kw_only=True):
+    """Money the customer may spend: a signup credit, an operator's grant, a payment."""
+
+    amount_micros: int
+    # Where it comes from (the ledger's funding account): signup | operator | payment
+    source: str
+    reason: str
+
+
+@register()
+class SpendControlsChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """What the customer lets themselves spend; None: no monthly budget."""
+
+    spend_limit_per_hour_micros: int
+    monthly_budget_micros: int | None

@@ -18,13 +18,23 @@ class GpuPrice(msgspec.Struct, frozen=True, kw_only=True):
     secure_per_hour: int
     community_per_hour: int
     serverless_per_second: int
+    # A lower rate for always-on (active) serverless workers; flex when the card has none.
+    serverless_active_per_second: int | None = None
 
     def per_hour(self, cloud_type: str) -> int:
         return self.secure_per_hour if cloud_type == "SECURE" else self.community_per_hour
 
 
 class StoragePrice(msgspec.Struct, frozen=True, kw_only=True):
+    """Per GB per storage month (30 days, written on the card)."""
+
+    # A network volume's first TB, and every GB above it.
     volume_per_gb_month: int
+    volume_above_1tb_per_gb_month: int
+    # An instance's container disk while it runs.
+    container_disk_per_gb_month: int
+    # An instance's own volume disk while it runs, and while it is stopped.
+    running_disk_per_gb_month: int
     stopped_disk_per_gb_month: int
 
 
@@ -45,10 +55,14 @@ class _RawGpu(msgspec.Struct, kw_only=True):
     secure_per_hour: str
     community_per_hour: str
     serverless_per_second: str
+    serverless_active_per_second: str | None = None
 
 
 class _RawStorage(msgspec.Struct, kw_only=True):
     volume_per_gb_month: str
+    volume_above_1tb_per_gb_month: str
+    container_disk_per_gb_month: str
+    running_disk_per_gb_month: str
     stopped_disk_per_gb_month: str
 
 
@@ -71,6 +85,11 @@ def parse(text: str) -> tuple[RateCardVersion, ...]:
             effective_from=v.effective_from,
             storage=StoragePrice(
                 volume_per_gb_month=usd_to_micros(v.storage.volume_per_gb_month),
+                volume_above_1tb_per_gb_month=usd_to_micros(
+                    v.storage.volume_above_1tb_per_gb_month
+                ),
+                container_disk_per_gb_month=usd_to_micros(v.storage.container_disk_per_gb_month),
+                running_disk_per_gb_month=usd_to_micros(v.storage.running_disk_per_gb_month),
                 stopped_disk_per_gb_month=usd_to_micros(v.storage.stopped_disk_per_gb_month),
             ),
             gpus=tuple(
@@ -81,6 +100,9 @@ def parse(text: str) -> tuple[RateCardVersion, ...]:
                     secure_per_hour=usd_to_micros(g.secure_per_hour),
                     community_per_hour=usd_to_micros(g.community_per_hour),
                     serverless_per_second=usd_to_micros(g.serverless_per_second),
+                    serverless_active_per_second=usd_to_micros(g.serverless_active_per_second)
+                    if g.serverless_active_per_second is not None
+                    else None,
                 )
                 for g in v.gpus
             ),

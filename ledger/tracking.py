@@ -13,6 +13,7 @@ import msgspec
 
 from events.endpoint import WorkerStarted, WorkerStopped
 from events.envelope import Envelope
+from events.host import HostLost, HostRecovered
 from events.instance import (
     InstanceCreated,
     InstanceExited,
@@ -180,6 +181,33 @@ def host_changed(
     )
     assert result is not None
     return result, actions
+
+
+def fold_event(
+    tracked: dict[tuple[str, str], Tracked], event: Envelope, price_of: PriceOf
+) -> list[Action]:
+    """Apply one event to the resources it concerns (in `tracked`, changed in place; for a host
+    event, every instance of that host must be in it) and return the session actions."""
+    data = event.data
+    if isinstance(data, HostLost | HostRecovered):
+        lost = isinstance(data, HostLost)
+        # GPU time stops when the host was last heard, not when its silence was noticed.
+        at = event.occurred_at
+        if isinstance(data, HostLost) and data.last_heard_at is not None:
+            at = data.last_heard_at
+        actions: list[Action] = []
+        for key, t in sorted(tracked.items()):
+            if t.resource_type == "instance" and t.host_id == event.aggregate.id:
+                tracked[key], more = host_changed(t, lost, at, event.id, price_of)
+                actions += more
+        return actions
+    about = key_of(event)
+    if about is None:
+        return []
+    changed, found = step(tracked.get(about), event, price_of)
+    if changed is not None:
+        tracked[about] = changed
+    return found
 
 
 def _sessions(

@@ -34,6 +34,10 @@ class AggregateTable:
     def filter_subject(self) -> str:
         return aggregate_type_filter(self.decider.aggregate_type)
 
+    @property
+    def filter_subjects(self) -> list[str]:
+        return [self.filter_subject]
+
     def decode_state(self, doc: str | bytes) -> Any:
         return msgspec.json.decode(doc, type=self.decider.state_type)
 

@@ -41,7 +41,7 @@ class OrderedPull:
     def __init__(
         self,
         nc: NatsClient,
-        filter_subject: str,
+        filter_subjects: list[str],
         start_sequence: int,
         *,
         stream: str = STREAM,
@@ -52,7 +52,7 @@ class OrderedPull:
         self._nc = nc
         self._js = nc.jetstream(timeout=5)
         self._stream = stream
-        self._filter = filter_subject
+        self._filters = filter_subjects
         self._start = max(1, start_sequence)
         self._batch = batch
         self._expires_s = expires_s
@@ -79,7 +79,9 @@ class OrderedPull:
             self._stream,
             ConsumerConfig(
                 name=self._name,
-                filter_subject=self._filter,
+                # One subject as `filter_subject`: servers before 2.10 know no other form.
+                filter_subject=self._filters[0] if len(self._filters) == 1 else None,
+                filter_subjects=self._filters if len(self._filters) > 1 else None,
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=self._start,
                 ack_policy=AckPolicy.NONE,

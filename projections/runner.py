@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import nats.errors
 import nats.js.errors
@@ -25,7 +26,6 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from events.catalog import decode_event
 from events.envelope import Envelope
 from projections import checkpoints
-from projections.aggregate_table import AggregateTable
 from projections.ordered_pull import Gap, OrderedPull
 
 log = logging.getLogger("gpuworker.projector")
@@ -35,6 +35,21 @@ BATCH = 500
 HALT_RETRY_S = 5.0
 # How often an idle projection reports that it is alive and how far behind it is.
 STATUS_EVERY_S = 5.0
+
+
+class Projection(Protocol):
+    """Anything built from the stream with exactly-once effects: a read model
+    (`projections.aggregate_table.AggregateTable`) or the billing ledger."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def filter_subjects(self) -> list[str]: ...
+
+    async def apply(self, conn: psycopg.AsyncConnection[Any], events: Sequence[Envelope]) -> None:
+        """Inside the batch's transaction."""
+        ...
 
 
 class CheckpointMoved(Exception):
@@ -50,7 +65,7 @@ class Unappliable(Exception):
 
 
 async def _apply_prefix(
-    conn: psycopg.AsyncConnection[Any], p: AggregateTable, msgs: list[Msg]
+    conn: psycopg.AsyncConnection[Any], p: Projection, msgs: list[Msg]
 ) -> tuple[list[Envelope], Unappliable | None]:
     """Apply as many of `msgs`, in order, as can be applied (inside the caller's transaction).
     Database errors propagate; anything else stops at the event that caused it."""
@@ -87,7 +102,7 @@ async def _apply_prefix(
 
 class ProjectionRunner:
     def __init__(
-        self, nc: NatsClient, pool: AsyncConnectionPool[Any], projections: list[AggregateTable]
+        self, nc: NatsClient, pool: AsyncConnectionPool[Any], projections: Sequence[Projection]
     ) -> None:
         self._nc = nc
         self._pool = pool
@@ -111,12 +126,12 @@ class ProjectionRunner:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _consume(self, p: AggregateTable) -> None:
+    async def _consume(self, p: Projection) -> None:
         while not self._stopping.is_set():
             pull: OrderedPull | None = None
             try:
                 position = await self._read_checkpoint(p)
-                pull = OrderedPull(self._nc, p.filter_subject, position + 1, batch=BATCH)
+                pull = OrderedPull(self._nc, p.filter_subjects, position + 1, batch=BATCH)
                 await pull.open()
                 await self._follow(p, pull, position)
             except asyncio.CancelledError:
@@ -140,7 +155,7 @@ class ProjectionRunner:
                 if pull is not None:
                     await pull.close()
 
-    async def _follow(self, p: AggregateTable, pull: OrderedPull, position: int) -> None:
+    async def _follow(self, p: Projection, pull: OrderedPull, position: int) -> None:
         loop = asyncio.get_running_loop()
         reported = 0.0
         while not self._stopping.is_set():
@@ -153,12 +168,12 @@ class ProjectionRunner:
                 await self._report(p, pull.pending)
                 reported = loop.time()
 
-    async def _read_checkpoint(self, p: AggregateTable) -> int:
+    async def _read_checkpoint(self, p: Projection) -> int:
         async with self._pool.connection() as conn:
             return await checkpoints.read(conn, p.name)
 
     async def apply_batch(
-        self, p: AggregateTable, msgs: list[Msg], position: int, pending: int = 0
+        self, p: Projection, msgs: list[Msg], position: int, pending: int = 0
     ) -> int:
         """Apply the events after the checkpoint; returns this reader's new position.
 
@@ -177,14 +192,14 @@ class ProjectionRunner:
                 raise failure
         return int(msgs[-1].metadata.sequence.stream)
 
-    async def _report(self, p: AggregateTable, pending: int) -> None:
+    async def _report(self, p: Projection, pending: int) -> None:
         try:
             async with self._pool.connection() as conn:
                 await checkpoints.report(conn, p.name, pending)
         except (psycopg.Error, PoolTimeout) as exc:
             log.debug("projection %s: status not recorded: %s", p.name, exc)
 
-    async def _record_halt(self, p: AggregateTable, error: str) -> None:
+    async def _record_halt(self, p: Projection, error: str) -> None:
         try:
             async with self._pool.connection() as conn:
                 await checkpoints.halted(conn, p.name, error)

@@ -6,6 +6,8 @@ import os
 import socket
 from dataclasses import dataclass
 
+from ledger.money import usd_to_micros
+
 
 class ConfigurationError(Exception):
     pass
@@ -38,6 +40,10 @@ class Settings:
     read_your_writes_timeout_s: float = 5.0
     # A host whose agent is silent this long is marked lost (and its GPUs unavailable).
     host_timeout_s: float = 10.0
+    # How often the ledger charges open usage sessions (and checks balances and budgets).
+    accrual_interval_s: float = 60.0
+    # What a new account is credited with, in micro-USD.
+    signup_credit_micros: int = 0
     # Where `gpuworker up`'s supervisor writes the state of every process it runs (for /health).
     supervisor_status: str | None = None
     # Addresses (or networks) of the reverse proxies whose X-Forwarded-For/-Proto the api believes.
@@ -48,6 +54,13 @@ class Settings:
     nats_user: str | None = None
     nats_password: str | None = None
     nats_credentials: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.accrual_interval_s <= 60:
+            raise ConfigurationError(
+                "GPUWORKER_ACCRUAL_INTERVAL must be more than 0 and at most 60 seconds"
+                " (open sessions are charged at least every minute)"
+            )
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -61,6 +74,8 @@ class Settings:
             stream_replicas=int(os.environ.get("GPUWORKER_STREAM_REPLICAS", "1")),
             host_timeout_s=float(os.environ.get("GPUWORKER_HOST_TIMEOUT", "10")),
             supervisor_status=os.environ.get("GPUWORKER_SUPERVISOR_STATUS") or None,
+            accrual_interval_s=float(os.environ.get("GPUWORKER_ACCRUAL_INTERVAL", "60")),
+            signup_credit_micros=usd_to_micros(os.environ.get("GPUWORKER_SIGNUP_CREDIT", "0")),
             trusted_proxies=tuple(
                 p.strip()
                 for p in os.environ.get("GPUWORKER_TRUSTED_PROXIES", "").split(",")

@@ -82,8 +82,17 @@ def save(path: Path, credentials: NatsCredentials) -> None:
 
 
 def load_or_create(path: Path) -> NatsCredentials:
+    """The file's credentials; a role added since the file was written gets its password now."""
     if path.exists():
-        return load(path)
-    credentials = new_credentials()
+        credentials = load(path)
+        missing = [user for user in ROLE_USERS if user not in credentials.roles]
+        if not missing:
+            return credentials
+        credentials = msgspec.structs.replace(
+            credentials,
+            roles={**credentials.roles, **{user: new_password() for user in missing}},
+        )
+    else:
+        credentials = new_credentials()
     save(path, credentials)
     return credentials

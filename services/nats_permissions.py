@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from events.subjects import (
     AGENT_CHANNEL,
+    BILLING_CHANNEL,
     COMMANDS_ROOT,
     EVENTS_ROOT,
     HEARTBEATS_ROOT,
@@ -30,7 +31,8 @@ API_USER = "api"
 DECIDERS_USER = "deciders"
 PROJECTOR_USER = "projector"
 OPERATOR_USER = "operator"
-ROLE_USERS = (API_USER, DECIDERS_USER, PROJECTOR_USER, OPERATOR_USER)
+LEDGER_USER = "ledger"
+ROLE_USERS = (API_USER, DECIDERS_USER, PROJECTOR_USER, OPERATOR_USER, LEDGER_USER)
 AGENT_USER_PREFIX = "agent-"
 
 _API = f"$JS.API.{{}}.{STREAM}"
@@ -112,6 +114,12 @@ def role_permissions(user: str) -> Permissions:
         )
     if user == PROJECTOR_USER:
         return Permissions(publish=(STREAM_INFO, *ORDERED_PULL), subscribe=inbox)
+    if user == LEDGER_USER:
+        # Reads the stream like the projector; stops what a customer can no longer pay for.
+        return Permissions(
+            publish=(f"{COMMANDS_ROOT}.{BILLING_CHANNEL}.*", STREAM_INFO, *ORDERED_PULL),
+            subscribe=inbox,
+        )
     if user == OPERATOR_USER:
         # `projections rebuild` reads through short-lived consumers of its own naming, and
         # `blog publish` sends operator commands; operators may look at (not change) the stream

@@ -108,6 +108,7 @@ class AuthController(Controller):
             SignUp(
                 actor=user_id,
                 at=_now(),
+                signup_credit_micros=ctx.settings.signup_credit_micros,
                 email=email,
                 name=data.name.strip(),
                 password_hash=await hash_password(data.password),

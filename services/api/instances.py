@@ -102,6 +102,7 @@ class InstanceOut(msgspec.Struct, rename="camel", kw_only=True):
     created_at: datetime
     last_status_change: datetime
     failure_reason: str | None
+    stop_reason: str | None
     exit_code: int | None
     host_lost: bool
 
@@ -134,6 +135,7 @@ def view(state: InstanceState, host_down: bool = False) -> InstanceOut:
         created_at=state.created_at,
         last_status_change=state.last_status_change,
         failure_reason=state.failure_reason,
+        stop_reason=state.stop_reason,
         exit_code=state.exit_code,
         host_lost=state.host_lost or host_down,
     )

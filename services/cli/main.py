@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     authorization.add_argument("--agent", action="append", default=[], metavar="HOST_ID")
     authorization.add_argument("--fleet-agent", action="append", default=[], metavar="HOST_ID")
 
+    ledger = sub.add_parser(
+        "ledger", help="run the billing ledger (usage, postings, spend control), or inspect it"
+    )
+    lsub = ledger.add_subparsers(dest="action")
+    lsub.add_parser("verify", help="prove the ledger's invariants; exit 1 on any break")
+
     blog = sub.add_parser("blog", help="the public blog")
     bsub = blog.add_subparsers(dest="action", required=True)
     publish = bsub.add_parser("publish", help="publish or update a post")
@@ -120,6 +126,14 @@ def _run_role(args: argparse.Namespace, settings: Settings) -> int:
         from services.roles.deciders import run_deciders
 
         asyncio.run(run_deciders(settings))
+    elif args.command == "ledger" and args.action is None:
+        from services.roles.ledger import run_ledger
+
+        asyncio.run(run_ledger(settings))
+    elif args.command == "ledger" and args.action == "verify":
+        from services.cli.ledger_commands import verify
+
+        return asyncio.run(verify(settings))
     elif args.command == "agent":
         from services.roles.agent import run_agent
 

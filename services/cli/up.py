@@ -35,7 +35,9 @@ from services.config import default_host_id
 
 log = logging.getLogger("gpuworker.up")
 
-ROLES = ("deciders", "projector", "api", "agent")
+ROLES = ("deciders", "projector", "ledger", "api", "agent")
+# A new user of `up` can try everything: $5.00 on every new account unless set otherwise.
+DEFAULT_SIGNUP_CREDIT = "5.00"
 STATUS_FILE = "supervisor.json"
 # A role that cannot get through start-up this many times is a setup error, not a crash.
 START_ATTEMPTS = 3
@@ -189,6 +191,7 @@ def up(
             env.setdefault("GPUWORKER_JWT_SECRET", keys["jwt_secret"])
         write_connection_env(data_dir, env)
         env["GPUWORKER_DATACENTER"] = datacenter
+        env.setdefault("GPUWORKER_SIGNUP_CREDIT", DEFAULT_SIGNUP_CREDIT)
         env["GPUWORKER_SUPERVISOR_STATUS"] = str(data_dir / STATUS_FILE)
         env.setdefault("GPUWORKER_AGENT_STATE_DIR", str(data_dir / "agent"))
         if runtime:

@@ -7,7 +7,10 @@ module decides what a command on that subject may say, so that neither alone has
   refused there, and so is any aggregate users do not command (hosts, blog posts).
 - `cmd.agent.<host>.<aggregate>` comes from that host's agent: only its reports, only as
   `system:agent:<host>`, and a host registers only itself.
-- `cmd.operator.<aggregate>` comes from the operators' command line: blog posts, as `system:cli`.
+- `cmd.operator.<aggregate>` comes from the operators' command line: blog posts and credits, as
+  `system:cli`.
+- `cmd.billing.<aggregate>` comes from the ledger: stopping what a customer can no longer pay for,
+  as `system:billing`.
 
 Pure: no I/O, so every rule is a unit test away."""
 
@@ -20,6 +23,7 @@ from services.deciders.decider import agent_actor, is_system
 from services.errors import Forbidden
 
 OPERATOR_ACTOR = "system:cli"
+BILLING_ACTOR = "system:billing"
 
 # Aggregates (and services such as placement) users command through the api.
 API_TARGETS = frozenset(
@@ -31,7 +35,11 @@ AGENT_COMMANDS = {
     "instance": frozenset({"ReportObservation"}),
     "volume": frozenset({"ReportVolume"}),
 }
-OPERATOR_COMMANDS = {"blog_post": frozenset({"PublishPost"})}
+OPERATOR_COMMANDS = {
+    "blog_post": frozenset({"PublishPost"}),
+    "user": frozenset({"GrantCredit"}),
+}
+BILLING_COMMANDS = {"instance": frozenset({"StopInstance"})}
 
 
 class CommandHead(msgspec.Struct, frozen=True):
@@ -78,5 +86,11 @@ def check_entitled(channel: CommandChannel, aggregate_id: str, head: CommandHead
             raise Forbidden(f"operator commands are given as {OPERATOR_ACTOR!r}")
         if head.type not in OPERATOR_COMMANDS.get(target, ()):
             raise Forbidden(f"operators do not send {head.type} to {target}")
+        return
+    if channel.sender == "billing":
+        if head.actor != BILLING_ACTOR:
+            raise Forbidden(f"billing commands are given as {BILLING_ACTOR!r}")
+        if head.type not in BILLING_COMMANDS.get(target, ()):
+            raise Forbidden(f"the ledger does not send {head.type} to {target}")
         return
     raise Forbidden(f"no sender may use channel {channel.sender!r}")

@@ -70,6 +70,7 @@ class RegisterHost(Command, frozen=True, kw_only=True):
 
 class MarkHostLost(Command, frozen=True, kw_only=True):
     reason: str
+    last_heard_at: datetime | None = None
 
 
 class MarkHostRecovered(Command, frozen=True, kw_only=True):
@@ -138,7 +139,8 @@ def decide(state: HostState | None, command: HostCommand) -> list[msgspec.Struct
         case MarkHostLost():
             if state is None:
                 raise NotFound("host not registered")
-            return [HostLost(reason=command.reason)] if state.available else []
+            silent = HostLost(reason=command.reason, last_heard_at=command.last_heard_at)
+            return [silent] if state.available else []
         case MarkHostRecovered():
             if state is None:
                 raise NotFound("host not registered")

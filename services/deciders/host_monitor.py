@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -71,13 +71,15 @@ class HostMonitor:
         for host in self._fleet.hosts():
             seen = self._last_seen.get(host.id, self._started)
             if host.available and now - seen > self._timeout:
-                silent = int(now - seen)
+                silent = now - seen
+                noticed = datetime.now(UTC)
                 await self._mark(
                     host.id,
                     MarkHostLost(
                         actor=ACTOR,
-                        at=datetime.now(UTC),
-                        reason=f"no heartbeat for {silent}s",
+                        at=noticed,
+                        reason=f"no heartbeat for {int(silent)}s",
+                        last_heard_at=noticed - timedelta(seconds=silent),
                     ),
                 )
 

@@ -78,6 +78,8 @@ class InstanceState(msgspec.Struct, kw_only=True, frozen=True):
     status: Status
     desired_status: Literal["RUNNING", "STOPPED", "TERMINATED"]
     failure_reason: str | None = None
+    # Why the system stopped it (None when its owner did).
+    stop_reason: str | None = None
     exit_code: int | None = None
     host_lost: bool = False
     # Bumped when the container must be recreated (image, command, env or ports changed).
@@ -134,7 +136,8 @@ class StartInstance(Command, frozen=True, kw_only=True):
 
 
 class StopInstance(Command, frozen=True, kw_only=True):
-    pass
+    # Set when the system stops it (billing), shown on the instance as `stopReason`.
+    reason: str | None = None
 
 
 class RestartInstance(Command, frozen=True, kw_only=True):
@@ -259,7 +262,7 @@ def decide(state: InstanceState | None, command: InstanceCommand) -> list[msgspe
         case StopInstance():
             if current.status not in STOPPABLE:
                 raise _refuse(current, "stop", "only a running or starting instance stops")
-            return [InstanceStopRequested()]
+            return [InstanceStopRequested(reason=command.reason)]
         case RestartInstance():
             if current.status != "RUNNING":
                 raise _refuse(current, "restart", "only a RUNNING instance restarts")
@@ -342,10 +345,13 @@ def evolve(state: InstanceState | None, event: Envelope) -> InstanceState:
                 gpu_uuids=data.gpu_uuids,
                 lease_id=data.lease_id,
                 failure_reason=None,
+                stop_reason=None,
                 exit_code=None,
             )
         case InstanceStopRequested():
-            return _status(state, "STOPPING", event, desired_status="STOPPED")
+            return _status(
+                state, "STOPPING", event, desired_status="STOPPED", stop_reason=data.reason
+            )
         case InstanceRestartRequested():
             return _status(state, "RESTARTING", event)
         case InstanceTerminateRequested():

@@ -12,11 +12,21 @@ from datetime import datetime
 import msgspec
 
 from events.envelope import Envelope
-from events.user import RefreshFamilyRevoked, RefreshTokenIssued, RefreshTokenRotated, UserSignedUp
-from services.deciders.decider import Command, Decider
+from events.user import (
+    CreditGranted,
+    RefreshFamilyRevoked,
+    RefreshTokenIssued,
+    RefreshTokenRotated,
+    SpendControlsChanged,
+    UserSignedUp,
+)
+from services.deciders.decider import Command, Decider, is_system
 from services.errors import BadRequest, Conflict, NotFound, Unauthorized
 
 ACCOUNT_EXISTS = "an account with this email already exists; log in instead"
+# RunPod's default: a runaway bill is what GPU-cloud customers fear most.
+DEFAULT_SPEND_LIMIT_PER_HOUR_MICROS = 80_000_000
+MAX_CREDIT_MICROS = 1_000_000 * 1_000_000  # one credit of at most $1,000,000
 
 
 class RefreshFamily(msgspec.Struct, kw_only=True, frozen=True):
@@ -33,6 +43,10 @@ class UserState(msgspec.Struct, kw_only=True, frozen=True):
     password_hash: str
     created_at: datetime
     families: dict[str, RefreshFamily] = {}
+    spend_limit_per_hour_micros: int = DEFAULT_SPEND_LIMIT_PER_HOUR_MICROS
+    monthly_budget_micros: int | None = None
+    # Every credit granted, for the account's own history; the balance lives in the ledger.
+    credited_micros: int = 0
     version: int = 0
 
     def family_of(self, token_hash: str) -> tuple[str, RefreshFamily] | None:
@@ -43,12 +57,27 @@ class UserState(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class SignUp(Command, frozen=True, kw_only=True):
+    # Granted with the account (GPUWORKER_SIGNUP_CREDIT), so a new user can try everything.
+    signup_credit_micros: int = 0
     email: str
     name: str
     password_hash: str
     family_id: str
     token_hash: str
     expires_at: datetime
+
+
+class GrantCredit(Command, frozen=True, kw_only=True):
+    """From an operator (actor `system:cli`) or the sign-up itself."""
+
+    amount_micros: int
+    source: str
+    reason: str
+
+
+class SetSpendControls(Command, frozen=True, kw_only=True):
+    spend_limit_per_hour_micros: int
+    monthly_budget_micros: int | None
 
 
 class StartSession(Command, frozen=True, kw_only=True):
@@ -65,7 +94,7 @@ class RotateRefreshToken(Command, frozen=True, kw_only=True):
     expires_at: datetime
 
 
-UserCommand = SignUp | StartSession | RotateRefreshToken
+UserCommand = SignUp | StartSession | RotateRefreshToken | GrantCredit | SetSpendControls
 
 
 def _refuse_known_hash(state: UserState, token_hash: str) -> None:
@@ -83,7 +112,7 @@ def decide(state: UserState | None, command: UserCommand) -> list[msgspec.Struct
                 raise Conflict(ACCOUNT_EXISTS)
             if not command.name.strip():
                 raise BadRequest("name must not be empty")
-            return [
+            signed_up: list[msgspec.Struct] = [
                 UserSignedUp(
                     email=command.email, name=command.name, password_hash=command.password_hash
                 ),
@@ -92,6 +121,50 @@ def decide(state: UserState | None, command: UserCommand) -> list[msgspec.Struct
                     token_hash=command.token_hash,
                     expires_at=command.expires_at,
                 ),
+            ]
+            if command.signup_credit_micros > 0:
+                signed_up.append(
+                    CreditGranted(
+                        amount_micros=command.signup_credit_micros,
+                        source="signup",
+                        reason="welcome credit",
+                    )
+                )
+            return signed_up
+        case GrantCredit():
+            if state is None:
+                raise NotFound("user not found")
+            if not is_system(command.actor):
+                raise NotFound("user not found")
+            if not 0 < command.amount_micros <= MAX_CREDIT_MICROS:
+                raise BadRequest("a credit must be more than $0 and at most $1,000,000")
+            if not command.reason.strip():
+                raise BadRequest("a credit needs a reason")
+            return [
+                CreditGranted(
+                    amount_micros=command.amount_micros,
+                    source=command.source,
+                    reason=command.reason.strip(),
+                )
+            ]
+        case SetSpendControls():
+            if state is None or state.id != command.actor:
+                raise NotFound("user not found")
+            if command.spend_limit_per_hour_micros <= 0:
+                raise BadRequest("field `spendLimitPerHour`: must be more than 0")
+            if command.monthly_budget_micros is not None and command.monthly_budget_micros < 0:
+                raise BadRequest("field `monthlyBudget`: must not be negative")
+            unchanged = (
+                command.spend_limit_per_hour_micros == state.spend_limit_per_hour_micros
+                and command.monthly_budget_micros == state.monthly_budget_micros
+            )
+            if unchanged:
+                return []
+            return [
+                SpendControlsChanged(
+                    spend_limit_per_hour_micros=command.spend_limit_per_hour_micros,
+                    monthly_budget_micros=command.monthly_budget_micros,
+                )
             ]
         case StartSession():
             if state is None:
@@ -160,6 +233,19 @@ def evolve(state: UserState | None, event: Envelope) -> UserState:
     elif isinstance(data, RefreshFamilyRevoked):
         families[data.family_id] = msgspec.structs.replace(
             families[data.family_id], revoked_reason=data.reason
+        )
+    elif isinstance(data, CreditGranted):
+        return msgspec.structs.replace(
+            state,
+            credited_micros=state.credited_micros + data.amount_micros,
+            version=state.version + 1,
+        )
+    elif isinstance(data, SpendControlsChanged):
+        return msgspec.structs.replace(
+            state,
+            spend_limit_per_hour_micros=data.spend_limit_per_hour_micros,
+            monthly_budget_micros=data.monthly_budget_micros,
+            version=state.version + 1,
         )
     else:
         raise TypeError(f"user cannot apply {event.type}")

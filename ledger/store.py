@@ -1,0 +1,264 @@
+"""The ledger's tables in PostgreSQL (projections/migrations/0007_ledger.sql).
+
+Everything here runs inside the caller's transaction: what the ledger learns from one batch of
+events, or from one accrual cycle, lands together with its checkpoint or not at all. Postings are
+inserted with ON CONFLICT DO NOTHING on their derived ids, and only the ones really inserted move
+balances and rollups: nothing can ever count twice."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg import sql
+
+from ledger.book import Posting, Progress
+from ledger.money import SECONDS_PER_HOUR
+from ledger.tracking import Tracked
+from ledger.usage import Session
+
+_encode = msgspec.json.Encoder().encode
+_tracked = msgspec.json.Decoder(Tracked)
+_progress = msgspec.json.Decoder(Progress)
+
+# Storage meters count GB x seconds for the summaries' diskSpaceBilledGb.
+STORAGE_METERS = frozenset({"instance.container_disk", "instance.volume_disk", "volume.storage"})
+
+_POSTING_COLUMNS = (
+    "id, at, user_id, debit, credit, amount_micros, kind, product, meter, resource_id,"
+    " gpu_type_id, quantity, unit_price_micros, seconds, session_id, rate_card_version, reason"
+)
+
+
+def rate_per_hour(session: Session) -> int:
+    return session.unit_price_micros * session.quantity * SECONDS_PER_HOUR // session.per_seconds
+
+
+async def load_tracked(
+    conn: psycopg.AsyncConnection[Any], keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], Tracked]:
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    cur = await conn.execute(
+        "SELECT doc::text FROM ledger_tracked WHERE (resource_type, resource_id) IN"
+        " (SELECT * FROM unnest(%s::text[], %s::text[]))"
+        " ORDER BY resource_type, resource_id FOR UPDATE",
+        ([k[0] for k in wanted], [k[1] for k in wanted]),
+    )
+    found = [_tracked.decode(row[0]) for row in await cur.fetchall()]
+    return {(t.resource_type, t.resource_id): t for t in found}
+
+
+async def tracked_on_host(conn: psycopg.AsyncConnection[Any], host_id: str) -> list[Tracked]:
+    cur = await conn.execute(
+        "SELECT doc::text FROM ledger_tracked WHERE resource_type = 'instance' AND host_id = %s"
+        " ORDER BY resource_id FOR UPDATE",
+        (host_id,),
+    )
+    return [_tracked.decode(row[0]) for row in await cur.fetchall()]
+
+
+async def load_progress(
+    conn: psycopg.AsyncConnection[Any], session_ids: Iterable[str]
+) -> dict[str, Progress]:
+    wanted = sorted(set(session_ids))
+    if not wanted:
+        return {}
+    cur = await conn.execute(
+        "SELECT doc::text FROM ledger_progress WHERE session_id = ANY(%s)"
+        " ORDER BY session_id FOR UPDATE",
+        (wanted,),
+    )
+    found = [_progress.decode(row[0]) for row in await cur.fetchall()]
+    return {p.session.id: p for p in found}
+
+
+async def open_progress(conn: psycopg.AsyncConnection[Any]) -> list[Progress]:
+    """Every session still open (for an accrual cycle), locked."""
+    cur = await conn.execute(
+        "SELECT doc::text FROM ledger_progress WHERE NOT settled ORDER BY session_id FOR UPDATE"
+    )
+    return [_progress.decode(row[0]) for row in await cur.fetchall()]
+
+
+async def save_tracked(conn: psycopg.AsyncConnection[Any], tracked: Sequence[Tracked]) -> None:
+    if not tracked:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO ledger_tracked (resource_type, resource_id, user_id, host_id, doc)"
+            " VALUES (%s, %s, %s, %s, %s::jsonb) ON CONFLICT (resource_type, resource_id)"
+            " DO UPDATE SET host_id = EXCLUDED.host_id, doc = EXCLUDED.doc",
+            [
+                (t.resource_type, t.resource_id, t.user_id, t.host_id, _encode(t).decode())
+                for t in tracked
+            ],
+        )
+
+
+async def open_sessions(
+    conn: psycopg.AsyncConnection[Any], opened: Sequence[tuple[Session, int]]
+) -> None:
+    if not opened:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO ledger_sessions (id, user_id, resource_type, resource_id, product, meter,"
+            " slot, tier, gpu_type_id, quantity, unit_price_micros, per_seconds,"
+            " rate_card_version, started_at, opened_by_sequence)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (id) DO NOTHING",
+            [
+                (
+                    s.id,
+                    s.user_id,
+                    s.resource_type,
+                    s.resource_id,
+                    s.product,
+                    s.meter,
+                    s.slot,
+                    s.tier,
+                    s.gpu_type_id,
+                    s.quantity,
+                    s.unit_price_micros,
+                    s.per_seconds,
+                    s.rate_card_version,
+                    s.started_at,
+                    sequence,
+                )
+                for s, sequence in opened
+            ],
+        )
+
+
+async def end_sessions(
+    conn: psycopg.AsyncConnection[Any], ended: Sequence[tuple[str, datetime, int, int]]
+) -> None:
+    """(session id, ended at, billed seconds, closing event's sequence)."""
+    if not ended:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO ledger_session_ends (session_id, ended_at, billed_seconds,"
+            " closed_by_sequence) VALUES (%s, %s, %s, %s) ON CONFLICT (session_id) DO NOTHING",
+            list(ended),
+        )
+
+
+async def save_progress(conn: psycopg.AsyncConnection[Any], progress: Sequence[Progress]) -> None:
+    if not progress:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO ledger_progress (session_id, user_id, resource_id, settled,"
+            " rate_per_hour_micros, doc) VALUES (%s, %s, %s, %s, %s, %s::jsonb)"
+            " ON CONFLICT (session_id) DO UPDATE SET settled = EXCLUDED.settled,"
+            " doc = EXCLUDED.doc",
+            [
+                (
+                    p.session.id,
+                    p.session.user_id,
+                    p.session.resource_id,
+                    p.settled,
+                    rate_per_hour(p.session),
+                    _encode(p).decode(),
+                )
+                for p in progress
+            ],
+        )
+
+
+async def post(conn: psycopg.AsyncConnection[Any], postings: Sequence[Posting]) -> list[Posting]:
+    """Insert postings; returns the ones that were new (and moves balances and rollups by them)."""
+    if not postings:
+        return []
+    async with conn.cursor() as cur:
+        await cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS ledger_incoming"
+            " (LIKE ledger_postings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        copy_in = sql.SQL("COPY ledger_incoming ({}) FROM STDIN").format(sql.SQL(_POSTING_COLUMNS))
+        async with cur.copy(copy_in) as copy:
+            for p in postings:
+                await copy.write_row(
+                    (
+                        p.id,
+                        p.at,
+                        p.user_id,
+                        p.debit,
+                        p.credit,
+                        p.amount_micros,
+                        p.kind,
+                        p.product,
+                        p.meter,
+                        p.resource_id,
+                        p.gpu_type_id,
+                        p.quantity,
+                        p.unit_price_micros,
+                        p.seconds,
+                        p.session_id,
+                        p.rate_card_version,
+                        p.reason,
+                    )
+                )
+        await cur.execute(
+            sql.SQL(
+                "INSERT INTO ledger_postings ({columns}) SELECT {columns} FROM ledger_incoming"
+                " ON CONFLICT (id) DO NOTHING RETURNING id"
+            ).format(columns=sql.SQL(_POSTING_COLUMNS))
+        )
+        inserted = {row[0] for row in await cur.fetchall()}
+        await cur.execute("TRUNCATE ledger_incoming")
+    new = [p for p in postings if p.id in inserted]
+    await _move_balances(conn, new)
+    await _roll_up(conn, new)
+    return new
+
+
+async def _move_balances(conn: psycopg.AsyncConnection[Any], postings: Sequence[Posting]) -> None:
+    moves: defaultdict[str, int] = defaultdict(int)
+    for p in postings:
+        moves[p.debit] -= p.amount_micros
+        moves[p.credit] += p.amount_micros
+    if not moves:
+        return
+    async with conn.cursor() as cur:
+        # In key order: concurrent writers never wait on each other in a cycle.
+        await cur.executemany(
+            "INSERT INTO ledger_balances (account, balance_micros) VALUES (%s, %s)"
+            " ON CONFLICT (account) DO UPDATE"
+            " SET balance_micros = ledger_balances.balance_micros + EXCLUDED.balance_micros",
+            sorted(moves.items()),
+        )
+
+
+async def _roll_up(conn: psycopg.AsyncConnection[Any], postings: Sequence[Posting]) -> None:
+    rows: defaultdict[tuple[str, str, str, str, str, datetime], list[int]] = defaultdict(
+        lambda: [0, 0, 0]
+    )
+    for p in postings:
+        if p.kind == "credit" or p.product is None or p.meter is None:
+            continue
+        hour = p.at.replace(minute=0, second=0, microsecond=0)
+        key = (p.user_id, p.product, p.meter, p.resource_id or "", p.gpu_type_id or "", hour)
+        row = rows[key]
+        row[0] += p.signed_micros
+        row[1] += p.seconds
+        row[2] += p.seconds * p.quantity if p.meter in STORAGE_METERS else 0
+    if not rows:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO ledger_hourly (user_id, product, meter, resource_id, gpu_type_id, hour,"
+            " amount_micros, seconds, gb_seconds) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (user_id, product, meter, resource_id, gpu_type_id, hour) DO UPDATE SET"
+            " amount_micros = ledger_hourly.amount_micros + EXCLUDED.amount_micros,"
+            " seconds = ledger_hourly.seconds + EXCLUDED.seconds,"
+            " gb_seconds = ledger_hourly.gb_seconds + EXCLUDED.gb_seconds",
+            [(*key, *values) for key, values in sorted(rows.items())],
+        )
