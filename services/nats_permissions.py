@@ -134,10 +134,8 @@ def role_permissions(user: str) -> Permissions:
                 _API.format("STREAM.MSG.GET"),
                 _API.format("CONSUMER.NAMES"),
                 _API.format("CONSUMER.LIST"),
-                _API.format("CONSUMER.CREATE") + ".*.>",
+                *ORDERED_PULL,
                 _API.format("CONSUMER.INFO") + ".*",
-                _API.format("CONSUMER.MSG.NEXT") + ".*",
-                _API.format("CONSUMER.DELETE") + ".*",
             ),
             subscribe=inbox,
         )
