@@ -10,7 +10,7 @@ nats-server or PostgreSQL) is killed every few seconds. Afterwards:
 - GPU availability equals capacity minus what live instances hold (no leak, no double allocation);
 - instances nobody stopped are RUNNING again (the agent's restart changed nothing);
 - no 5xx other than 503, and no request hung past 10 s;
-- every read model equals a rebuild from sequence 1.
+- every read model equals a rebuild from sequence 1, and `gpuworker ledger verify` is clean.
 
 The figures are printed (pytest -s shows them) for the closing note."""
 
@@ -39,7 +39,7 @@ from tests.instance_helpers import RTX_4090
 
 CLIENTS = 6
 KILLS = 8
-VICTIMS = ("api", "deciders", "projector", "agent", "nats-server", "postgres")
+VICTIMS = ("api", "deciders", "projector", "ledger", "agent", "nats-server", "postgres")
 HANG_S = 10.0
 RETRY_FOR_S = 90.0
 HOLDING = {"PENDING", "PROVISIONING", "RUNNING", "STOPPING", "RESTARTING"}
@@ -338,4 +338,16 @@ def verify(up: Up, record: Record) -> str:
     after = table_dumps(settings["DATABASE_URL"])
     differing = [name for name in PROJECTIONS if before[name] != after[name]]
     assert not differing, f"read models differ from a rebuild: {differing}"
-    return f"lost 0, duplicates 0, leaks 0, read models = rebuild ({len(seen)} resources)"
+    verified = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "ledger", "verify"],
+        env={**os.environ, **settings},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    return (
+        f"lost 0, duplicates 0, leaks 0, read models = rebuild ({len(seen)} resources),"
+        f" {verified.stdout.strip().splitlines()[-1]}"
+    )
