@@ -21,6 +21,7 @@ class ErrorResponse(msgspec.Struct, frozen=True):
 ERROR_TYPES: dict[int, str] = {
     400: "bad_request",
     401: "unauthorized",
+    402: "payment_required",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
@@ -56,6 +57,12 @@ class BadRequest(GpuWorkerError):
 
 class Unauthorized(GpuWorkerError):
     code = 401
+
+
+class PaymentRequired(GpuWorkerError):
+    """The balance, the monthly budget or the hourly spend limit does not allow it."""
+
+    code = 402
 
 
 class Forbidden(GpuWorkerError):

@@ -55,6 +55,7 @@ CREATE TABLE ledger_postings (
 CREATE INDEX ledger_postings_user_at ON ledger_postings (user_id, at, id);
 CREATE INDEX ledger_postings_at ON ledger_postings (at, id);
 CREATE INDEX ledger_postings_session ON ledger_postings (session_id);
+CREATE INDEX ledger_postings_resource ON ledger_postings (resource_id) WHERE resource_id IS NOT NULL;
 
 CREATE FUNCTION ledger_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

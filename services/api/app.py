@@ -17,7 +17,8 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.security.jwt import JWTAuth, Token
 from psycopg_pool import AsyncConnectionPool
 
-from services.api.auth import AuthController, me
+from services.api.account import balance, me, update_me
+from services.api.auth import AuthController
 from services.api.blog import BlogController
 from services.api.body_limit import MAX_BODY_BYTES
 from services.api.catalog import datacenters, gpu_types
@@ -108,6 +109,8 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             AuthController,
             me,
+            update_me,
+            balance,
             TemplateController,
             RegistryAuthController,
             gpu_types,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, post
 from msgspec import Meta
 
 from events.ids import new_id
@@ -52,13 +52,6 @@ class TokensOut(msgspec.Struct, kw_only=True):
     refresh_token: str
     token_type: str
     expires_in: int
-
-
-class UserOut(msgspec.Struct, rename="camel", kw_only=True):
-    id: str
-    name: str
-    email: str
-    created_at: datetime
 
 
 def _now() -> datetime:
@@ -181,12 +174,3 @@ class AuthController(Controller):
                 " revoked; log in again"
             )
         return _tokens(request, user_id, rotated)
-
-
-@get("/me", tags=["auth"], summary="The authenticated user's profile")
-async def me(request: Request[Any, Any, Any]) -> UserOut:
-    ctx = context_of(request)
-    user: UserState | None = await read_models.get(ctx.pool, USERS, request.user.id)
-    if user is None:
-        raise Unauthorized("this account no longer exists")
-    return UserOut(id=user.id, name=user.name, email=user.email, created_at=user.created_at)
