@@ -35,9 +35,12 @@ from services.agent.runtime import (
     ContainerState,
     ContainerStatus,
     ImagePullFailed,
+    InvalidContainerSpec,
     RegistryCredentials,
     RuntimeEvent,
+    check_spec,
 )
+from services.container_input import port_key
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +63,18 @@ def managed_labels(instance_id: str, host_id: str) -> dict[str, str]:
 
 def _docker_port(port: str) -> str:
     """ "8888/http" -> "8888/tcp" (HTTP rides on TCP), "22/tcp" -> "22/tcp", "53/udp" stays."""
-    number, _, proto = port.partition("/")
-    if not number.isdigit() or not 0 < int(number) < 65536:
-        raise ValueError(f"invalid port {port!r}: expected e.g. '8888/http' or '22/tcp'")
-    proto = proto.lower() or "tcp"
-    if proto in ("http", "https"):
-        proto = "tcp"
-    if proto not in ("tcp", "udp", "sctp"):
-        raise ValueError(f"invalid port {port!r}: protocol must be http, tcp or udp")
-    return f"{number}/{proto}"
+    key = port_key(port)
+    if key is None:
+        raise InvalidContainerSpec(f"field `ports`: invalid port {port!r}")
+    return f"{key[0]}/{key[1]}"
 
 
 def container_create_kwargs(
     spec: ContainerSpec, host_id: str, publish_host_ip: str = "127.0.0.1"
 ) -> dict[str, Any]:
-    """The keyword arguments for `client.containers.create` that realise `spec` (pure)."""
+    """The keyword arguments for `client.containers.create` that realise `spec` (pure).
+    Raises InvalidContainerSpec for a spec no container may have."""
+    check_spec(spec)
     labels = managed_labels(spec.instance_id, host_id)
     if spec.volume_name:
         labels[LABEL_VOLUME] = spec.volume_name
@@ -225,8 +225,8 @@ class DockerRuntime:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def create_and_start(self, spec: ContainerSpec) -> ContainerState:
-        await self.ensure_image(spec.image, spec.registry_auth)
         kwargs = container_create_kwargs(spec, self.host_id, self._publish_host_ip)
+        await self.ensure_image(spec.image, spec.registry_auth)
         return await asyncio.to_thread(self._create_and_start, spec, kwargs)
 
     def _create_and_start(self, spec: ContainerSpec, kwargs: dict[str, Any]) -> ContainerState:

@@ -17,7 +17,13 @@ from nats.aio.client import Client as NatsClient
 
 from events.host import HostGpu
 from services.agent.registry_credentials import RegistryCredentialStore
-from services.agent.runtime import ContainerSpec, ContainerState, ImagePullFailed, Runtime
+from services.agent.runtime import (
+    ContainerSpec,
+    ContainerState,
+    ImagePullFailed,
+    InvalidContainerSpec,
+    Runtime,
+)
 from services.aggregate_follower import AggregateFollower
 from services.api.command_bus import CommandBus
 from services.deciders.host import RegisterHost
@@ -29,6 +35,14 @@ log = logging.getLogger("gpuworker.agent")
 
 HEARTBEAT_SUBJECT = "hb.agent"
 MEMORY_MB_PER_GPU = 2048
+# A container that cannot be created or started is tried this many times, waiting
+# CREATE_BACKOFF_S, then twice as long, ... in between; then the instance FAILS (its GPU is freed).
+CREATE_ATTEMPTS = 3
+CREATE_BACKOFF_S = 1.0
+CREATE_FAILED_REASON = (
+    "the container could not be created or started ({attempts} attempts); check that the image"
+    " runs here (a dockerStartCmd needs `sh` in the image), and its ports and volumeMountPath"
+)
 
 
 class HostSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,8 +100,15 @@ class HostAgent:
         resync_s: float = 15.0,
         workers: int = 16,
         credentials: RegistryCredentialStore | None = None,
+        create_attempts: int = CREATE_ATTEMPTS,
+        create_backoff_s: float = CREATE_BACKOFF_S,
     ) -> None:
         self._credentials = credentials
+        self._create_attempts = create_attempts
+        self._create_backoff_s = create_backoff_s
+        # Per instance: failed creates so far, and when the next one may be tried (loop time).
+        self._failed_creates: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
         self.name = name
         self._nc = nc
         self._bus = bus
@@ -282,7 +303,10 @@ class HostAgent:
             await self._bring_up(state, actual)
         elif status == "RESTARTING":
             if actual.status == "missing":
-                running = await self._runtime.create_and_start(self._spec(state))
+                created = await self._create(state)
+                if created is None:
+                    return
+                running = created
             else:
                 running = await self._runtime.restart(instance_id)
             await self._report(state, "running", running.started_at)
@@ -337,7 +361,9 @@ class HostAgent:
             await self._report(state, "provisioning")
         if not await self._pull(state):
             return
-        running = await self._runtime.create_and_start(self._spec(state))
+        running = await self._create(state)
+        if running is None:
+            return
         self._generation_applied[state.id] = state.config_generation
         if running.status == "running":
             await self._report(state, "running", running.started_at)
@@ -351,8 +377,51 @@ class HostAgent:
         await self._runtime.remove(state.id, remove_volume=False)
         if not await self._pull(state):
             return
-        await self._runtime.create_and_start(self._spec(state))
-        self._generation_applied[state.id] = state.config_generation
+        if await self._create(state) is not None:
+            self._generation_applied[state.id] = state.config_generation
+
+    async def _create(self, state: InstanceState) -> ContainerState | None:
+        """`create_and_start`, with backoff: None when it did not happen now (a retry is due
+        later, or the instance was reported failed). Docker answers a refused create with a
+        `destroy` of the half-made container; while a retry is due, such events (and resyncs)
+        do not hurry it, which is what once made a loop of 1,233 attempts in 27 s."""
+        loop = asyncio.get_running_loop()
+        if self._retry_at.get(state.id, 0.0) > loop.time():
+            return None
+        try:
+            created = await self._runtime.create_and_start(self._spec(state))
+        except InvalidContainerSpec as exc:
+            log.warning("instance %s: container spec refused: %s", state.id, exc)
+            await self._give_up(state, f"the container cannot be created: {exc}")
+            return None
+        except (asyncio.CancelledError, GpuWorkerError):
+            raise
+        except Exception as exc:
+            attempts = self._failed_creates.get(state.id, 0) + 1
+            # One line per attempt, without a traceback: the daemon's words stay in the log.
+            log.warning(
+                "instance %s: container create/start failed (attempt %d of %d): %s",
+                state.id,
+                attempts,
+                self._create_attempts,
+                str(exc).strip() or type(exc).__name__,
+            )
+            if attempts >= self._create_attempts:
+                await self._give_up(state, CREATE_FAILED_REASON.format(attempts=attempts))
+                return None
+            self._failed_creates[state.id] = attempts
+            delay = self._create_backoff_s * 2 ** (attempts - 1)
+            self._retry_at[state.id] = loop.time() + delay
+            loop.call_later(delay, self._schedule, state.id)
+            return None
+        self._failed_creates.pop(state.id, None)
+        self._retry_at.pop(state.id, None)
+        return created
+
+    async def _give_up(self, state: InstanceState, reason: str) -> None:
+        self._failed_creates.pop(state.id, None)
+        self._retry_at.pop(state.id, None)
+        await self._report(state, "failed", reason=reason)
 
     async def _reconcile_leftovers(self) -> None:
         """After a restart: containers with no live instance behind them are removed; instances

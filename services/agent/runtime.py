@@ -10,6 +10,8 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from services.container_input import mount_path_problem, ports_problem
+
 # Docker labels every managed container and volume carries.
 LABEL_MANAGED = "gpuworker.managed"
 LABEL_INSTANCE = "gpuworker.instance"
@@ -69,6 +71,20 @@ class ContainerNotFound(Exception):
     pass
 
 
+class InvalidContainerSpec(ValueError):
+    """The spec asks for something no container may have; the message names the field. Retrying
+    cannot help, so the agent fails the instance at once."""
+
+
+def check_spec(spec: ContainerSpec) -> None:
+    """The API's rules again, where the container is built: an old or foreign event may hold a
+    value the API would refuse today. Raises InvalidContainerSpec."""
+    if spec.volume_name and (problem := mount_path_problem(spec.volume_mount_path)):
+        raise InvalidContainerSpec(f"field `volumeMountPath`: {problem}")
+    if problem := ports_problem(spec.ports):
+        raise InvalidContainerSpec(f"field `ports`: {problem}")
+
+
 class Runtime(Protocol):
     name: str
 
@@ -77,7 +93,8 @@ class Runtime(Protocol):
         ...
 
     async def create_and_start(self, spec: ContainerSpec) -> ContainerState:
-        """Idempotent by instance id: an existing container for it is started, not duplicated."""
+        """Idempotent by instance id: an existing container for it is started, not duplicated.
+        Raises InvalidContainerSpec (see `check_spec`) before anything is created."""
         ...
 
     async def stop(self, instance_id: str, timeout_s: float = 10) -> ContainerState: ...

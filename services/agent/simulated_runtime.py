@@ -28,6 +28,7 @@ from services.agent.runtime import (
     ImagePullFailed,
     RegistryCredentials,
     RuntimeEvent,
+    check_spec,
 )
 
 UNPULLABLE_MARKER = "does-not-exist"
@@ -112,6 +113,7 @@ class SimulatedRuntime:
             )
 
     async def create_and_start(self, spec: ContainerSpec) -> ContainerState:
+        check_spec(spec)
         await self.ensure_image(spec.image, spec.registry_auth)
         if spec.instance_id not in self._containers:
             self._containers[spec.instance_id] = _Container(spec=spec)

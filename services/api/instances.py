@@ -26,6 +26,7 @@ from services.api.templates import (
     Ports,
     StartCmd,
     VolumeDisk,
+    check_container_input,
 )
 from services.datacenters import DATACENTERS
 from services.deciders.host import HostState
@@ -63,6 +64,9 @@ class InstanceIn(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_
     data_center_id: Annotated[str, Meta(max_length=64)] | None = None
     network_volume_id: Annotated[str, Meta(max_length=128)] | None = None
 
+    def __post_init__(self) -> None:
+        check_container_input(self.volume_mount_path, self.ports)
+
 
 class InstancePatch(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
     name: Name | None = None
@@ -72,6 +76,9 @@ class InstancePatch(msgspec.Struct, rename="camel", forbid_unknown_fields=True, 
     ports: Ports | None = None
     container_disk_in_gb: ContainerDisk | None = None
     volume_in_gb: VolumeDisk | None = None
+
+    def __post_init__(self) -> None:
+        check_container_input(None, self.ports)
 
 
 class InstanceOut(msgspec.Struct, rename="camel", kw_only=True):
