@@ -146,6 +146,8 @@ def place_instance(
         network_volume_id=None,
         price_per_hour_micros=1_990_000,
         rate_card_version="2026-01",
+        vcpu_count=16 * gpu_count,
+        memory_in_gb=62 * gpu_count,
     )
 
 

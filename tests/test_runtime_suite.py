@@ -9,7 +9,6 @@ runtime guarantees: e.g. a stopped `sleep` exits with 137 under Docker (PID 1 ig
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -40,7 +39,7 @@ from services.agent.runtime import (
     RuntimeEvent,
 )
 from services.agent.simulated_runtime import SimulatedRuntime
-from tests.docker_fixtures import busybox_image, docker_client  # noqa: F401
+from tests.docker_fixtures import busybox_image, clean_host, docker_client  # noqa: F401
 
 UNPULLABLE = "local/does-not-exist:1"
 STOP_TIMEOUT_S = 1
@@ -136,13 +135,7 @@ class DockerBackend:
 
     def cleanup(self) -> None:
         for host_id in self.host_ids:
-            label = {"label": f"{LABEL_HOST}={host_id}"}
-            for container in self.client.containers.list(all=True, filters=label):
-                with contextlib.suppress(docker.errors.NotFound):
-                    container.remove(force=True)
-            for volume in self.client.volumes.list(filters=label):
-                with contextlib.suppress(docker.errors.NotFound):
-                    volume.remove(force=True)
+            clean_host(self.client, host_id)
 
 
 class SimulatedBackend:
@@ -240,6 +233,7 @@ def new_spec(backend: Backend, **overrides: Any) -> ContainerSpec:
         "env": {"GPUWORKER_TEST": "1"},
         "ports": ["8888/http"],
         "memory_mb": 64,
+        "owner_id": "tenant-suite",
         "volume_name": f"gpuworker-test-vol-{instance_id}",
     }
     fields.update(overrides)

@@ -26,6 +26,14 @@ import docker.types
 import docker.utils
 import requests
 
+from services.agent.container_limits import (
+    LABEL_TENANT,
+    NETWORK_PREFIX,
+    ContainerLimits,
+    contained,
+    tenant_hash,
+    tenant_network,
+)
 from services.agent.runtime import (
     LABEL_HOST,
     LABEL_INSTANCE,
@@ -51,6 +59,7 @@ CONTAINER_PREFIX = "gpuworker-"
 _ZERO_TIME_PREFIX = "0001-01-01"
 # How long `remove` waits for Docker to really let go of a container or volume.
 _GONE_TIMEOUT_S = 30.0
+DEFAULT_LIMITS = ContainerLimits()
 
 
 def container_name(instance_id: str) -> str:
@@ -70,7 +79,11 @@ def _docker_port(port: str) -> str:
 
 
 def container_create_kwargs(
-    spec: ContainerSpec, host_id: str, publish_host_ip: str = "127.0.0.1"
+    spec: ContainerSpec,
+    host_id: str,
+    publish_host_ip: str = "127.0.0.1",
+    limits: ContainerLimits = DEFAULT_LIMITS,
+    host_cpus: int | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments for `client.containers.create` that realise `spec` (pure).
     Raises InvalidContainerSpec for a spec no container may have."""
@@ -83,8 +96,8 @@ def container_create_kwargs(
         "name": container_name(spec.instance_id),
         "labels": labels,
         "environment": dict(spec.env),
-        "mem_limit": f"{spec.memory_mb}m",
         "detach": True,
+        **contained(spec.memory_mb, spec.vcpus, spec.owner_id, host_id, limits, host_cpus),
     }
     if spec.command:
         kwargs["command"] = ["sh", "-c", spec.command]
@@ -183,8 +196,13 @@ class DockerRuntime:
         *,
         pull_timeout_s: float = 900.0,
         publish_host_ip: str = "127.0.0.1",
+        limits: ContainerLimits = DEFAULT_LIMITS,
     ) -> None:
         self.host_id = host_id
+        self._limits = limits
+        self._host_cpus: int | None = None
+        # Creating a tenant's network and removing it once unused must not interleave.
+        self._network_lock = threading.Lock()
         self._owns_client = client is None
         self._client: docker.DockerClient = client if client is not None else docker.from_env()
         self._pull_timeout_s = pull_timeout_s
@@ -225,7 +243,11 @@ class DockerRuntime:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def create_and_start(self, spec: ContainerSpec) -> ContainerState:
-        kwargs = container_create_kwargs(spec, self.host_id, self._publish_host_ip)
+        if self._host_cpus is None:
+            self._host_cpus = int((await asyncio.to_thread(self._client.info)).get("NCPU") or 0)
+        kwargs = container_create_kwargs(
+            spec, self.host_id, self._publish_host_ip, self._limits, self._host_cpus
+        )
         await self.ensure_image(spec.image, spec.registry_auth)
         return await asyncio.to_thread(self._create_and_start, spec, kwargs)
 
@@ -241,7 +263,10 @@ class DockerRuntime:
                     },
                 )
             try:
-                container = self._client.containers.create(**kwargs)
+                with self._network_lock:
+                    if spec.owner_id:
+                        self._ensure_network(spec.owner_id)
+                    container = self._client.containers.create(**kwargs)
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # 409: someone created it meanwhile; use that one
                     raise
@@ -305,6 +330,8 @@ class DockerRuntime:
                 if exc.status_code != 409:  # 409: removal already in progress; wait for it
                     raise
         self._wait_gone(lambda: self._get(instance_id) is None, f"container {instance_id}")
+        if container is not None:
+            self._release_networks(container)
         if not remove_volume:
             return
         found = self._client.volumes.list(
@@ -313,6 +340,45 @@ class DockerRuntime:
         volume_names.update(v.name for v in found)
         for name in volume_names:
             self._remove_volume(name)
+
+    def _ensure_network(self, owner_id: str) -> None:
+        """The tenant's bridge network on this host, made on first use. Docker keeps user-defined
+        bridges apart (its DOCKER-ISOLATION iptables chains), so containers reach their own
+        tenant's containers and no one else's."""
+        name = tenant_network(owner_id, self.host_id)
+        try:
+            self._client.networks.get(name)
+        except docker.errors.NotFound:
+            self._client.networks.create(
+                name,
+                driver="bridge",
+                check_duplicate=True,
+                labels={
+                    LABEL_MANAGED: "true",
+                    LABEL_HOST: self.host_id,
+                    LABEL_TENANT: tenant_hash(owner_id),
+                },
+            )
+
+    def _release_networks(self, container: Any) -> None:
+        """Remove the tenant networks the removed container was on once no container, in any
+        state, is on them (a stopped container cannot start again without its network), so the
+        engine's pool of subnets is not used up by tenants who have left."""
+        networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+        for name in networks:
+            if not name.startswith(NETWORK_PREFIX):
+                continue
+            with self._network_lock:
+                if self._client.containers.list(all=True, filters={"network": name}):
+                    continue
+                try:
+                    network = self._client.networks.get(name)
+                    if network.attrs.get("Labels", {}).get(LABEL_HOST) == self.host_id:
+                        network.remove()
+                except docker.errors.NotFound:
+                    pass
+                except docker.errors.APIError as exc:  # in use after all: keep it
+                    log.warning("tenant network %s kept: %s", name, _explain(exc))
 
     async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
         def create() -> None:

@@ -16,6 +16,7 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 
 from events.host import HostGpu
+from events.instance import LEGACY_RAM_GB_PER_GPU, LEGACY_VCPU_PER_GPU
 from services.agent.registry_credentials import RegistryCredentialStore
 from services.agent.runtime import (
     ContainerSpec,
@@ -34,7 +35,6 @@ from services.errors import GpuWorkerError
 log = logging.getLogger("gpuworker.agent")
 
 HEARTBEAT_SUBJECT = "hb.agent"
-MEMORY_MB_PER_GPU = 2048
 # A container that cannot be created or started is tried this many times, waiting
 # CREATE_BACKOFF_S, then twice as long, ... in between; then the instance FAILS (its GPU is freed).
 CREATE_ATTEMPTS = 3
@@ -82,7 +82,11 @@ def container_spec(state: InstanceState, real_gpus: bool) -> ContainerSpec:
         ports=state.ports,
         # Declared (simulated) GPUs have made-up UUIDs that no driver knows.
         gpu_uuids=state.gpu_uuids if real_gpus else [],
-        memory_mb=MEMORY_MB_PER_GPU * state.gpu_count,
+        # What the customer rents with the GPUs (rate card, recorded at creation). Never 0:
+        # to Docker that means no limit at all.
+        memory_mb=1024 * (state.memory_in_gb or LEGACY_RAM_GB_PER_GPU * state.gpu_count),
+        vcpus=state.vcpu_count or LEGACY_VCPU_PER_GPU * state.gpu_count,
+        owner_id=state.owner_id,
         volume_name=instance_volume_name(state),
         volume_mount_path=state.volume_mount_path,
     )

@@ -34,6 +34,10 @@ class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
     ports: list[str] = []
     gpu_uuids: list[str] = []
     memory_mb: int = 1024
+    # CPU limit in whole vCPUs; 0: none.
+    vcpus: int = 0
+    # The customer who owns it: containers of one owner share a network, nobody else's.
+    owner_id: str = ""
     # The instance's own disk: a named volume that survives stop/start, removed on delete.
     volume_name: str | None = None
     volume_mount_path: str = "/workspace"

@@ -12,7 +12,7 @@ from msgspec import Meta
 
 from events.ids import new_id
 from ledger.money import MICROS_PER_USD
-from ledger.rate_card import gpu_type_ids, in_force
+from ledger.rate_card import first_resources, gpu_type_ids, in_force
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
@@ -40,7 +40,7 @@ from services.deciders.instance import (
 from services.deciders.placement_service import PlaceInstance, StartPlacedInstance
 from services.deciders.template import TemplateState
 from services.deciders.volume import VolumeState
-from services.errors import BadRequest, NotFound
+from services.errors import BadRequest, NotFound, ServiceUnavailable
 
 INSTANCES = PROJECTIONS["instances"]
 HOSTS = PROJECTIONS["hosts"]
@@ -89,6 +89,9 @@ class InstanceOut(msgspec.Struct, rename="camel", kw_only=True):
     actions: list[str]
     gpu_type_id: str
     gpu_count: int
+    # The container's CPU and memory limits: the rate card's per-GPU figures times gpuCount.
+    vcpu_count: int
+    memory_in_gb: int
     cloud_type: str
     data_center_id: str
     host_id: str
@@ -121,6 +124,8 @@ def view(state: InstanceState, host_down: bool = False) -> InstanceOut:
         actions=state.actions,
         gpu_type_id=state.gpu_type_id,
         gpu_count=state.gpu_count,
+        vcpu_count=state.vcpu_count,
+        memory_in_gb=state.memory_in_gb,
         cloud_type=state.cloud_type,
         data_center_id=state.datacenter_id,
         host_id=state.host_id,
@@ -197,6 +202,9 @@ class InstanceController(Controller):
                 f"field `gpuTypeId`: unknown GPU type {data.gpu_type_id!r};"
                 f" known: {', '.join(gpu_type_ids())}"
             )
+        resources = gpu.resources or first_resources(gpu.id)
+        if resources is None:
+            raise ServiceUnavailable(f"the rate card lists no vCPU and RAM for {gpu.id} yet")
         if data.data_center_id is not None and data.data_center_id not in DATACENTERS:
             raise BadRequest(
                 f"field `dataCenterId`: unknown data center {data.data_center_id!r};"
@@ -244,6 +252,8 @@ class InstanceController(Controller):
             price_per_hour_micros=gpu.per_hour(data.cloud_type),
             rate_card_version=card.id,
             registry_auth_id=template.container_registry_auth_id,
+            vcpu_count=resources.vcpu_per_gpu * data.gpu_count,
+            memory_in_gb=resources.ram_gb_per_gpu * data.gpu_count,
         )
         state = await ctx.execute(INSTANCES, new_id(), command, request, via="placement")
         if state.network_volume_id:

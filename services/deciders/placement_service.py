@@ -57,6 +57,8 @@ class PlaceInstance(Command, frozen=True, kw_only=True):
     price_per_hour_micros: int
     rate_card_version: str
     registry_auth_id: str | None = None
+    vcpu_count: int
+    memory_in_gb: int
 
 
 class StartPlacedInstance(Command, frozen=True, kw_only=True):

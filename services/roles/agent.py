@@ -40,9 +40,10 @@ def choose_runtime(requested: str | None, host_id: str) -> Runtime:
     if requested == "simulated":
         return SimulatedRuntime(host_id)
     if requested == "docker" or (requested is None and docker_reachable()):
+        from services.agent.container_limits import ContainerLimits
         from services.agent.docker_runtime import DockerRuntime
 
-        return DockerRuntime(host_id)
+        return DockerRuntime(host_id, limits=ContainerLimits.from_env())
     log.warning("Docker is not reachable: using the SIMULATED runtime (no containers)")
     return SimulatedRuntime(host_id)
 

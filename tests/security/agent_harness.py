@@ -10,7 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,12 +23,12 @@ from events.ids import new_id
 from events.store import JetStreamEventStore
 from services.agent.docker_runtime import DockerRuntime
 from services.agent.host_agent import HostAgent, HostSpec
-from services.agent.runtime import LABEL_HOST
 from services.api.command_bus import CommandBus
 from services.deciders.catalog import DECIDERS
 from services.deciders.instance import CreateInstance, InstanceState
 from services.deciders.runner import DeciderRunner
 from services.deciders.server import DeciderServer
+from tests.docker_fixtures import clean_host
 
 GPU = "NVIDIA GeForce RTX 4090"
 DATACENTER = "US-TX-3"
@@ -36,20 +36,6 @@ DATACENTER = "US-TX-3"
 
 def host_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def clean_host(client: docker.DockerClient, host: str) -> None:
-    """Every container, volume and network a test host left on this engine."""
-    label = f"{LABEL_HOST}={host}"
-    for container in client.containers.list(all=True, filters={"label": label}):
-        with suppress(docker.errors.NotFound):
-            container.remove(force=True, v=True)
-    for volume in client.volumes.list(filters={"label": label}):
-        with suppress(docker.errors.NotFound, docker.errors.APIError):
-            volume.remove(force=True)
-    for network in client.networks.list(filters={"label": label}):
-        with suppress(docker.errors.NotFound, docker.errors.APIError):
-            network.remove()
 
 
 @asynccontextmanager
@@ -120,7 +106,9 @@ async def create_instance(
         "volume_mount_path": "/workspace",
         "network_volume_id": None,
         "price_per_hour_micros": 690_000,
-        "rate_card_version": "2026-11-01",
+        "rate_card_version": "2026-11-30",
+        "vcpu_count": 1,
+        "memory_in_gb": 1,
         **fields,
     }
     reply = await runner.run("instance", instance_id, CreateInstance(**command), "t")

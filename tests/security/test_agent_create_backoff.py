@@ -18,7 +18,7 @@ import docker.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from services.agent.runtime import LABEL_HOST, LABEL_INSTANCE
+from services.agent.runtime import LABEL_INSTANCE
 from tests.docker_fixtures import busybox_image, docker_client  # noqa: F401
 from tests.security.agent_harness import (
     create_instance,
@@ -112,4 +112,3 @@ async def test_a_container_docker_cannot_start_fails_after_bounded_attempts(
     assert len(connects) == 3, len(connects)
     lines = [r for r in caplog.records if instance_id in r.getMessage()]
     assert len(lines) <= 8, [r.getMessage() for r in lines]
-    assert LABEL_HOST
