@@ -163,6 +163,8 @@ class Stack:
         }
         if self.nats_url:
             env["NATS_URL"] = self.nats_url
+        # One benchmark user writes thousands of templates: no per-user quota.
+        env.setdefault("GPUWORKER_QUOTA_TEMPLATES", "0")
         args = [
             venv_bin("gpuworker"), "up", "--host", HOST, "--port", str(self.port),
             "--data-dir", str(self.data_dir),

@@ -28,6 +28,7 @@ from services.api.health import health
 from services.api.idempotency import IdempotencyMiddleware
 from services.api.instances import InstanceController
 from services.api.login_throttle import LoginThrottle
+from services.api.quotas import QuotaGuard, Quotas
 from services.api.read_cache import ReadCache
 from services.api.registry_auth import RegistryAuthController
 from services.api.templates import TemplateController
@@ -82,6 +83,8 @@ def create_app(settings: Settings) -> Litestar:
         nc = await connect_nats(settings.nats_url, "api")
         watcher = CheckpointWatcher(settings.database_url)
         await watcher.start()
+        quotas = QuotaGuard(settings.database_url, Quotas.from_env())
+        await quotas.open()
         app.state.ctx = ApiContext(
             settings=settings,
             pool=pool,
@@ -92,10 +95,12 @@ def create_app(settings: Settings) -> Litestar:
             box=SecretBox(settings.secret_key),
             jwt=jwt_auth,
             cache=ReadCache(watcher),
+            quotas=quotas,
         )
         try:
             yield
         finally:
+            await quotas.close()
             await watcher.stop()
             await nc.close()
             await pool.close()

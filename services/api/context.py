@@ -16,6 +16,7 @@ from projections.aggregate_table import AggregateTable
 from services.api.command_bus import CommandBus
 from services.api.consistency import CheckpointWatcher
 from services.api.login_throttle import LoginThrottle
+from services.api.quotas import QuotaGuard
 from services.api.read_cache import ReadCache
 from services.config import Settings
 from services.deciders.decider import Command
@@ -33,6 +34,7 @@ class ApiContext:
     box: SecretBox
     jwt: JWTAuth[Any, Any]
     cache: ReadCache
+    quotas: QuotaGuard
 
     async def execute(
         self,

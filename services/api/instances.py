@@ -31,6 +31,7 @@ from services.api.templates import (
 from services.datacenters import DATACENTERS
 from services.deciders.host import HostState
 from services.deciders.instance import (
+    STARTABLE,
     InstanceState,
     RestartInstance,
     StopInstance,
@@ -255,7 +256,9 @@ class InstanceController(Controller):
             vcpu_count=resources.vcpu_per_gpu * data.gpu_count,
             memory_in_gb=resources.ram_gb_per_gpu * data.gpu_count,
         )
-        state = await ctx.execute(INSTANCES, new_id(), command, request, via="placement")
+        async with ctx.quotas.held(request.user.id) as usage:
+            await usage.check_gpus(data.gpu_count)
+            state = await ctx.execute(INSTANCES, new_id(), command, request, via="placement")
         if state.network_volume_id:
             await _until_attached(request, state.network_volume_id, state.id)
         return view(state)
@@ -293,13 +296,15 @@ class InstanceController(Controller):
     ) -> InstanceOut:
         ctx = context_of(request)
         command = StartPlacedInstance(actor=request.user.id, at=datetime.now(UTC))
-        state = await ctx.execute(
-            INSTANCES,
-            read_models.checked_id(instance_id, "instance"),
-            command,
-            request,
-            via="placement",
-        )
+        instance_id = read_models.checked_id(instance_id, "instance")
+        async with ctx.quotas.held(request.user.id) as usage:
+            current = _mine(
+                await read_models.get(ctx.pool, INSTANCES, instance_id), request.user.id
+            )
+            # Only a start that would take GPUs counts (any other is refused by the decider).
+            if current.status in STARTABLE:
+                await usage.check_gpus(current.gpu_count)
+            state = await ctx.execute(INSTANCES, instance_id, command, request, via="placement")
         return view(state)
 
     @post("/{instance_id:str}/stop", status_code=200, summary="Stop a running instance")

@@ -173,6 +173,7 @@ class TemplateController(Controller):
         command = CreateTemplate(
             actor=request.user.id, at=datetime.now(UTC), **msgspec.structs.asdict(data)
         )
+        await ctx.quotas.check_templates(request.user.id)
         return view(await ctx.execute(TEMPLATES, new_id(), command, request))
 
     @get("/{template_id:str}", summary="Get a template")

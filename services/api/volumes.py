@@ -128,7 +128,9 @@ class VolumeController(Controller):
             price_per_gb_month_micros=card.storage.volume_per_gb_month,
             rate_card_version=card.id,
         )
-        return view(await ctx.execute(VOLUMES, volume_id, command, request))
+        async with ctx.quotas.held(request.user.id) as usage:
+            await usage.check_volumes(data.size, new=True)
+            return view(await ctx.execute(VOLUMES, volume_id, command, request))
 
     @get("/{volume_id:str}", summary="Get a network volume")
     async def get_volume(self, request: Request[Any, Any, Any], volume_id: str) -> VolumeOut:
@@ -143,11 +145,13 @@ class VolumeController(Controller):
         command = UpdateVolume(
             actor=request.user.id, at=datetime.now(UTC), name=data.name, size_gb=data.size
         )
-        return view(
-            await ctx.execute(
-                VOLUMES, read_models.checked_id(volume_id, "volume"), command, request
-            )
-        )
+        volume_id = read_models.checked_id(volume_id, "volume")
+        if data.size is None:
+            return view(await ctx.execute(VOLUMES, volume_id, command, request))
+        async with ctx.quotas.held(request.user.id) as usage:
+            current = _mine(await read_models.get(ctx.pool, VOLUMES, volume_id), request.user.id)
+            await usage.check_volumes(max(0, data.size - current.size_gb), new=False)
+            return view(await ctx.execute(VOLUMES, volume_id, command, request))
 
     @delete("/{volume_id:str}", status_code=202, summary="Delete a volume: its data is lost")
     async def delete_volume(
