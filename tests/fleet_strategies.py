@@ -327,6 +327,7 @@ class PureFleet:
                 between()
             fields: dict[str, Any] = msgspec.structs.asdict(command)
             fields["datacenter_id"] = host.datacenter_id
+            del fields["hosts_without_disk"]
             create = CreateInstance(
                 **fields, host_id=host.id, gpu_uuids=gpu_uuids, lease_id=lease_id
             )

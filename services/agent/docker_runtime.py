@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +36,7 @@ from services.agent.container_limits import (
     tenant_network,
 )
 from services.agent.runtime import (
+    GIB,
     LABEL_HOST,
     LABEL_INSTANCE,
     LABEL_MANAGED,
@@ -404,6 +406,19 @@ class DockerRuntime:
             return True
 
         return await asyncio.to_thread(exists)
+
+    async def storage_gb(self) -> int | None:
+        """The file system of Docker's data root, which holds container layers and volumes.
+        Unknown (None) when this agent cannot see it (a remote engine)."""
+
+        def measure() -> int | None:
+            root = str(self._client.info().get("DockerRootDir") or "")
+            try:
+                return shutil.disk_usage(root).total // GIB if root else None
+            except OSError:
+                return None
+
+        return await asyncio.to_thread(measure)
 
     def _remove_volume(self, name: str) -> None:
         def gone() -> bool:

@@ -51,6 +51,8 @@ class HostSpec(msgspec.Struct, frozen=True, kw_only=True):
     cloud_type: str
     gpus: list[HostGpu]
     inventory_source: str
+    # Declared by the operator (GPUWORKER_HOST_DISK_GB); else the runtime measures it.
+    disk_gb: int | None = None
 
 
 class Heartbeat(msgspec.Struct, frozen=True):
@@ -175,6 +177,7 @@ class HostAgent:
         await self._runtime.close()
 
     async def _register(self, host: HostSpec) -> None:
+        disk_gb = host.disk_gb if host.disk_gb is not None else await self._runtime.storage_gb()
         delay = 0.2
         while True:
             try:
@@ -189,6 +192,7 @@ class HostAgent:
                         gpus=host.gpus,
                         inventory_source=host.inventory_source,
                         runtime=self._runtime.name,
+                        disk_gb=disk_gb,
                     ),
                     correlation_id=f"register:{host.host_id}",
                 )

@@ -16,6 +16,8 @@ from services.container_input import mount_path_problem, ports_problem
 LABEL_MANAGED = "gpuworker.managed"
 LABEL_INSTANCE = "gpuworker.instance"
 LABEL_HOST = "gpuworker.host"
+# Disk sizes (containerDiskInGb, volumeInGb, a volume's size, a host's disk) count GiB.
+GIB = 2**30
 
 
 class RegistryCredentials(msgspec.Struct, frozen=True):
@@ -128,6 +130,10 @@ class Runtime(Protocol):
         ...
 
     async def volume_exists(self, name: str) -> bool: ...
+
+    async def storage_gb(self) -> int | None:
+        """GiB of disk that this host's containers and volumes share; None if unknown."""
+        ...
 
     def watch(self) -> AsyncIterator[RuntimeEvent]:
         """Deaths and removals that happen behind our back, as they happen."""

@@ -95,8 +95,10 @@ class SimulatedRuntime:
         host_id: str,
         start_delay_s: float = 0.05,
         clock: Callable[[], datetime] = _utc_now,
+        storage_gb: int | None = None,
     ) -> None:
         self.host_id = host_id
+        self._storage_gb = storage_gb
         self.start_delay_s = start_delay_s
         self._clock = clock
         self._containers: dict[str, _Container] = {}
@@ -172,6 +174,9 @@ class SimulatedRuntime:
 
     async def volume_exists(self, name: str) -> bool:
         return name in self.volumes
+
+    async def storage_gb(self) -> int | None:
+        return self._storage_gb
 
     async def list_managed(self) -> list[ContainerState]:
         return [c.state() for c in self._containers.values()]

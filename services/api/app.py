@@ -31,8 +31,10 @@ from services.api.login_throttle import LoginThrottle
 from services.api.quotas import QuotaGuard, Quotas
 from services.api.read_cache import ReadCache
 from services.api.registry_auth import RegistryAuthController
+from services.api.storage_capacity import StorageGuard, StorageRules
 from services.api.templates import TemplateController
 from services.api.volumes import VolumeController
+from services.api.write_locks import WriteLocks
 from services.config import Settings
 from services.nats_connection import connect_nats
 from services.security.secret_box import SecretBox
@@ -83,8 +85,8 @@ def create_app(settings: Settings) -> Litestar:
         nc = await connect_nats(settings.nats_url, "api")
         watcher = CheckpointWatcher(settings.database_url)
         await watcher.start()
-        quotas = QuotaGuard(settings.database_url, Quotas.from_env())
-        await quotas.open()
+        locks = WriteLocks(settings.database_url)
+        await locks.open()
         app.state.ctx = ApiContext(
             settings=settings,
             pool=pool,
@@ -95,12 +97,13 @@ def create_app(settings: Settings) -> Litestar:
             box=SecretBox(settings.secret_key),
             jwt=jwt_auth,
             cache=ReadCache(watcher),
-            quotas=quotas,
+            quotas=QuotaGuard(locks, Quotas.from_env()),
+            storage=StorageGuard(locks, StorageRules.from_env()),
         )
         try:
             yield
         finally:
-            await quotas.close()
+            await locks.close()
             await watcher.stop()
             await nc.close()
             await pool.close()

@@ -18,6 +18,7 @@ from services.api.consistency import CheckpointWatcher
 from services.api.login_throttle import LoginThrottle
 from services.api.quotas import QuotaGuard
 from services.api.read_cache import ReadCache
+from services.api.storage_capacity import StorageGuard
 from services.config import Settings
 from services.deciders.decider import Command
 from services.security.secret_box import SecretBox
@@ -35,6 +36,7 @@ class ApiContext:
     jwt: JWTAuth[Any, Any]
     cache: ReadCache
     quotas: QuotaGuard
+    storage: StorageGuard
 
     async def execute(
         self,

@@ -231,6 +231,12 @@ class InstanceController(Controller):
             or not (template.is_public or template.owner_id == request.user.id)
         ):
             raise BadRequest(f"field `templateId`: no template {data.template_id!r}")
+        container_disk = data.container_disk_in_gb or template.container_disk_in_gb
+        volume_in_gb = data.volume_in_gb if data.volume_in_gb is not None else template.volume_in_gb
+        # The instance's own disks (a network volume replaces its volume) must fit its host.
+        need_gb = container_disk + (0 if data.network_volume_id else volume_in_gb)
+        hosts: list[HostState] = await read_models.list_visible(ctx.pool, HOSTS, None)
+        without_room = await ctx.storage.hosts_without_room(hosts, need_gb)
         command = PlaceInstance(
             actor=request.user.id,
             at=now,
@@ -244,10 +250,8 @@ class InstanceController(Controller):
             docker_start_cmd=template.docker_start_cmd,
             env={**template.env, **(data.env or {})},
             ports=data.ports if data.ports is not None else template.ports,
-            container_disk_in_gb=data.container_disk_in_gb or template.container_disk_in_gb,
-            volume_in_gb=data.volume_in_gb
-            if data.volume_in_gb is not None
-            else template.volume_in_gb,
+            container_disk_in_gb=container_disk,
+            volume_in_gb=volume_in_gb,
             volume_mount_path=data.volume_mount_path or template.volume_mount_path,
             network_volume_id=data.network_volume_id,
             price_per_hour_micros=gpu.per_hour(data.cloud_type),
@@ -255,6 +259,7 @@ class InstanceController(Controller):
             registry_auth_id=template.container_registry_auth_id,
             vcpu_count=resources.vcpu_per_gpu * data.gpu_count,
             memory_in_gb=resources.ram_gb_per_gpu * data.gpu_count,
+            hosts_without_disk=without_room,
         )
         async with ctx.quotas.held(request.user.id) as usage:
             await usage.check_gpus(data.gpu_count)

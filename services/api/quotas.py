@@ -5,14 +5,9 @@ come from configuration (`Quotas.from_env`); a create over one is a 409 that nam
 its limit.
 
 A check and the write it admits must not interleave with another of the same user's: two creates
-that each see room for one more would both pass. So the check and the write run under a lock per
-user: an asyncio lock within this process, then a PostgreSQL advisory lock across api processes,
-held on a connection of a small pool of its own (one per user with a write in flight), so held
-locks never starve the api's main pool. The write waits for its read model before it
-answers (read-your-writes), so the next holder of the lock counts it. The bound on that wait
-(`read_your_writes_timeout_s`) is the one gap: a projection lagging past it lets a racing create
-count without the previous one. One user's guarded writes therefore run one at a time; different
-users' run in parallel.
+that each see room for one more would both pass. So GPU and volume checks and their writes run
+under the user's lock (`write_locks`): one user's such writes run one at a time; different users'
+run in parallel.
 
 Templates cost us nothing to hold and are created in bursts (imports, benchmarks), so their quota
 is checked without the lock: concurrent creates of one user may pass it by as many as are in
@@ -20,18 +15,15 @@ flight together, a bounded overshoot that is accepted."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import os
-import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 
+from services.api.write_locks import WriteLocks
 from services.deciders.instance import HOLDS_GPUS
 from services.errors import Conflict
 
@@ -126,38 +118,16 @@ class Usage:
 
 
 class QuotaGuard:
-    def __init__(self, database_url: str, quotas: Quotas, max_users_at_once: int = 32) -> None:
+    def __init__(self, locks: WriteLocks, quotas: Quotas) -> None:
+        self._locks = locks
         self.quotas = quotas
-        self._pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            database_url,
-            min_size=1,
-            max_size=max_users_at_once,
-            timeout=10.0,
-            open=False,
-            kwargs={"autocommit": True},
-        )
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-
-    async def open(self) -> None:
-        await self._pool.open(wait=False)
-
-    async def close(self) -> None:
-        await self._pool.close()
 
     async def check_templates(self, user_id: str) -> None:
-        async with self._pool.connection() as conn:
+        async with self._locks.unlocked() as conn:
             await Usage(conn, user_id, self.quotas).check_templates()
 
     @asynccontextmanager
     async def held(self, user_id: str) -> AsyncIterator[Usage]:
         """The user's lock, held until the block (check, then write) ends."""
-        lock = self._locks.get(user_id)
-        if lock is None:
-            lock = self._locks[user_id] = asyncio.Lock()
-        key = int.from_bytes(hashlib.sha256(f"quota:{user_id}".encode()).digest()[:8], signed=True)
-        async with lock, self._pool.connection() as conn:
-            await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-            try:
-                yield Usage(conn, user_id, self.quotas)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        async with self._locks.held(f"quota:{user_id}") as conn:
+            yield Usage(conn, user_id, self.quotas)

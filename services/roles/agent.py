@@ -49,10 +49,12 @@ def choose_runtime(requested: str | None, host_id: str) -> Runtime:
 
 
 def host_spec(host_id: str, inventory: GpuInventory, datacenter: str, cloud: str) -> HostSpec:
+    declared_disk = os.environ.get("GPUWORKER_HOST_DISK_GB")
     return HostSpec(
         host_id=host_id,
         datacenter_id=datacenter,
         cloud_type=cloud,
+        disk_gb=int(declared_disk) if declared_disk else None,
         inventory_source=inventory.source,
         gpus=[
             HostGpu(index=d.index, uuid=d.uuid, gpu_type_id=d.name, memory_mb=d.memory_mb)
