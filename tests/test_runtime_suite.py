@@ -298,6 +298,21 @@ async def test_stop_then_start_keeps_the_volume(runtime: Runtime, backend: Backe
     )
 
 
+async def test_disk_usage_counts_what_the_volume_holds(runtime: Runtime, backend: Backend) -> None:
+    spec = new_spec(backend)
+    assert spec.volume_name is not None
+    await runtime.create_and_start(spec)
+    before = await runtime.disk_usage([spec.volume_name, "gpuworker-test-no-such-volume"])
+    text = "x" * 5000
+    await backend.write_file(spec.instance_id, spec.volume_name, "big.txt", text)
+
+    after = await runtime.disk_usage([spec.volume_name])
+
+    assert "gpuworker-test-no-such-volume" not in before.volumes
+    assert after.volumes[spec.volume_name] >= before.volumes[spec.volume_name] + len(text)
+    assert after.containers[spec.instance_id] >= 0
+
+
 async def test_stop_is_harmless_when_already_stopped(runtime: Runtime, backend: Backend) -> None:
     spec = new_spec(backend)
     await runtime.create_and_start(spec)

@@ -35,6 +35,7 @@ from services.agent.container_limits import (
     tenant_hash,
     tenant_network,
 )
+from services.agent.disk_watch import allocated_bytes
 from services.agent.runtime import (
     GIB,
     LABEL_HOST,
@@ -44,6 +45,7 @@ from services.agent.runtime import (
     ContainerSpec,
     ContainerState,
     ContainerStatus,
+    DiskUsage,
     ImagePullFailed,
     InvalidContainerSpec,
     RegistryCredentials,
@@ -419,6 +421,42 @@ class DockerRuntime:
                 return None
 
         return await asyncio.to_thread(measure)
+
+    async def disk_usage(self, volumes: list[str]) -> DiskUsage:
+        return await asyncio.to_thread(self._disk_usage, volumes)
+
+    def _disk_usage(self, volumes: list[str]) -> DiskUsage:
+        # `docker ps --size`: each container's writable layer (SizeRw), this host's only.
+        listed = self._client.api.containers(
+            all=True,
+            size=True,
+            filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_HOST}={self.host_id}"]},
+        )
+        containers = {
+            str(c["Labels"][LABEL_INSTANCE]): int(c.get("SizeRw") or 0)
+            for c in listed
+            if (c.get("Labels") or {}).get(LABEL_INSTANCE)
+        }
+        sizes: dict[str, int] = {}
+        unreadable: list[str] = []
+        for name in volumes:
+            try:
+                mountpoint = str(self._client.volumes.get(name).attrs.get("Mountpoint") or "")
+            except docker.errors.NotFound:
+                continue
+            size = allocated_bytes(mountpoint) if mountpoint else None
+            if size is None:
+                unreadable.append(name)
+            else:
+                sizes[name] = size
+        if unreadable:
+            # An engine whose files this agent cannot see measures its volumes itself (slower:
+            # `docker system df -v` measures everything on it).
+            for volume in self._client.df().get("Volumes") or []:
+                size = int((volume.get("UsageData") or {}).get("Size", -1))
+                if volume.get("Name") in unreadable and size >= 0:
+                    sizes[volume["Name"]] = size
+        return DiskUsage(containers=containers, volumes=sizes)
 
     def _remove_volume(self, name: str) -> None:
         def gone() -> bool:

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NatsClient
 
 from events.host import HostGpu
 from events.instance import LEGACY_RAM_GB_PER_GPU, LEGACY_VCPU_PER_GPU
+from services.agent.disk_watch import DISK_CHECK_S, over_disk
 from services.agent.registry_credentials import RegistryCredentialStore
 from services.agent.runtime import (
     ContainerSpec,
@@ -108,7 +109,9 @@ class HostAgent:
         credentials: RegistryCredentialStore | None = None,
         create_attempts: int = CREATE_ATTEMPTS,
         create_backoff_s: float = CREATE_BACKOFF_S,
+        disk_check_s: float = DISK_CHECK_S,
     ) -> None:
+        self._disk_check_s = disk_check_s
         self._credentials = credentials
         self._create_attempts = create_attempts
         self._create_backoff_s = create_backoff_s
@@ -161,6 +164,8 @@ class HostAgent:
         self._tasks.append(asyncio.create_task(self._heartbeat()))
         self._tasks.append(asyncio.create_task(self._watch()))
         self._tasks.append(asyncio.create_task(self._resync()))
+        if self._disk_check_s > 0:
+            self._tasks.append(asyncio.create_task(self._watch_disks()))
         log.info(
             "agent %s ready: %d host(s), runtime %s",
             self.name,
@@ -440,6 +445,34 @@ class HostAgent:
                 log.warning("removing left-over container of instance %s", container.instance_id)
                 keep = state is not None and state.network_volume_id is not None
                 await self._runtime.remove(container.instance_id, remove_volume=not keep)
+
+    async def _watch_disks(self) -> None:
+        while True:
+            await asyncio.sleep(self._disk_check_s)
+            try:
+                await self.check_disks()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("checking disk usage failed (will retry)")
+
+    async def check_disks(self) -> None:
+        """Stop every running instance that holds more than one of its disks allows."""
+        running = [s for s in self._instances.states().values() if s.status == "RUNNING"]
+        if not running:
+            return
+        names = sorted({n for s in running if (n := instance_volume_name(s))})
+        usage = await self._runtime.disk_usage(names)
+        volumes = dict(self._volumes.states())
+        for instance_id, reason in over_disk(running, volumes, usage, instance_volume_name).items():
+            async with self._locks.setdefault(instance_id, asyncio.Lock()):
+                state = self._instances.get(instance_id)
+                if state is None or state.status != "RUNNING":
+                    continue
+                log.warning("instance %s: %s", instance_id, reason)
+                # Reported first: the container's death that follows is then expected.
+                await self._report(state, "failed", reason=reason)
+                await self._runtime.stop(instance_id)
 
     async def _heartbeat(self) -> None:
         encode = msgspec.json.Encoder().encode

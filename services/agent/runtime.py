@@ -69,6 +69,14 @@ class RuntimeEvent(msgspec.Struct, frozen=True, kw_only=True):
     occurred_at: datetime
 
 
+class DiskUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """Bytes on disk, as `du` counts them (allocated blocks, so a sparse file costs only what it
+    holds): each managed container's writable layer by instance id, each volume by name."""
+
+    containers: dict[str, int] = {}
+    volumes: dict[str, int] = {}
+
+
 class ImagePullFailed(Exception):
     """The image is not present and could not be pulled; the message says why."""
 
@@ -133,6 +141,11 @@ class Runtime(Protocol):
 
     async def storage_gb(self) -> int | None:
         """GiB of disk that this host's containers and volumes share; None if unknown."""
+        ...
+
+    async def disk_usage(self, volumes: list[str]) -> DiskUsage:
+        """What this host's managed containers and the named volumes hold now (a volume that
+        does not exist is left out)."""
         ...
 
     def watch(self) -> AsyncIterator[RuntimeEvent]:

@@ -25,6 +25,7 @@ from services.agent.runtime import (
     ContainerSpec,
     ContainerState,
     ContainerStatus,
+    DiskUsage,
     ImagePullFailed,
     RegistryCredentials,
     RuntimeEvent,
@@ -99,6 +100,8 @@ class SimulatedRuntime:
     ) -> None:
         self.host_id = host_id
         self._storage_gb = storage_gb
+        # Bytes written by `fill` (test hook), per container (instance id) or volume name.
+        self._filled: dict[str, int] = {}
         self.start_delay_s = start_delay_s
         self._clock = clock
         self._containers: dict[str, _Container] = {}
@@ -178,6 +181,16 @@ class SimulatedRuntime:
     async def storage_gb(self) -> int | None:
         return self._storage_gb
 
+    async def disk_usage(self, volumes: list[str]) -> DiskUsage:
+        def volume_bytes(name: str) -> int:
+            files = self.volumes[name]
+            return sum(len(text.encode()) for text in files.values()) + self._filled.get(name, 0)
+
+        return DiskUsage(
+            containers={i: self._filled.get(i, 0) for i in self._containers},
+            volumes={name: volume_bytes(name) for name in volumes if name in self.volumes},
+        )
+
     async def list_managed(self) -> list[ContainerState]:
         return [c.state() for c in self._containers.values()]
 
@@ -192,6 +205,10 @@ class SimulatedRuntime:
             await watch.aclose()
 
     # -- test hooks: what an operator could do to a real container behind the agent's back ----
+
+    def fill(self, name: str, size: int) -> None:
+        """Like writing `size` bytes into a container (by instance id) or a volume (by name)."""
+        self._filled[name] = self._filled.get(name, 0) + size
 
     def kill_from_outside(self, instance_id: str, exit_code: int = SIGKILL_EXIT_CODE) -> None:
         """Like `docker kill`: the instance dies at once with `exit_code`."""

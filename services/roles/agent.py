@@ -102,6 +102,7 @@ async def run_agent(
         runtime,
         credentials=credentials,
         heartbeat_s=float(os.environ.get("GPUWORKER_HEARTBEAT", "2")),
+        disk_check_s=float(os.environ.get("GPUWORKER_DISK_CHECK_INTERVAL", "60")),
         # One simulated process may stand for many hosts: give it workers to match.
         workers=min(256, max(16, 4 * len(hosts))),
     )

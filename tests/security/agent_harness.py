@@ -23,6 +23,7 @@ from events.ids import new_id
 from events.store import JetStreamEventStore
 from services.agent.docker_runtime import DockerRuntime
 from services.agent.host_agent import HostAgent, HostSpec
+from services.agent.runtime import Runtime
 from services.api.command_bus import CommandBus
 from services.deciders.catalog import DECIDERS
 from services.deciders.instance import CreateInstance, InstanceState
@@ -44,7 +45,7 @@ async def running_agent(
     client: docker.DockerClient,
     host: str,
     gpus: int = 2,
-    runtime: DockerRuntime | None = None,
+    runtime: Runtime | None = None,
     **agent_options: Any,
 ) -> AsyncIterator[tuple[DeciderRunner, HostAgent]]:
     store = JetStreamEventStore(nc)

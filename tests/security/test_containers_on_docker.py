@@ -1,6 +1,7 @@
 """Finding 5 (issue 7) through the API on real Docker: an instance's container gets the vCPUs and
 RAM its GPUs rent with (rate card), the host's limits, and its owner's own network, which no other
-tenant's container can reach.
+tenant's container can reach; an instance that writes past its disk is stopped with the reason
+(1.3 GB once went into a 1 GB volume unnoticed).
 
 Addresses on Docker's bridges are discovered from `docker inspect` while the test runs, never
 written here."""
@@ -44,6 +45,7 @@ def docker_stack(
     host_id = f"t-contain-{uuid.uuid4().hex[:8]}"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GPUWORKER_HOST_ID", host_id)
+        env.setenv("GPUWORKER_DISK_CHECK_INTERVAL", "1")
         try:
             with running_stack(
                 tmp_path_factory.mktemp("contain"), pg_base_uri, runtime="docker", gpus=GPUS
@@ -165,3 +167,43 @@ def test_tenants_cannot_reach_each_other(
         finally:
             for client, instance_id in made:
                 terminate(client, instance_id, UP_S)
+
+
+def test_an_instance_over_its_disk_is_stopped_with_the_reason(
+    docker_stack: Stack,
+    docker_client: docker.DockerClient,  # noqa: F811
+) -> None:
+    with _client(docker_stack) as client:
+        on_volume = create_instance(
+            client, templateId=BUSYBOX_TEMPLATE, containerDiskInGb=5, volumeInGb=1
+        )
+        on_layer = create_instance(client, templateId=BUSYBOX_TEMPLATE, containerDiskInGb=1)
+        try:
+            for instance in (on_volume, on_layer):
+                wait_status(client, instance["id"], "RUNNING", UP_S)
+            # 1.2 GiB each: into the 1 GB volume, and into the 1 GB container layer. `dd` may
+            # be cut short by the stop; either way the instance must end FAILED.
+            for instance, path in ((on_volume, "/workspace/big"), (on_layer, "/big")):
+                _container(docker_client, instance["id"]).exec_run(
+                    ["busybox", "dd", "if=/dev/zero", f"of={path}", "bs=1M", "count=1200"],
+                    detach=True,
+                )
+            failed = wait_status(client, on_volume["id"], "FAILED", 60)
+            reason = failed["failureReason"]
+            assert "volumeInGb" in reason and "/workspace" in reason, reason
+            assert "limit of 1 GB" in reason, reason
+            failed = wait_status(client, on_layer["id"], "FAILED", 60)
+            reason = failed["failureReason"]
+            assert "containerDiskInGb" in reason and "limit of 1 GB" in reason, reason
+            # Stopped for real, and the GPUs are free again.
+            boxes = [_container(docker_client, i["id"]) for i in (on_volume, on_layer)]
+            wait_for(lambda: all(_exited(c) for c in boxes), 15, "the containers stopped")
+            wait_for(lambda: availability(client, RTX_4090)[0] == 4, 15, "GPUs given back")
+        finally:
+            for instance in (on_volume, on_layer):
+                terminate(client, instance["id"], UP_S)
+
+
+def _exited(container: Any) -> bool:
+    container.reload()
+    return str(container.status) == "exited"
