@@ -5,6 +5,7 @@ overcommit ratio): a volume over capacity is a 409 that says so."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -13,10 +14,13 @@ from pathlib import Path
 import docker
 import pytest
 
+from events.catalog import decode_event
+from events.host import HostRegistered
 from services.agent.docker_runtime import DockerRuntime
 from services.agent.runtime import GIB
 from services.agent.simulated_runtime import SimulatedRuntime
 from services.api.storage_capacity import fits
+from services.deciders.host import HOST
 from tests.api_helpers import assert_error, user_client, wait_for
 from tests.docker_fixtures import docker_client  # noqa: F401
 from tests.instance_helpers import RTX_4090, availability, instance_body, terminate
@@ -72,3 +76,33 @@ def test_volumes_and_instance_disks_stop_at_the_hosts_disk(small_disk_stack: Sta
         assert_error(client.post("/volumes", json=volume_body(size=40)), 409, "storage")
         create_volume(client, size=30)
         terminate(client, created.json()["id"])
+
+
+def test_host_registered_v1_reads_back_with_an_unknown_disk() -> None:
+    stamp = "2026-11-02T10:00:00Z"
+    raw = json.dumps(
+        {
+            "id": "0190f1e2-4444-7000-8000-000000000003",
+            "type": "HostRegistered",
+            "version": 1,
+            "aggregate": {"type": "host", "id": "h-old"},
+            "occurred_at": stamp,
+            "recorded_at": stamp,
+            "actor": "system:agent:h-old",
+            "correlation_id": "corr-1",
+            "data": {
+                "datacenter_id": "US-TX-3",
+                "cloud_type": "SECURE",
+                "gpus": [],
+                "inventory_source": "declared",
+                "runtime": "docker",
+            },
+        }
+    ).encode()
+    envelope = decode_event(raw)
+    assert envelope.version == 2
+    assert isinstance(envelope.data, HostRegistered) and envelope.data.disk_gb is None
+    state = HOST.evolve(None, envelope)
+    assert state.disk_gb is None
+    # An unknown disk is not checked: anything fits.
+    assert fits(state.disk_gb, 10**6, 4000, 1.0)
