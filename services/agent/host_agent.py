@@ -341,6 +341,8 @@ class HostAgent:
             if actual.status == "running":
                 await self._runtime.stop(instance_id)
         elif status == "TERMINATING":
+            self._failed_creates.pop(instance_id, None)
+            self._retry_at.pop(instance_id, None)
             # A network volume outlives the instance; the instance's own disk does not.
             await self._runtime.remove(instance_id, remove_volume=not state.network_volume_id)
             await self._report(state, "terminated")

@@ -5,9 +5,11 @@ too. Templates and instances, on create and on change, answer 400 naming the fie
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import docker
+import httpx
 import pytest
 
 from services.agent.docker_runtime import DockerRuntime
@@ -95,14 +97,17 @@ API_MOUNT_PATHS = ["/x:/y", "/a/../etc", "/a//b", "/", "/proc", "/etc/ssh", "/va
 API_PORTS = [["99999/tcp"], ["0/udp"], ["8888/http", "8888/tcp"], ["22/tcp", "22/tcp"]]
 
 
+def _creates_are_refused(client: httpx.Client, url: str, body: Callable[..., Any]) -> None:
+    for path in API_MOUNT_PATHS:
+        response = client.post(url, json=body(volumeMountPath=path))
+        assert_error(response, 400, "field `volumeMountPath`")
+    for ports in API_PORTS:
+        assert_error(client.post(url, json=body(ports=ports)), 400, "field `ports`")
+
+
 def test_templates_refuse_bad_mount_paths_and_ports(stack: Stack) -> None:
     with user_client(stack) as client:
-        for path in API_MOUNT_PATHS:
-            response = client.post("/templates", json=template_body(volumeMountPath=path))
-            assert_error(response, 400, "field `volumeMountPath`")
-        for ports in API_PORTS:
-            response = client.post("/templates", json=template_body(ports=ports))
-            assert_error(response, 400, "field `ports`")
+        _creates_are_refused(client, "/templates", template_body)
         created = client.post("/templates", json=template_body())
         assert created.status_code == 201, created.text
         url = f"/templates/{created.json()['id']}"
@@ -116,12 +121,7 @@ def test_templates_refuse_bad_mount_paths_and_ports(stack: Stack) -> None:
 
 def test_instances_refuse_bad_mount_paths_and_ports(stack: Stack) -> None:
     with user_client(stack) as client:
-        for path in API_MOUNT_PATHS:
-            response = client.post("/instances", json=instance_body(volumeMountPath=path))
-            assert_error(response, 400, "field `volumeMountPath`")
-        for ports in API_PORTS:
-            response = client.post("/instances", json=instance_body(ports=ports))
-            assert_error(response, 400, "field `ports`")
+        _creates_are_refused(client, "/instances", instance_body)
         # None of them holds a GPU or shows up.
         assert client.get("/instances").json() == []
         with instance(client) as created:
