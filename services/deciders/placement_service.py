@@ -57,6 +57,10 @@ class PlaceInstance(Command, frozen=True, kw_only=True):
     price_per_hour_micros: int
     rate_card_version: str
     registry_auth_id: str | None = None
+    vcpu_count: int
+    memory_in_gb: int
+    # Hosts the api found without free disk for the instance's own disks: not tried.
+    hosts_without_disk: list[str] = []
 
 
 class StartPlacedInstance(Command, frozen=True, kw_only=True):
@@ -66,12 +70,24 @@ class StartPlacedInstance(Command, frozen=True, kw_only=True):
 PlacementCommand = PlaceInstance | StartPlacedInstance
 
 
-def no_capacity(count: int, gpu_type_id: str, datacenter_id: str | None, cloud_type: str) -> str:
+def no_capacity(
+    count: int,
+    gpu_type_id: str,
+    datacenter_id: str | None,
+    cloud_type: str,
+    without_disk: int = 0,
+) -> str:
     where = f"in {datacenter_id}" if datacenter_id else "in any data center"
+    skipped = (
+        f" ({without_disk} host{'s' if without_disk > 1 else ''} without enough free disk for"
+        " this instance's containerDiskInGb and volumeInGb left out)"
+        if without_disk
+        else ""
+    )
     return (
         f"no capacity: no {cloud_type} host {where} has {count} free {gpu_type_id}"
-        f" GPU{'s' if count > 1 else ''} right now; try fewer GPUs, another GPU type or data"
-        " center, or retry later"
+        f" GPU{'s' if count > 1 else ''} right now{skipped}; try fewer GPUs, smaller disks,"
+        " another GPU type or data center, or retry later"
     )
 
 
@@ -237,7 +253,7 @@ class PlacementService:
         only_host: str | None,
     ) -> Reply:
         instance_id = envelope.aggregate_id
-        tried: set[str] = set()
+        tried: set[str] = set(command.hosts_without_disk)
         deadline = asyncio.get_running_loop().time() + CLAIM_WAIT_S
         attempts = 0
         while attempts < MAX_HOSTS_TRIED:
@@ -257,6 +273,7 @@ class PlacementService:
             lease_id, gpu_uuids = allocated
             fields: dict[str, Any] = msgspec.structs.asdict(command)
             fields["datacenter_id"] = host.datacenter_id
+            del fields["hosts_without_disk"]
             create = CreateInstance(
                 **fields, host_id=host.id, gpu_uuids=gpu_uuids, lease_id=lease_id
             )
@@ -267,7 +284,11 @@ class PlacementService:
             return reply
         raise Conflict(
             no_capacity(
-                command.gpu_count, command.gpu_type_id, command.datacenter_id, command.cloud_type
+                command.gpu_count,
+                command.gpu_type_id,
+                command.datacenter_id,
+                command.cloud_type,
+                len(command.hosts_without_disk),
             )
         )
 
