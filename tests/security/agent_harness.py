@@ -1,4 +1,5 @@
-"""An agent in this process, on real NATS and real Docker, with the deciders it reports to.
+"""An agent in this process, on real NATS (logged in as its host's agent) and real Docker, with
+the deciders it reports to.
 
 The tests here write an instance's events through the deciders directly, the way an event written
 before today's API checks (or by a buggy writer) would reach an agent, and watch what the agent
@@ -25,11 +26,14 @@ from services.agent.docker_runtime import DockerRuntime
 from services.agent.host_agent import HostAgent, HostSpec
 from services.agent.runtime import Runtime
 from services.api.command_bus import CommandBus
+from services.cli.embedded import EmbeddedNats
 from services.deciders.catalog import DECIDERS
 from services.deciders.instance import CreateInstance, InstanceState
 from services.deciders.runner import DeciderRunner
 from services.deciders.server import DeciderServer
+from services.nats_permissions import agent_user
 from tests.docker_fixtures import clean_host
+from tests.servers import connect_as
 
 GPU = "NVIDIA GeForce RTX 4090"
 DATACENTER = "US-TX-3"
@@ -41,6 +45,7 @@ def host_id(prefix: str) -> str:
 
 @asynccontextmanager
 async def running_agent(
+    nats_server: EmbeddedNats,
     nc: NatsClient,
     client: docker.DockerClient,
     host: str,
@@ -53,6 +58,9 @@ async def running_agent(
     runner = DeciderRunner(store, DECIDERS)
     server = DeciderServer(nc, runner, {})
     await server.start()
+    # The agent logs in as its host's agent, which may report only about that host.
+    nats_server.add_agent(host)
+    agent_nc = await connect_as(nats_server, agent_user(host))
     spec = HostSpec(
         host_id=host,
         datacenter_id=DATACENTER,
@@ -65,8 +73,8 @@ async def running_agent(
     )
     agent = HostAgent(
         host,
-        nc,
-        CommandBus(nc, 10.0),
+        agent_nc,
+        CommandBus(agent_nc, 10.0),
         [spec],
         runtime or DockerRuntime(host, client, pull_timeout_s=5),
         **agent_options,
@@ -76,6 +84,7 @@ async def running_agent(
         yield runner, agent
     finally:
         await agent.stop()
+        await agent_nc.close()
         await server.stop()
         await asyncio.to_thread(clean_host, client, host)
 

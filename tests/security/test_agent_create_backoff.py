@@ -19,6 +19,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from services.agent.runtime import LABEL_INSTANCE
+from services.cli.embedded import EmbeddedNats
 from tests.docker_fixtures import busybox_image, docker_client  # noqa: F401
 from tests.security.agent_harness import (
     create_instance,
@@ -46,6 +47,7 @@ def no_shell_image(docker_client: docker.DockerClient) -> str:  # noqa: F811
 
 
 async def test_a_mount_path_docker_refuses_fails_at_once_without_a_loop(
+    nats_server: EmbeddedNats,
     nc: NatsClient,
     docker_client: docker.DockerClient,  # noqa: F811
     busybox_image: str,  # noqa: F811
@@ -54,7 +56,7 @@ async def test_a_mount_path_docker_refuses_fails_at_once_without_a_loop(
     host = host_id("t-backoff")
     since = time.time()
     caplog.set_level(logging.INFO, logger="gpuworker.agent")
-    async with running_agent(nc, docker_client, host) as (runner, _agent):
+    async with running_agent(nats_server, nc, docker_client, host) as (runner, _agent):
         instance_id = await create_instance(
             runner, host, image_name=busybox_image, volume_in_gb=1, volume_mount_path="/x:/y"
         )
@@ -73,6 +75,7 @@ async def test_a_mount_path_docker_refuses_fails_at_once_without_a_loop(
 
 
 async def test_a_container_docker_cannot_start_fails_after_bounded_attempts(
+    nats_server: EmbeddedNats,
     nc: NatsClient,
     docker_client: docker.DockerClient,  # noqa: F811
     no_shell_image: str,
@@ -81,7 +84,8 @@ async def test_a_container_docker_cannot_start_fails_after_bounded_attempts(
     host = host_id("t-backoff")
     since = time.time()
     caplog.set_level(logging.INFO, logger="gpuworker.agent")
-    async with running_agent(nc, docker_client, host, resync_s=0.5) as (runner, _agent):
+    agent = running_agent(nats_server, nc, docker_client, host, resync_s=0.5)
+    async with agent as (runner, _agent):
         instance_id = await create_instance(runner, host, image_name=no_shell_image)
         started = time.monotonic()
         failed = await wait_instance(runner, instance_id, "FAILED", 20)

@@ -17,6 +17,7 @@ from services.agent.disk_watch import allocated_bytes
 from services.agent.host_agent import network_volume_name
 from services.agent.runtime import GIB
 from services.agent.simulated_runtime import SimulatedRuntime
+from services.cli.embedded import EmbeddedNats
 from services.deciders.volume import CreateVolume, VolumeState
 from tests.docker_fixtures import docker_client  # noqa: F401
 from tests.security.agent_harness import (
@@ -30,13 +31,14 @@ from tests.security.agent_harness import (
 
 
 async def test_each_disk_over_its_limit_stops_its_instance(
+    nats_server: EmbeddedNats,
     nc: NatsClient,
     docker_client: docker.DockerClient,  # noqa: F811
 ) -> None:
     host = host_id("t-disk")
     runtime = SimulatedRuntime(host, start_delay_s=0.01)
     async with running_agent(
-        nc, docker_client, host, gpus=4, runtime=runtime, disk_check_s=0.2
+        nats_server, nc, docker_client, host, gpus=4, runtime=runtime, disk_check_s=0.2
     ) as (runner, agent):
         volume_id = new_id()
         created = await runner.run(
