@@ -175,6 +175,10 @@ class Stack:
             self.nats.add_agent(default_host_id())
             env["NATS_URL"] = self.nats.url
             env["GPUWORKER_NATS_CREDENTIALS"] = str(self.nats.credentials_path)
+        # One benchmark user writes thousands of templates and holds many instances and
+        # volumes: no per-user quotas.
+        for quota in ("GPUS", "VOLUMES", "VOLUME_GB", "TEMPLATES"):
+            env.setdefault(f"GPUWORKER_QUOTA_{quota}", "0")
         args = [
             venv_bin("gpuworker"), "up", "--host", HOST, "--port", str(self.port),
             "--data-dir", str(self.data_dir),

@@ -86,6 +86,11 @@ class RoleStack:
             GPUWORKER_DATACENTER=self.datacenter,
             # A slow full-size run may outlast the default 15 min access tokens.
             GPUWORKER_ACCESS_TOKEN_TTL="86400",
+            # Benchmark users hold hundreds of instances each: no per-user quotas.
+            GPUWORKER_QUOTA_GPUS="0",
+            GPUWORKER_QUOTA_VOLUMES="0",
+            GPUWORKER_QUOTA_VOLUME_GB="0",
+            GPUWORKER_QUOTA_TEMPLATES="0",
         )
         self.env = env
 

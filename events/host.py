@@ -1,6 +1,7 @@
 """Facts about GPU hosts: registration, liveness and who holds which GPU."""
 
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -14,7 +15,12 @@ class HostGpu(msgspec.Struct, frozen=True, kw_only=True):
     memory_mb: int
 
 
-@register()
+def upcast_host_registered_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """v2 added the host's disk; v1 hosts did not say."""
+    return {**payload, "disk_gb": None}
+
+
+@register(version=2, upcasters={1: upcast_host_registered_v1_v2})
 class HostRegistered(msgspec.Struct, frozen=True, kw_only=True):
     """Also re-sent when an agent restarts; the GPUs listed replace the previous inventory."""
 
@@ -24,6 +30,8 @@ class HostRegistered(msgspec.Struct, frozen=True, kw_only=True):
     # "nvml" or "declared" (simulated inventory).
     inventory_source: str
     runtime: str
+    # GiB of disk that containers and volumes share (None: unknown, nothing is checked).
+    disk_gb: int | None
 
 
 @register()

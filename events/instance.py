@@ -1,13 +1,30 @@
 """Facts about GPU instances: what customers asked for, and what hosts saw happen."""
 
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
 from events.catalog import register
+from ledger.rate_card import first_resources
+
+# What an instance of a GPU type the rate card never listed gets, per GPU (the agent's memory
+# limit before the card listed RAM; one vCPU).
+LEGACY_VCPU_PER_GPU = 1
+LEGACY_RAM_GB_PER_GPU = 2
 
 
-@register()
+def upcast_instance_created_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """v2 records the vCPUs and RAM rented with the GPUs; v1 instances get those of the first rate
+    card version that listed them for their GPU type."""
+    resources = first_resources(payload["gpu_type_id"])
+    vcpu = resources.vcpu_per_gpu if resources else LEGACY_VCPU_PER_GPU
+    ram = resources.ram_gb_per_gpu if resources else LEGACY_RAM_GB_PER_GPU
+    count = int(payload["gpu_count"])
+    return {**payload, "vcpu_count": vcpu * count, "memory_in_gb": ram * count}
+
+
+@register(version=2, upcasters={1: upcast_instance_created_v1_v2})
 class InstanceCreated(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     gpu_type_id: str
@@ -30,6 +47,10 @@ class InstanceCreated(msgspec.Struct, frozen=True, kw_only=True):
     price_per_hour_micros: int
     rate_card_version: str
     registry_auth_id: str | None = None
+    # For the whole instance (per GPU from the rate card version in force, times gpu_count): the
+    # container's CPU and memory limits.
+    vcpu_count: int
+    memory_in_gb: int
 
 
 @register()

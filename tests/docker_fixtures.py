@@ -6,6 +6,7 @@ No Docker engine is a test failure, never a skip (the engine is part of what is 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 import docker
 import docker.errors
 import pytest
+
+from services.agent.runtime import LABEL_HOST
 
 BUSYBOX_IMAGE = "local/busybox:latest"
 BUSYBOX_APPLETS = ("sh", "sleep", "echo", "cat", "ls", "wget")
@@ -87,3 +90,17 @@ def volume_exists(client: docker.DockerClient, name: str) -> bool:
     except docker.errors.NotFound:
         return False
     return True
+
+
+def clean_host(client: docker.DockerClient, host_id: str) -> None:
+    """Every container, then every volume and tenant network, a test's host left on the engine."""
+    label = {"label": f"{LABEL_HOST}={host_id}"}
+    for container in client.containers.list(all=True, filters=label):
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+    for volume in client.volumes.list(filters=label):
+        with contextlib.suppress(docker.errors.NotFound):
+            volume.remove(force=True)
+    for network in client.networks.list(filters=label):
+        with contextlib.suppress(docker.errors.NotFound):
+            network.remove()

@@ -146,6 +146,8 @@ def place_instance(
         network_volume_id=None,
         price_per_hour_micros=1_990_000,
         rate_card_version="2026-01",
+        vcpu_count=16 * gpu_count,
+        memory_in_gb=62 * gpu_count,
     )
 
 
@@ -325,6 +327,7 @@ class PureFleet:
                 between()
             fields: dict[str, Any] = msgspec.structs.asdict(command)
             fields["datacenter_id"] = host.datacenter_id
+            del fields["hosts_without_disk"]
             create = CreateInstance(
                 **fields, host_id=host.id, gpu_uuids=gpu_uuids, lease_id=lease_id
             )

@@ -43,6 +43,8 @@ INSTANCE_FIELDS = {
     "actions",
     "gpuTypeId",
     "gpuCount",
+    "vcpuCount",
+    "memoryInGb",
     "cloudType",
     "dataCenterId",
     "hostId",

@@ -96,6 +96,8 @@ async def test_sweeper_frees_only_orphaned_old_leases(nc: NatsClient) -> None:
             network_volume_id=None,
             price_per_hour_micros=690_000,
             rate_card_version="2026-11-01",
+            vcpu_count=16,
+            memory_in_gb=62,
         ),
         "t",
     )

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import pytest
 
 from services.agent.runtime import LABEL_HOST, LABEL_INSTANCE, LABEL_MANAGED
 from tests.api_helpers import template_body, user_client, wait_for
-from tests.docker_fixtures import busybox_image, docker_client  # noqa: F401
+from tests.docker_fixtures import busybox_image, clean_host, docker_client  # noqa: F401
 from tests.instance_helpers import (
     BUSYBOX_TEMPLATE,
     RTX_4090,
@@ -47,17 +47,6 @@ def _host_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def _clean_host(client: docker.DockerClient, host_id: str) -> None:
-    """Every container and volume a test host left on this engine."""
-    label = f"{LABEL_HOST}={host_id}"
-    for container in client.containers.list(all=True, filters={"label": label}):
-        with suppress(docker.errors.NotFound):
-            container.remove(force=True)
-    for volume in client.volumes.list(filters={"label": label}):
-        with suppress(docker.errors.NotFound):
-            volume.remove(force=True)
-
-
 @contextmanager
 def docker_stack(
     tmp: Path,
@@ -75,7 +64,7 @@ def docker_stack(
             with running_stack(tmp, pg_base_uri, runtime="docker", gpus=GPUS) as stack:
                 yield stack
         finally:
-            _clean_host(client, host_id)
+            clean_host(client, host_id)
 
 
 def _containers(client: docker.DockerClient, instance_id: str) -> list[Any]:

@@ -41,7 +41,12 @@ from services.agent.runtime import (
     RuntimeEvent,
 )
 from services.agent.simulated_runtime import SimulatedRuntime
-from tests.docker_fixtures import build_image, busybox_image, docker_client  # noqa: F401
+from tests.docker_fixtures import (  # noqa: F401
+    build_image,
+    busybox_image,
+    clean_host,
+    docker_client,
+)
 
 UNPULLABLE = "local/does-not-exist:1"
 # The label an older runtime read to find an instance's volume (issue 7, finding 1).
@@ -161,13 +166,7 @@ class DockerBackend:
 
     def cleanup(self) -> None:
         for host_id in self.host_ids:
-            label = {"label": f"{LABEL_HOST}={host_id}"}
-            for container in self.client.containers.list(all=True, filters=label):
-                with contextlib.suppress(docker.errors.NotFound):
-                    container.remove(force=True)
-            for volume in self.client.volumes.list(filters=label):
-                with contextlib.suppress(docker.errors.NotFound):
-                    volume.remove(force=True)
+            clean_host(self.client, host_id)
         for tag in self.images:
             with contextlib.suppress(docker.errors.NotFound):
                 self.client.images.remove(tag)
@@ -278,6 +277,7 @@ def new_spec(backend: Backend, **overrides: Any) -> ContainerSpec:
         "env": {"GPUWORKER_TEST": "1"},
         "ports": ["8888/http"],
         "memory_mb": 64,
+        "owner_id": "tenant-suite",
         "volume_name": f"gpuworker-test-vol-{instance_id}",
     }
     fields.update(overrides)
@@ -361,6 +361,21 @@ async def test_stop_then_start_keeps_the_volume(runtime: Runtime, backend: Backe
     assert await backend.read_file(spec.instance_id, spec.volume_name, "marker.txt") == (
         "still here"
     )
+
+
+async def test_disk_usage_counts_what_the_volume_holds(runtime: Runtime, backend: Backend) -> None:
+    spec = new_spec(backend)
+    assert spec.volume_name is not None
+    await runtime.create_and_start(spec)
+    before = await runtime.disk_usage([spec.volume_name, "gpuworker-test-no-such-volume"])
+    text = "x" * 5000
+    await backend.write_file(spec.instance_id, spec.volume_name, "big.txt", text)
+
+    after = await runtime.disk_usage([spec.volume_name])
+
+    assert "gpuworker-test-no-such-volume" not in before.volumes
+    assert after.volumes[spec.volume_name] >= before.volumes[spec.volume_name] + len(text)
+    assert after.containers[spec.instance_id] >= 0
 
 
 async def test_stop_is_harmless_when_already_stopped(runtime: Runtime, backend: Backend) -> None:

@@ -9,7 +9,6 @@ skip (tests/docker_fixtures.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 
 from services.agent.runtime import LABEL_HOST
 from tests.api_helpers import user_client, wait_for
-from tests.docker_fixtures import busybox_image, docker_client  # noqa: F401
+from tests.docker_fixtures import busybox_image, clean_host, docker_client  # noqa: F401
 from tests.instance_helpers import (
     BUSYBOX_TEMPLATE,
     RTX_4090,
@@ -41,17 +40,6 @@ GPUS = "NVIDIA GeForce RTX 4090:2"
 UP_S = 30.0
 
 
-def _clean_host(client: docker.DockerClient, host_id: str) -> None:
-    """Every container, then every volume, this test's host left on the engine."""
-    label = f"{LABEL_HOST}={host_id}"
-    for container in client.containers.list(all=True, filters={"label": label}):
-        with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True)
-    for volume in client.volumes.list(filters={"label": label}):
-        with contextlib.suppress(docker.errors.NotFound):
-            volume.remove(force=True)
-
-
 @pytest.fixture(scope="module")
 def docker_volume_stack(
     tmp_path_factory: pytest.TempPathFactory,
@@ -67,7 +55,7 @@ def docker_volume_stack(
             with running_stack(tmp, pg_base_uri, runtime="docker", gpus=GPUS) as stack:
                 yield stack, host_id
         finally:
-            _clean_host(docker_client, host_id)
+            clean_host(docker_client, host_id)
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ A container's labels are the image's labels merged with ours, and the image is t
 the runtime sets every `gpuworker.*` label itself (blanking any other the image brings), counts a
 container as ours only when its name is the one we give (`gpuworker-<instance id>`) and its labels
 agree, and never deletes anything because a label names it: `remove` deletes the volume its caller
-names from its own records, nothing else.
+names from its own records and, once unused, the tenant networks Docker says the container was on,
+when they are ours by the same rule (services.agent.container_limits.is_our_network).
 
 `watch()` reports every `die` and `destroy` of this host's managed containers, including the ones
 this runtime caused itself (stop, restart, remove): Docker does not say who stopped a container, so
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -32,6 +34,15 @@ import docker.types
 import msgspec
 import requests
 
+from services.agent.container_limits import (
+    NETWORK_PREFIX,
+    ContainerLimits,
+    contained,
+    is_our_network,
+    network_labels,
+    tenant_network,
+)
+from services.agent.disk_watch import allocated_bytes
 from services.agent.image_access import (
     NOT_FOUND_OR_DENIED,
     ImageAccess,
@@ -39,6 +50,7 @@ from services.agent.image_access import (
     pull_failure_reason,
 )
 from services.agent.runtime import (
+    GIB,
     LABEL_HOST,
     LABEL_INSTANCE,
     LABEL_MANAGED,
@@ -46,9 +58,13 @@ from services.agent.runtime import (
     ContainerSpec,
     ContainerState,
     ContainerStatus,
+    DiskUsage,
+    InvalidContainerSpec,
     RegistryCredentials,
     RuntimeEvent,
+    check_spec,
 )
+from services.container_input import port_key
 from services.images.reference import ImageReference
 
 log = logging.getLogger(__name__)
@@ -59,6 +75,7 @@ CONTAINER_PREFIX = "gpuworker-"
 _ZERO_TIME_PREFIX = "0001-01-01"
 # How long `remove` waits for Docker to really let go of a container or volume.
 _GONE_TIMEOUT_S = 30.0
+DEFAULT_LIMITS = ContainerLimits()
 
 
 def container_name(instance_id: str) -> str:
@@ -94,15 +111,10 @@ def is_ours(name: str, labels: Mapping[str, str], host_id: str) -> str | None:
 
 def _docker_port(port: str) -> str:
     """ "8888/http" -> "8888/tcp" (HTTP rides on TCP), "22/tcp" -> "22/tcp", "53/udp" stays."""
-    number, _, proto = port.partition("/")
-    if not number.isdigit() or not 0 < int(number) < 65536:
-        raise ValueError(f"invalid port {port!r}: expected e.g. '8888/http' or '22/tcp'")
-    proto = proto.lower() or "tcp"
-    if proto in ("http", "https"):
-        proto = "tcp"
-    if proto not in ("tcp", "udp", "sctp"):
-        raise ValueError(f"invalid port {port!r}: protocol must be http, tcp or udp")
-    return f"{number}/{proto}"
+    key = port_key(port)
+    if key is None:
+        raise InvalidContainerSpec(f"field `ports`: invalid port {port!r}")
+    return f"{key[0]}/{key[1]}"
 
 
 def container_create_kwargs(
@@ -110,15 +122,19 @@ def container_create_kwargs(
     host_id: str,
     publish_host_ip: str = "127.0.0.1",
     image_labels: Mapping[str, str] | None = None,
+    limits: ContainerLimits = DEFAULT_LIMITS,
+    host_cpus: int | None = None,
 ) -> dict[str, Any]:
-    """The keyword arguments for `client.containers.create` that realise `spec` (pure)."""
+    """The keyword arguments for `client.containers.create` that realise `spec` (pure).
+    Raises InvalidContainerSpec for a spec no container may have."""
+    check_spec(spec)
     kwargs: dict[str, Any] = {
         "image": spec.image,
         "name": container_name(spec.instance_id),
         "labels": container_labels(spec.instance_id, host_id, image_labels),
         "environment": dict(spec.env),
-        "mem_limit": f"{spec.memory_mb}m",
         "detach": True,
+        **contained(spec.memory_mb, spec.vcpus, spec.owner_id, host_id, limits, host_cpus),
     }
     if spec.command:
         kwargs["command"] = ["sh", "-c", spec.command]
@@ -221,9 +237,14 @@ class DockerRuntime:
         pull_timeout_s: float = 900.0,
         publish_host_ip: str = "127.0.0.1",
         images: ImageAccess | None = None,
+        limits: ContainerLimits = DEFAULT_LIMITS,
     ) -> None:
         self.host_id = host_id
         self._images = images if images is not None else ImageAccess()
+        self._limits = limits
+        self._host_cpus: int | None = None
+        # Creating a tenant's network and removing it once unused must not interleave.
+        self._network_lock = threading.Lock()
         self._owns_client = client is None
         self._client: docker.DockerClient = client if client is not None else docker.from_env()
         self._pull_timeout_s = pull_timeout_s
@@ -302,6 +323,10 @@ class DockerRuntime:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def create_and_start(self, spec: ContainerSpec) -> ContainerState:
+        # Refused before any pull: a spec no container may have never reaches a registry.
+        check_spec(spec)
+        if self._host_cpus is None:
+            self._host_cpus = int((await asyncio.to_thread(self._client.info)).get("NCPU") or 0)
         image = await self._verified_image(spec)
         try:
             return await asyncio.to_thread(self._create_and_start, spec, image)
@@ -320,13 +345,18 @@ class DockerRuntime:
                 self.host_id,
                 self._publish_host_ip,
                 image_labels,
+                self._limits,
+                self._host_cpus,
             )
             if spec.volume_name:
                 self._client.volumes.create(
                     name=spec.volume_name, labels=managed_labels(spec.instance_id, self.host_id)
                 )
             try:
-                container = self._client.containers.create(**kwargs)
+                with self._network_lock:
+                    if spec.owner_id:
+                        self._ensure_network(spec.owner_id)
+                    container = self._client.containers.create(**kwargs)
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # 409: someone created it meanwhile; use that one
                     raise
@@ -388,8 +418,53 @@ class DockerRuntime:
                 if exc.status_code != 409:  # 409: removal already in progress; wait for it
                     raise
         self._wait_gone(lambda: self._get(instance_id) is None, f"container {instance_id}")
+        if container is not None:
+            self._release_networks(container)
         if volume_name:
             self._remove_volume(volume_name)
+
+    def _ensure_network(self, owner_id: str) -> None:
+        """The tenant's bridge network on this host, made on first use. Docker keeps user-defined
+        bridges apart (its DOCKER-ISOLATION iptables chains), so containers reach their own
+        tenant's containers and no one else's."""
+        name = tenant_network(owner_id, self.host_id)
+        try:
+            network = self._client.networks.get(name)
+        except docker.errors.NotFound:
+            self._client.networks.create(
+                name,
+                driver="bridge",
+                check_duplicate=True,
+                labels=network_labels(owner_id, self.host_id),
+            )
+            return
+        # A network of that name we did not make is nobody's tenant network: no container of
+        # ours joins it (the create fails, and the agent reports it).
+        if not self._is_our_network(network):
+            raise docker.errors.APIError(f"network {name} exists but was not made by this agent")
+
+    def _is_our_network(self, network: Any) -> bool:
+        return is_our_network(network.name, network.attrs.get("Labels") or {}, self.host_id)
+
+    def _release_networks(self, container: Any) -> None:
+        """Remove the tenant networks the removed container was on once no container, in any
+        state, is on them (a stopped container cannot start again without its network), so the
+        engine's pool of subnets is not used up by tenants who have left."""
+        networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+        for name in networks:
+            if not name.startswith(NETWORK_PREFIX):
+                continue
+            with self._network_lock:
+                if self._client.containers.list(all=True, filters={"network": name}):
+                    continue
+                try:
+                    network = self._client.networks.get(name)
+                    if self._is_our_network(network):
+                        network.remove()
+                except docker.errors.NotFound:
+                    pass
+                except docker.errors.APIError as exc:  # in use after all: keep it
+                    log.warning("tenant network %s kept: %s", name, _explain(exc))
 
     async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
         def create() -> None:
@@ -415,6 +490,56 @@ class DockerRuntime:
             return True
 
         return await asyncio.to_thread(exists)
+
+    async def storage_gb(self) -> int | None:
+        """The file system of Docker's data root, which holds container layers and volumes.
+        Unknown (None) when this agent cannot see it (a remote engine)."""
+
+        def measure() -> int | None:
+            root = str(self._client.info().get("DockerRootDir") or "")
+            try:
+                return shutil.disk_usage(root).total // GIB if root else None
+            except OSError:
+                return None
+
+        return await asyncio.to_thread(measure)
+
+    async def disk_usage(self, volumes: list[str]) -> DiskUsage:
+        return await asyncio.to_thread(self._disk_usage, volumes)
+
+    def _disk_usage(self, volumes: list[str]) -> DiskUsage:
+        # `docker ps --size`: each container's writable layer (SizeRw), this host's only.
+        listed = self._client.api.containers(
+            all=True,
+            size=True,
+            filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_HOST}={self.host_id}"]},
+        )
+        containers: dict[str, int] = {}
+        for c in listed:
+            names = c.get("Names") or []
+            instance_id = is_ours(names[0] if names else "", c.get("Labels") or {}, self.host_id)
+            if instance_id is not None:
+                containers[instance_id] = int(c.get("SizeRw") or 0)
+        sizes: dict[str, int] = {}
+        unreadable: list[str] = []
+        for name in volumes:
+            try:
+                mountpoint = str(self._client.volumes.get(name).attrs.get("Mountpoint") or "")
+            except docker.errors.NotFound:
+                continue
+            size = allocated_bytes(mountpoint) if mountpoint else None
+            if size is None:
+                unreadable.append(name)
+            else:
+                sizes[name] = size
+        if unreadable:
+            # An engine whose files this agent cannot see measures its volumes itself (slower:
+            # `docker system df -v` measures everything on it).
+            for volume in self._client.df().get("Volumes") or []:
+                size = int((volume.get("UsageData") or {}).get("Size", -1))
+                if volume.get("Name") in unreadable and size >= 0:
+                    sizes[volume["Name"]] = size
+        return DiskUsage(containers=containers, volumes=sizes)
 
     def _remove_volume(self, name: str) -> None:
         def gone() -> bool:

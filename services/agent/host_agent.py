@@ -16,12 +16,15 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 
 from events.host import HostGpu
+from events.instance import LEGACY_RAM_GB_PER_GPU, LEGACY_VCPU_PER_GPU
 from events.subjects import agent_command_subject, heartbeat_subject
+from services.agent.disk_watch import DISK_CHECK_S, over_disk
 from services.agent.registry_credentials import RegistryCredentialStore
 from services.agent.runtime import (
     ContainerSpec,
     ContainerState,
     ImagePullFailed,
+    InvalidContainerSpec,
     RegistryCredentials,
     Runtime,
 )
@@ -35,7 +38,14 @@ from services.errors import GpuWorkerError
 
 log = logging.getLogger("gpuworker.agent")
 
-MEMORY_MB_PER_GPU = 2048
+# A container that cannot be created or started is tried this many times, waiting
+# CREATE_BACKOFF_S, then twice as long, ... in between; then the instance FAILS (its GPU is freed).
+CREATE_ATTEMPTS = 3
+CREATE_BACKOFF_S = 1.0
+CREATE_FAILED_REASON = (
+    "the container could not be created or started ({attempts} attempts); check that the image"
+    " runs here (a dockerStartCmd needs `sh` in the image), and its ports and volumeMountPath"
+)
 
 
 class HostSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +54,8 @@ class HostSpec(msgspec.Struct, frozen=True, kw_only=True):
     cloud_type: str
     gpus: list[HostGpu]
     inventory_source: str
+    # Declared by the operator (GPUWORKER_HOST_DISK_GB); else the runtime measures it.
+    disk_gb: int | None = None
 
 
 class Heartbeat(msgspec.Struct, frozen=True):
@@ -93,7 +105,10 @@ def container_spec(
         ports=state.ports,
         # Declared (simulated) GPUs have made-up UUIDs that no driver knows.
         gpu_uuids=state.gpu_uuids if real_gpus else [],
-        memory_mb=MEMORY_MB_PER_GPU * state.gpu_count,
+        # What the customer rents with the GPUs (rate card, recorded at creation). Never 0:
+        # to Docker that means no limit at all.
+        memory_mb=1024 * (state.memory_in_gb or LEGACY_RAM_GB_PER_GPU * state.gpu_count),
+        vcpus=state.vcpu_count or LEGACY_VCPU_PER_GPU * state.gpu_count,
         volume_name=instance_volume_name(state),
         volume_mount_path=state.volume_mount_path,
     )
@@ -111,8 +126,17 @@ class HostAgent:
         resync_s: float = 15.0,
         workers: int = 16,
         credentials: RegistryCredentialStore | None = None,
+        create_attempts: int = CREATE_ATTEMPTS,
+        create_backoff_s: float = CREATE_BACKOFF_S,
+        disk_check_s: float = DISK_CHECK_S,
     ) -> None:
+        self._disk_check_s = disk_check_s
         self._credentials = credentials
+        self._create_attempts = create_attempts
+        self._create_backoff_s = create_backoff_s
+        # Per instance: failed creates so far, and when the next one may be tried (loop time).
+        self._failed_creates: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
         self.name = name
         self._nc = nc
         self._bus = bus
@@ -159,6 +183,8 @@ class HostAgent:
         self._tasks.append(asyncio.create_task(self._heartbeat()))
         self._tasks.append(asyncio.create_task(self._watch()))
         self._tasks.append(asyncio.create_task(self._resync()))
+        if self._disk_check_s > 0:
+            self._tasks.append(asyncio.create_task(self._watch_disks()))
         log.info(
             "agent %s ready: %d host(s), runtime %s",
             self.name,
@@ -175,6 +201,7 @@ class HostAgent:
         await self._runtime.close()
 
     async def _register(self, host: HostSpec) -> None:
+        disk_gb = host.disk_gb if host.disk_gb is not None else await self._runtime.storage_gb()
         delay = 0.2
         while True:
             try:
@@ -189,6 +216,7 @@ class HostAgent:
                         gpus=host.gpus,
                         inventory_source=host.inventory_source,
                         runtime=self._runtime.name,
+                        disk_gb=disk_gb,
                     ),
                     correlation_id=f"register:{host.host_id}",
                 )
@@ -331,14 +359,23 @@ class HostAgent:
             if actual.status == "running":
                 await self._runtime.stop(instance_id)
         elif status == "TERMINATING":
+            self._failed_creates.pop(instance_id, None)
+            self._retry_at.pop(instance_id, None)
             await self._runtime.remove(instance_id, disk_to_delete(state, instance_id))
             await self._report(state, "terminated")
         elif status == "TERMINATED" and actual.status != "missing":
             await self._runtime.remove(instance_id, disk_to_delete(state, instance_id))
 
     async def _create(self, state: InstanceState) -> ContainerState | None:
-        """Create and start the container with this tenant's registry credential; None (and a
-        "failed" report) if the tenant may not use the image or it cannot be had."""
+        """Create and start the container with this tenant's registry credential, with backoff:
+        None when it did not happen now (a retry is due later, or the instance was reported
+        failed: the tenant may not use the image or it cannot be had, the spec is one no
+        container may have, or `create_attempts` creates failed). Docker answers a refused
+        create with a `destroy` of the half-made container; while a retry is due, such events
+        (and resyncs) do not hurry it, which is what once made a loop of 1,233 attempts in 27 s."""
+        loop = asyncio.get_running_loop()
+        if self._retry_at.get(state.id, 0.0) > loop.time():
+            return None
         auth = None
         if state.registry_auth_id and self._credentials is not None:
             auth = await self._credentials.for_pull(
@@ -347,10 +384,42 @@ class HostAgent:
         host = self._hosts[state.host_id]
         spec = container_spec(state, real_gpus=host.inventory_source == "nvml", auth=auth)
         try:
-            return await self._runtime.create_and_start(spec)
+            created = await self._runtime.create_and_start(spec)
         except ImagePullFailed as exc:
-            await self._report(state, "failed", reason=str(exc))
+            await self._give_up(state, str(exc))
             return None
+        except InvalidContainerSpec as exc:
+            log.warning("instance %s: container spec refused: %s", state.id, exc)
+            await self._give_up(state, f"the container cannot be created: {exc}")
+            return None
+        except (asyncio.CancelledError, GpuWorkerError):
+            raise
+        except Exception as exc:
+            attempts = self._failed_creates.get(state.id, 0) + 1
+            # One line per attempt, without a traceback: the daemon's words stay in the log.
+            log.warning(
+                "instance %s: container create/start failed (attempt %d of %d): %s",
+                state.id,
+                attempts,
+                self._create_attempts,
+                str(exc).strip() or type(exc).__name__,
+            )
+            if attempts >= self._create_attempts:
+                await self._give_up(state, CREATE_FAILED_REASON.format(attempts=attempts))
+                return None
+            self._failed_creates[state.id] = attempts
+            delay = self._create_backoff_s * 2 ** (attempts - 1)
+            self._retry_at[state.id] = loop.time() + delay
+            loop.call_later(delay, self._schedule, state.id)
+            return None
+        self._failed_creates.pop(state.id, None)
+        self._retry_at.pop(state.id, None)
+        return created
+
+    async def _give_up(self, state: InstanceState, reason: str) -> None:
+        self._failed_creates.pop(state.id, None)
+        self._retry_at.pop(state.id, None)
+        await self._report(state, "failed", reason=reason)
 
     async def _bring_up(self, state: InstanceState, actual: ContainerState) -> None:
         if actual.status == "running":
@@ -386,6 +455,34 @@ class HostAgent:
                 await self._runtime.remove(
                     container.instance_id, disk_to_delete(state, container.instance_id)
                 )
+
+    async def _watch_disks(self) -> None:
+        while True:
+            await asyncio.sleep(self._disk_check_s)
+            try:
+                await self.check_disks()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("checking disk usage failed (will retry)")
+
+    async def check_disks(self) -> None:
+        """Stop every running instance that holds more than one of its disks allows."""
+        running = [s for s in self._instances.states().values() if s.status == "RUNNING"]
+        if not running:
+            return
+        names = sorted({n for s in running if (n := instance_volume_name(s))})
+        usage = await self._runtime.disk_usage(names)
+        volumes = dict(self._volumes.states())
+        for instance_id, reason in over_disk(running, volumes, usage, instance_volume_name).items():
+            async with self._locks.setdefault(instance_id, asyncio.Lock()):
+                state = self._instances.get(instance_id)
+                if state is None or state.status != "RUNNING":
+                    continue
+                log.warning("instance %s: %s", instance_id, reason)
+                # Reported first: the container's death that follows is then expected.
+                await self._report(state, "failed", reason=reason)
+                await self._runtime.stop(instance_id)
 
     async def _heartbeat(self) -> None:
         encode = msgspec.json.Encoder().encode

@@ -10,10 +10,14 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from services.container_input import mount_path_problem, ports_problem
+
 # Docker labels every managed container and volume carries.
 LABEL_MANAGED = "gpuworker.managed"
 LABEL_INSTANCE = "gpuworker.instance"
 LABEL_HOST = "gpuworker.host"
+# Disk sizes (containerDiskInGb, volumeInGb, a volume's size, a host's disk) count GiB.
+GIB = 2**30
 
 
 class RegistryCredentials(msgspec.Struct, frozen=True):
@@ -28,7 +32,8 @@ class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
     # The customer's image reference, by name: the runtime checks this tenant may use it (with
     # `registry_auth`) before every create, and creates from the digest it verified.
     image: str
-    # The tenant the container runs for.
+    # The tenant the container runs for: its image access is checked, and containers of one
+    # owner share a network, nobody else's.
     owner_id: str = ""
     command: str | None = None
     env: dict[str, str] = {}
@@ -36,6 +41,8 @@ class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
     ports: list[str] = []
     gpu_uuids: list[str] = []
     memory_mb: int = 1024
+    # CPU limit in whole vCPUs; 0: none.
+    vcpus: int = 0
     # The instance's own disk: a named volume that survives stop/start, removed on delete.
     volume_name: str | None = None
     volume_mount_path: str = "/workspace"
@@ -65,6 +72,14 @@ class RuntimeEvent(msgspec.Struct, frozen=True, kw_only=True):
     occurred_at: datetime
 
 
+class DiskUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """Bytes on disk, as `du` counts them (allocated blocks, so a sparse file costs only what it
+    holds): each managed container's writable layer by instance id, each volume by name."""
+
+    containers: dict[str, int] = {}
+    volumes: dict[str, int] = {}
+
+
 class ImagePullFailed(Exception):
     """The image may not or could not be had for this tenant; the message says why, in words the
     customer can act on (never the daemon's own)."""
@@ -74,13 +89,28 @@ class ContainerNotFound(Exception):
     pass
 
 
+class InvalidContainerSpec(ValueError):
+    """The spec asks for something no container may have; the message names the field. Retrying
+    cannot help, so the agent fails the instance at once."""
+
+
+def check_spec(spec: ContainerSpec) -> None:
+    """The API's rules again, where the container is built: an old or foreign event may hold a
+    value the API would refuse today. Raises InvalidContainerSpec."""
+    if spec.volume_name and (problem := mount_path_problem(spec.volume_mount_path)):
+        raise InvalidContainerSpec(f"field `volumeMountPath`: {problem}")
+    if problem := ports_problem(spec.ports):
+        raise InvalidContainerSpec(f"field `ports`: {problem}")
+
+
 class Runtime(Protocol):
     name: str
 
     async def create_and_start(self, spec: ContainerSpec) -> ContainerState:
         """Idempotent by instance id: an existing container for it is started, not duplicated.
-        Raises ImagePullFailed when `spec.owner_id` may not use `spec.image` (or it cannot be
-        had): see services/agent/image_access.py."""
+        Raises InvalidContainerSpec (see `check_spec`) before anything is created, and
+        ImagePullFailed when `spec.owner_id` may not use `spec.image` (or it cannot be had): see
+        services/agent/image_access.py."""
         ...
 
     async def stop(self, instance_id: str, timeout_s: float = 10) -> ContainerState: ...
@@ -112,6 +142,15 @@ class Runtime(Protocol):
         ...
 
     async def volume_exists(self, name: str) -> bool: ...
+
+    async def storage_gb(self) -> int | None:
+        """GiB of disk that this host's containers and volumes share; None if unknown."""
+        ...
+
+    async def disk_usage(self, volumes: list[str]) -> DiskUsage:
+        """What this host's managed containers and the named volumes hold now (a volume that
+        does not exist is left out)."""
+        ...
 
     def watch(self) -> AsyncIterator[RuntimeEvent]:
         """Deaths and removals that happen behind our back, as they happen."""

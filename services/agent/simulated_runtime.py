@@ -36,7 +36,9 @@ from services.agent.runtime import (
     ContainerSpec,
     ContainerState,
     ContainerStatus,
+    DiskUsage,
     RuntimeEvent,
+    check_spec,
 )
 
 UNPULLABLE_MARKER = "does-not-exist"
@@ -112,9 +114,13 @@ class SimulatedRuntime:
         clock: Callable[[], datetime] = _utc_now,
         state_file: Path | None = None,
         images: ImageAccess | None = None,
+        storage_gb: int | None = None,
     ) -> None:
         self.host_id = host_id
         self._images = images if images is not None else ImageAccess()
+        self._storage_gb = storage_gb
+        # Bytes written by `fill` (test hook), per container (instance id) or volume name.
+        self._filled: dict[str, int] = {}
         self.start_delay_s = start_delay_s
         self._clock = clock
         self._containers: dict[str, _Container] = {}
@@ -151,6 +157,7 @@ class SimulatedRuntime:
         os.replace(tmp, self._state_file)
 
     async def create_and_start(self, spec: ContainerSpec) -> ContainerState:
+        check_spec(spec)
         self._images.reference(spec.image)
         if UNPULLABLE_MARKER in spec.image:
             raise pull_failed(spec.image, NOT_FOUND_OR_DENIED)
@@ -212,6 +219,19 @@ class SimulatedRuntime:
     async def volume_exists(self, name: str) -> bool:
         return name in self.volumes
 
+    async def storage_gb(self) -> int | None:
+        return self._storage_gb
+
+    async def disk_usage(self, volumes: list[str]) -> DiskUsage:
+        def volume_bytes(name: str) -> int:
+            files = self.volumes[name]
+            return sum(len(text.encode()) for text in files.values()) + self._filled.get(name, 0)
+
+        return DiskUsage(
+            containers={i: self._filled.get(i, 0) for i in self._containers},
+            volumes={name: volume_bytes(name) for name in volumes if name in self.volumes},
+        )
+
     async def list_managed(self) -> list[ContainerState]:
         return [c.state() for c in self._containers.values()]
 
@@ -226,6 +246,10 @@ class SimulatedRuntime:
             await watch.aclose()
 
     # -- test hooks: what an operator could do to a real container behind the agent's back ----
+
+    def fill(self, name: str, size: int) -> None:
+        """Like writing `size` bytes into a container (by instance id) or a volume (by name)."""
+        self._filled[name] = self._filled.get(name, 0) + size
 
     def kill_from_outside(self, instance_id: str, exit_code: int = SIGKILL_EXIT_CODE) -> None:
         """Like `docker kill`: the instance dies at once with `exit_code`."""

@@ -32,10 +32,13 @@ from services.api.instances import InstanceController
 from services.api.json_body import JsonBodyRequest
 from services.api.login_throttle import LoginThrottle
 from services.api.pagination import DEPENDENCIES, ListPage
+from services.api.quotas import QuotaGuard, Quotas
 from services.api.read_cache import ReadCache
 from services.api.registry_auth import RegistryAuthController
+from services.api.storage_capacity import StorageGuard, StorageRules
 from services.api.templates import TemplateController
 from services.api.volumes import VolumeController
+from services.api.write_locks import WriteLocks
 from services.config import Settings
 from services.nats_connection import connect_role
 from services.nats_permissions import API_USER
@@ -86,6 +89,8 @@ def create_app(settings: Settings) -> Litestar:
         nc = await connect_role(settings, API_USER)
         watcher = CheckpointWatcher(settings.database_url)
         await watcher.start()
+        locks = WriteLocks(settings.database_url)
+        await locks.open()
         app.state.ctx = ApiContext(
             settings=settings,
             pool=pool,
@@ -96,10 +101,13 @@ def create_app(settings: Settings) -> Litestar:
             box=SecretBox(settings.secret_key),
             jwt=jwt_auth,
             cache=ReadCache[ListPage](watcher, lambda page: len(page.body)),
+            quotas=QuotaGuard(locks, Quotas.from_env()),
+            storage=StorageGuard(locks, StorageRules.from_env()),
         )
         try:
             yield
         finally:
+            await locks.close()
             await watcher.stop()
             await nc.close()
             await pool.close()

@@ -9,7 +9,7 @@ import msgspec
 from litestar import Request, Response, get
 
 from ledger.money import MICROS_PER_USD
-from ledger.rate_card import in_force
+from ledger.rate_card import first_resources, in_force
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
@@ -32,6 +32,9 @@ class GpuTypeOut(msgspec.Struct, rename="camel", kw_only=True):
     id: str
     display_name: str
     memory_in_gb: int
+    # What each GPU rents with it (the instance's container gets these times gpuCount).
+    vcpu_per_gpu: int
+    ram_in_gb_per_gpu: int
     # USD per GPU-hour, for people; the *Micros fields are exact integers, for programs.
     secure_price: float
     community_price: float
@@ -62,11 +65,14 @@ async def gpu_types(request: Request[Any, Any, Any], page: Page) -> Response[lis
     availability = free_by_datacenter(await _hosts(request))
     out = []
     for gpu in card.gpus:
+        resources = gpu.resources or first_resources(gpu.id)
         out.append(
             GpuTypeOut(
                 id=gpu.id,
                 display_name=gpu.display_name,
                 memory_in_gb=gpu.memory_gb,
+                vcpu_per_gpu=resources.vcpu_per_gpu if resources else 0,
+                ram_in_gb_per_gpu=resources.ram_gb_per_gpu if resources else 0,
                 secure_price=gpu.secure_per_hour / MICROS_PER_USD,
                 community_price=gpu.community_per_hour / MICROS_PER_USD,
                 secure_price_micros=gpu.secure_per_hour,

@@ -17,8 +17,10 @@ from services.api.command_bus import CommandBus
 from services.api.consistency import CheckpointWatcher
 from services.api.login_throttle import LoginThrottle
 from services.api.pagination import ListPage
+from services.api.quotas import QuotaGuard
 from services.api.read_cache import ReadCache
 from services.api.request_ids import derived
+from services.api.storage_capacity import StorageGuard
 from services.config import Settings
 from services.deciders.decider import Command
 from services.security.secret_box import SecretBox
@@ -35,6 +37,8 @@ class ApiContext:
     box: SecretBox
     jwt: JWTAuth[Any, Any]
     cache: ReadCache[ListPage]
+    quotas: QuotaGuard
+    storage: StorageGuard
 
     async def execute(
         self,

@@ -41,7 +41,9 @@ def _validation_message(exc: ValidationException) -> str:
         elif key and item.get("source") == "query":
             problems.append(f"query parameter `{key}`: {message}")
         elif key == "data":
-            problems.append(f"request body: {message}")
+            # A body's own check (`__post_init__`) already names the field.
+            named = message.startswith("field `")
+            problems.append(message if named else f"request body: {message}")
         elif key:
             problems.append(f"field `{key}`: {message}")
         else:

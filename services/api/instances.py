@@ -11,7 +11,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from msgspec import Meta
 
 from ledger.money import MICROS_PER_USD
-from ledger.rate_card import gpu_type_ids, in_force
+from ledger.rate_card import first_resources, gpu_type_ids, in_force
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
@@ -27,11 +27,13 @@ from services.api.templates import (
     Ports,
     StartCmd,
     VolumeDisk,
+    check_container_input,
     check_image_name,
 )
 from services.datacenters import DATACENTERS
 from services.deciders.host import HostState
 from services.deciders.instance import (
+    STARTABLE,
     InstanceState,
     RestartInstance,
     StopInstance,
@@ -41,7 +43,7 @@ from services.deciders.instance import (
 from services.deciders.placement_service import PlaceInstance, StartPlacedInstance
 from services.deciders.template import TemplateState
 from services.deciders.volume import VolumeState
-from services.errors import BadRequest, NotFound
+from services.errors import BadRequest, NotFound, ServiceUnavailable
 
 INSTANCES = PROJECTIONS["instances"]
 HOSTS = PROJECTIONS["hosts"]
@@ -65,6 +67,9 @@ class InstanceIn(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_
     data_center_id: Annotated[str, Meta(max_length=64)] | None = None
     network_volume_id: Annotated[str, Meta(max_length=128)] | None = None
 
+    def __post_init__(self) -> None:
+        check_container_input(self.volume_mount_path, self.ports)
+
 
 class InstancePatch(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
     name: Name | None = None
@@ -75,6 +80,9 @@ class InstancePatch(msgspec.Struct, rename="camel", forbid_unknown_fields=True, 
     container_disk_in_gb: ContainerDisk | None = None
     volume_in_gb: VolumeDisk | None = None
 
+    def __post_init__(self) -> None:
+        check_container_input(None, self.ports)
+
 
 class InstanceOut(msgspec.Struct, rename="camel", kw_only=True):
     id: str
@@ -84,6 +92,9 @@ class InstanceOut(msgspec.Struct, rename="camel", kw_only=True):
     actions: list[str]
     gpu_type_id: str
     gpu_count: int
+    # The container's CPU and memory limits: the rate card's per-GPU figures times gpuCount.
+    vcpu_count: int
+    memory_in_gb: int
     cloud_type: str
     data_center_id: str
     host_id: str
@@ -117,6 +128,8 @@ def view(state: InstanceState, host_down: bool = False) -> InstanceOut:
         actions=state.actions,
         gpu_type_id=state.gpu_type_id,
         gpu_count=state.gpu_count,
+        vcpu_count=state.vcpu_count,
+        memory_in_gb=state.memory_in_gb,
         cloud_type=state.cloud_type,
         data_center_id=state.datacenter_id,
         host_id=state.host_id,
@@ -199,6 +212,9 @@ class InstanceController(Controller):
                 f"field `gpuTypeId`: unknown GPU type {data.gpu_type_id!r};"
                 f" known: {', '.join(gpu_type_ids())}"
             )
+        resources = gpu.resources or first_resources(gpu.id)
+        if resources is None:
+            raise ServiceUnavailable(f"the rate card lists no vCPU and RAM for {gpu.id} yet")
         if data.data_center_id is not None and data.data_center_id not in DATACENTERS:
             raise BadRequest(
                 f"field `dataCenterId`: unknown data center {data.data_center_id!r};"
@@ -224,6 +240,12 @@ class InstanceController(Controller):
             or not (template.is_public or template.owner_id == request.user.id)
         ):
             raise BadRequest(f"field `templateId`: no template {data.template_id!r}")
+        container_disk = data.container_disk_in_gb or template.container_disk_in_gb
+        volume_in_gb = data.volume_in_gb if data.volume_in_gb is not None else template.volume_in_gb
+        # The instance's own disks (a network volume replaces its volume) must fit its host.
+        need_gb = container_disk + (0 if data.network_volume_id else volume_in_gb)
+        hosts: list[HostState] = await read_models.list_visible(ctx.pool, HOSTS, None)
+        without_room = await ctx.storage.hosts_without_room(hosts, need_gb)
         command = PlaceInstance(
             actor=request.user.id,
             at=now,
@@ -237,19 +259,22 @@ class InstanceController(Controller):
             docker_start_cmd=template.docker_start_cmd,
             env={**template.env, **(data.env or {})},
             ports=data.ports if data.ports is not None else template.ports,
-            container_disk_in_gb=data.container_disk_in_gb or template.container_disk_in_gb,
-            volume_in_gb=data.volume_in_gb
-            if data.volume_in_gb is not None
-            else template.volume_in_gb,
+            container_disk_in_gb=container_disk,
+            volume_in_gb=volume_in_gb,
             volume_mount_path=data.volume_mount_path or template.volume_mount_path,
             network_volume_id=data.network_volume_id,
             price_per_hour_micros=gpu.per_hour(data.cloud_type),
             rate_card_version=card.id,
             registry_auth_id=template.container_registry_auth_id,
+            vcpu_count=resources.vcpu_per_gpu * data.gpu_count,
+            memory_in_gb=resources.ram_gb_per_gpu * data.gpu_count,
+            hosts_without_disk=without_room,
         )
-        state = await ctx.execute(
-            INSTANCES, new_resource_id(request), command, request, via="placement"
-        )
+        async with ctx.quotas.held(request.user.id) as usage:
+            await usage.check_gpus(data.gpu_count)
+            state = await ctx.execute(
+                INSTANCES, new_resource_id(request), command, request, via="placement"
+            )
         if state.network_volume_id:
             await _until_attached(request, state.network_volume_id, state.id)
         return view(state)
@@ -288,13 +313,15 @@ class InstanceController(Controller):
     ) -> InstanceOut:
         ctx = context_of(request)
         command = StartPlacedInstance(actor=request.user.id, at=datetime.now(UTC))
-        state = await ctx.execute(
-            INSTANCES,
-            read_models.checked_id(instance_id, "instance"),
-            command,
-            request,
-            via="placement",
-        )
+        instance_id = read_models.checked_id(instance_id, "instance")
+        async with ctx.quotas.held(request.user.id) as usage:
+            current = _mine(
+                await read_models.get(ctx.pool, INSTANCES, instance_id), request.user.id
+            )
+            # Only a start that would take GPUs counts (any other is refused by the decider).
+            if current.status in STARTABLE:
+                await usage.check_gpus(current.gpu_count)
+            state = await ctx.execute(INSTANCES, instance_id, command, request, via="placement")
         return view(state)
 
     @post("/{instance_id:str}/stop", status_code=200, summary="Stop a running instance")

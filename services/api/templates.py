@@ -14,6 +14,12 @@ from services.api import read_models
 from services.api.context import context_of
 from services.api.pagination import ListPage, Page
 from services.api.request_ids import new_resource_id
+from services.container_input import (
+    MAX_MOUNT_PATH_LENGTH,
+    MAX_PORTS,
+    mount_path_problem,
+    ports_problem,
+)
 from services.deciders.registry_auth import RegistryAuthState
 from services.deciders.template import (
     MAX_DISK_GB,
@@ -33,13 +39,30 @@ Image = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\s]+$")]
 StartCmd = Annotated[str, Meta(max_length=4096)]
 ContainerDisk = Annotated[int, Meta(ge=1, le=MAX_DISK_GB)]
 VolumeDisk = Annotated[int, Meta(ge=0, le=MAX_DISK_GB)]
-MountPath = Annotated[str, Meta(max_length=256, pattern=r"^/[^\s]*$")]
+MountPath = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_MOUNT_PATH_LENGTH,
+        description="absolute and normalised, no ':', not under a system path such as /etc",
+    ),
+]
 EnvName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 EnvValue = Annotated[str, Meta(max_length=4096)]
 Env = Annotated[dict[EnvName, EnvValue], Meta(max_length=64)]
-Port = Annotated[str, Meta(pattern=r"^[1-9][0-9]{0,4}/(http|tcp|udp)$")]
-Ports = Annotated[list[Port], Meta(max_length=32)]
+Port = Annotated[
+    str, Meta(min_length=1, max_length=16, description="NUMBER/PROTOCOL: 1-65535, http|tcp|udp")
+]
+Ports = Annotated[list[Port], Meta(max_length=MAX_PORTS, description="no port twice")]
 Readme = Annotated[str, Meta(max_length=65536)]
+
+
+def check_container_input(volume_mount_path: str | None, ports: list[str] | None) -> None:
+    """For the `__post_init__` of request bodies: msgspec turns the ValueError into a 400."""
+    if volume_mount_path is not None and (problem := mount_path_problem(volume_mount_path)):
+        raise ValueError(f"field `volumeMountPath`: {problem}")
+    if ports is not None and (problem := ports_problem(ports)):
+        raise ValueError(f"field `ports`: {problem}")
 
 
 class TemplateIn(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
@@ -54,6 +77,9 @@ class TemplateIn(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_
     readme: Readme = ""
     container_registry_auth_id: Annotated[str, Meta(max_length=128)] | None = None
 
+    def __post_init__(self) -> None:
+        check_container_input(self.volume_mount_path, self.ports)
+
 
 class TemplatePatch(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
     name: Name | None = None
@@ -66,6 +92,9 @@ class TemplatePatch(msgspec.Struct, rename="camel", forbid_unknown_fields=True, 
     ports: Ports | None = None
     readme: Readme | None = None
     container_registry_auth_id: Annotated[str, Meta(max_length=128)] | None = None
+
+    def __post_init__(self) -> None:
+        check_container_input(self.volume_mount_path, self.ports)
 
 
 class TemplateOut(msgspec.Struct, rename="camel", kw_only=True):
@@ -162,6 +191,7 @@ class TemplateController(Controller):
         command = CreateTemplate(
             actor=request.user.id, at=datetime.now(UTC), **msgspec.structs.asdict(data)
         )
+        await ctx.quotas.check_templates(request.user.id)
         return view(await ctx.execute(TEMPLATES, new_resource_id(request), command, request))
 
     @get("/{template_id:str}", summary="Get a template")

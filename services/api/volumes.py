@@ -123,19 +123,25 @@ class VolumeController(Controller):
         now = datetime.now(UTC)
         card = in_force(now)
         volume_id = new_resource_id(request)
-        # Spread volumes over the data center's hosts, stably by id.
-        host = storage[int(volume_id.replace("-", ""), 16) % len(storage)]
-        command = CreateVolume(
-            actor=request.user.id,
-            at=now,
-            name=data.name,
-            size_gb=data.size,
-            datacenter_id=data.data_center_id,
-            host_id=host.id,
-            price_per_gb_month_micros=card.storage.volume_per_gb_month,
-            rate_card_version=card.id,
-        )
-        return view(await ctx.execute(VOLUMES, volume_id, command, request))
+        async with (
+            ctx.quotas.held(request.user.id) as usage,
+            ctx.storage.held(data.data_center_id) as room,
+        ):
+            await usage.check_volumes(data.size, new=True)
+            # Spread volumes over the data center's hosts with room, stably by id.
+            spread = int(volume_id.replace("-", ""), 16)
+            host = await room.choose(storage, data.size, data.data_center_id, spread)
+            command = CreateVolume(
+                actor=request.user.id,
+                at=now,
+                name=data.name,
+                size_gb=data.size,
+                datacenter_id=data.data_center_id,
+                host_id=host.id,
+                price_per_gb_month_micros=card.storage.volume_per_gb_month,
+                rate_card_version=card.id,
+            )
+            return view(await ctx.execute(VOLUMES, volume_id, command, request))
 
     @get("/{volume_id:str}", summary="Get a network volume")
     async def get_volume(self, request: Request[Any, Any, Any], volume_id: str) -> VolumeOut:
@@ -150,11 +156,13 @@ class VolumeController(Controller):
         command = UpdateVolume(
             actor=request.user.id, at=datetime.now(UTC), name=data.name, size_gb=data.size
         )
-        return view(
-            await ctx.execute(
-                VOLUMES, read_models.checked_id(volume_id, "volume"), command, request
-            )
-        )
+        volume_id = read_models.checked_id(volume_id, "volume")
+        if data.size is None:
+            return view(await ctx.execute(VOLUMES, volume_id, command, request))
+        async with ctx.quotas.held(request.user.id) as usage:
+            current = _mine(await read_models.get(ctx.pool, VOLUMES, volume_id), request.user.id)
+            await usage.check_volumes(max(0, data.size - current.size_gb), new=False)
+            return view(await ctx.execute(VOLUMES, volume_id, command, request))
 
     @delete("/{volume_id:str}", status_code=202, summary="Delete a volume: its data is lost")
     async def delete_volume(

@@ -35,6 +35,8 @@ class HostState(msgspec.Struct, kw_only=True, frozen=True):
     inventory_source: str
     runtime: str
     registered_at: datetime
+    # GiB of disk for containers and volumes; None: unknown (not checked).
+    disk_gb: int | None = None
     available: bool = True
     # gpu uuid -> who holds it. One key per GPU: a GPU cannot be held twice.
     allocations: dict[str, Lease] = {}
@@ -66,6 +68,7 @@ class RegisterHost(Command, frozen=True, kw_only=True):
     gpus: list[HostGpu]
     inventory_source: str
     runtime: str
+    disk_gb: int | None = None
 
 
 class MarkHostLost(Command, frozen=True, kw_only=True):
@@ -101,6 +104,7 @@ def _registration(command: RegisterHost) -> HostRegistered:
         gpus=sorted(command.gpus, key=lambda g: g.index),
         inventory_source=command.inventory_source,
         runtime=command.runtime,
+        disk_gb=command.disk_gb,
     )
 
 
@@ -124,12 +128,14 @@ def decide(state: HostState | None, command: HostCommand) -> list[msgspec.Struct
                     list(state.gpus),
                     state.inventory_source,
                     state.runtime,
+                    state.disk_gb,
                 ) != (
                     event.datacenter_id,
                     event.cloud_type,
                     event.gpus,
                     event.inventory_source,
                     event.runtime,
+                    event.disk_gb,
                 ):
                     events.append(event)
                 if not state.available:
@@ -193,6 +199,7 @@ def evolve(state: HostState | None, event: Envelope) -> HostState:
                 inventory_source=data.inventory_source,
                 runtime=data.runtime,
                 registered_at=event.occurred_at,
+                disk_gb=data.disk_gb,
                 version=1,
             )
         return msgspec.structs.replace(
@@ -202,6 +209,7 @@ def evolve(state: HostState | None, event: Envelope) -> HostState:
             gpus=tuple(data.gpus),
             inventory_source=data.inventory_source,
             runtime=data.runtime,
+            disk_gb=data.disk_gb,
             version=state.version + 1,
         )
     assert state is not None, f"{event.type} before HostRegistered"

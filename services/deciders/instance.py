@@ -75,6 +75,9 @@ class InstanceState(msgspec.Struct, kw_only=True, frozen=True):
     price_per_hour_micros: int
     rate_card_version: str
     registry_auth_id: str | None = None
+    # The container's CPU and memory limits (0 only in read-model rows folded before they existed).
+    vcpu_count: int = 0
+    memory_in_gb: int = 0
     status: Status
     desired_status: Literal["RUNNING", "STOPPED", "TERMINATED"]
     failure_reason: str | None = None
@@ -126,6 +129,8 @@ class CreateInstance(Command, frozen=True, kw_only=True):
     price_per_hour_micros: int
     rate_card_version: str
     registry_auth_id: str | None = None
+    vcpu_count: int
+    memory_in_gb: int
 
 
 class StartInstance(Command, frozen=True, kw_only=True):
@@ -248,6 +253,8 @@ def decide(state: InstanceState | None, command: InstanceCommand) -> list[msgspe
             raise BadRequest("gpuCount must match the GPUs allocated")
         if not command.name.strip():
             raise BadRequest("name must not be empty")
+        if command.vcpu_count < 1 or command.memory_in_gb < 1:
+            raise BadRequest("an instance needs at least 1 vCPU and 1 GB of memory")
         fields = msgspec.structs.asdict(command)
         del fields["actor"], fields["at"]
         return [InstanceCreated(**fields)]

@@ -56,6 +56,10 @@ class PlaceInstance(Command, frozen=True, kw_only=True):
     price_per_hour_micros: int
     rate_card_version: str
     registry_auth_id: str | None = None
+    vcpu_count: int
+    memory_in_gb: int
+    # Hosts the api found without free disk for the instance's own disks: not tried.
+    hosts_without_disk: list[str] = []
 
 
 class StartPlacedInstance(Command, frozen=True, kw_only=True):
@@ -74,12 +78,24 @@ class _NoGpus(GpuWorkerError):
         return ErrorBody(code=self.code, type=NO_GPUS, message=self.message)
 
 
-def no_capacity(count: int, gpu_type_id: str, datacenter_id: str | None, cloud_type: str) -> str:
+def no_capacity(
+    count: int,
+    gpu_type_id: str,
+    datacenter_id: str | None,
+    cloud_type: str,
+    without_disk: int = 0,
+) -> str:
     where = f"in {datacenter_id}" if datacenter_id else "in any data center"
+    skipped = (
+        f" ({without_disk} host{'s' if without_disk > 1 else ''} without enough free disk for"
+        " this instance's containerDiskInGb and volumeInGb left out)"
+        if without_disk
+        else ""
+    )
     return (
         f"no capacity: no {cloud_type} host {where} has {count} free {gpu_type_id}"
-        f" GPU{'s' if count > 1 else ''} right now; try fewer GPUs, another GPU type or data"
-        " center, or retry later"
+        f" GPU{'s' if count > 1 else ''} right now{skipped}; try fewer GPUs, smaller disks,"
+        " another GPU type or data center, or retry later"
     )
 
 
@@ -145,7 +161,8 @@ class PlacementService:
         datacenter_id = volume.datacenter_id if volume else command.datacenter_id
         only_host = volume.host_id if volume else None
         lease_id = derived_id("lease", envelope.id)
-        tried: set[str] = set()
+        # Hosts the api found without room for the instance's disks are no candidates.
+        tried: set[str] = set(command.hosts_without_disk)
         deadline = asyncio.get_running_loop().time() + CLAIM_WAIT_S
         attempts = 0
         while attempts < MAX_HOSTS_TRIED:
@@ -166,7 +183,11 @@ class PlacementService:
             return reply
         raise Conflict(
             no_capacity(
-                command.gpu_count, command.gpu_type_id, command.datacenter_id, command.cloud_type
+                command.gpu_count,
+                command.gpu_type_id,
+                command.datacenter_id,
+                command.cloud_type,
+                len(command.hosts_without_disk),
             )
         )
 
@@ -182,6 +203,7 @@ class PlacementService:
             )
             fields: dict[str, Any] = msgspec.structs.asdict(command)
             fields["datacenter_id"] = host.datacenter_id
+            del fields["hosts_without_disk"]
             await decision.decide(
                 "instance",
                 instance_id,

@@ -50,18 +50,21 @@ def choose_runtime(requested: str | None, host_id: str) -> Runtime:
     if requested == "simulated":
         return simulated_runtime(host_id)
     if requested == "docker" or (requested is None and docker_reachable()):
+        from services.agent.container_limits import ContainerLimits
         from services.agent.docker_runtime import DockerRuntime
 
-        return DockerRuntime(host_id)
+        return DockerRuntime(host_id, limits=ContainerLimits.from_env())
     log.warning("Docker is not reachable: using the SIMULATED runtime (no containers)")
     return simulated_runtime(host_id)
 
 
 def host_spec(host_id: str, inventory: GpuInventory, datacenter: str, cloud: str) -> HostSpec:
+    declared_disk = os.environ.get("GPUWORKER_HOST_DISK_GB")
     return HostSpec(
         host_id=host_id,
         datacenter_id=datacenter,
         cloud_type=cloud,
+        disk_gb=int(declared_disk) if declared_disk else None,
         inventory_source=inventory.source,
         gpus=[
             HostGpu(index=d.index, uuid=d.uuid, gpu_type_id=d.name, memory_mb=d.memory_mb)
@@ -110,6 +113,7 @@ async def run_agent(
         runtime,
         credentials=credentials,
         heartbeat_s=float(os.environ.get("GPUWORKER_HEARTBEAT", "2")),
+        disk_check_s=float(os.environ.get("GPUWORKER_DISK_CHECK_INTERVAL", "60")),
         # One simulated process may stand for many hosts: give it workers to match.
         workers=min(256, max(16, 4 * len(hosts))),
     )

@@ -99,14 +99,17 @@ def security_stack(
     private_image: PrivateImage,
 ) -> Iterator[SecurityStack]:
     host_id = f"t-security-{uuid.uuid4().hex[:8]}"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("GPUWORKER_HOST_ID", host_id)
-        env.setenv("GPUWORKER_ALLOWED_REGISTRIES", private_image.registry.address)
-        env.setenv("GPUWORKER_PRELOADED_IMAGES", "local/*")
-        try:
-            with running_stack(
-                tmp_path_factory.mktemp("security"), pg_base_uri, runtime="docker", gpus=GPUS
-            ) as stack:
-                yield SecurityStack(stack, host_id, private_image)
-        finally:
-            clean_host(docker_client, host_id)
+    # The stack's processes read these once, at start; the rest of the session must not see them.
+    env = pytest.MonkeyPatch()
+    env.setenv("GPUWORKER_HOST_ID", host_id)
+    env.setenv("GPUWORKER_ALLOWED_REGISTRIES", private_image.registry.address)
+    env.setenv("GPUWORKER_PRELOADED_IMAGES", "local/*")
+    try:
+        with running_stack(
+            tmp_path_factory.mktemp("security"), pg_base_uri, runtime="docker", gpus=GPUS
+        ) as stack:
+            env.undo()
+            yield SecurityStack(stack, host_id, private_image)
+    finally:
+        env.undo()
+        clean_host(docker_client, host_id)

@@ -58,6 +58,7 @@ class Deciders:
         """Bob's instance, placed on `host_id` (as placement would create it)."""
         instance_id = new_id()
         fields = msgspec.structs.asdict(place_instance(BOB, GPU, 1, "US-TX-3", "SECURE"))
+        del fields["hosts_without_disk"]  # placement's own, not the instance's
         reply = await self.runner.run(
             "instance",
             instance_id,

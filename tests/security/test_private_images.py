@@ -132,6 +132,9 @@ async def test_the_hosts_own_docker_login_is_never_lent_to_a_tenant(
         json.dumps({"auths": {private.registry.address: {"auth": login}}})
     )
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    # The stack's environment is its own (conftest): this runtime, in the test's process, is
+    # allowed the test registry as the stack's agent is.
+    monkeypatch.setenv("GPUWORKER_ALLOWED_REGISTRIES", private.registry.address)
     runtime = DockerRuntime(f"t-login-{uuid.uuid4().hex[:8]}", pull_timeout_s=30)
     spec = ContainerSpec(
         instance_id=f"i-{uuid.uuid4().hex[:12]}",
