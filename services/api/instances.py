@@ -12,11 +12,13 @@ from msgspec import Meta
 
 from ledger.money import MICROS_PER_USD
 from ledger.rate_card import first_resources, gpu_type_ids, in_force
+from ledger.usage import instance_usage
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
 from services.api.pagination import Page
-from services.api.request_ids import new_resource_id
+from services.api.request_ids import is_retry, new_resource_id
+from services.api.spending import costs_to_date, ensure_affordable, hourly_cost
 from services.api.templates import (
     TEMPLATES,
     ContainerDisk,
@@ -107,8 +109,12 @@ class InstanceOut(msgspec.Struct, rename="camel", kw_only=True):
     volume_in_gb: int
     volume_mount_path: str
     network_volume_id: str | None
+    # While it runs: its GPUs and disks, per hour.
     cost_per_hr: float
     cost_per_hr_micros: int
+    # What it has cost so far (charged, and owed by what runs now).
+    cost_to_date: float
+    cost_to_date_micros: int
     rate_card_version: str
     created_at: datetime
     last_status_change: datetime
@@ -118,8 +124,27 @@ class InstanceOut(msgspec.Struct, rename="camel", kw_only=True):
     host_lost: bool
 
 
-def view(state: InstanceState, host_down: bool = False) -> InstanceOut:
-    cost = state.price_per_hour_micros * state.gpu_count
+def running_cost_per_hour(state: InstanceState) -> int:
+    """Its GPUs at the price it was created with, its disks at the rate card's storage prices."""
+    disks = hourly_cost(
+        instance_usage(
+            running=True,
+            host_lost=False,
+            terminated=False,
+            gpu_type_id=state.gpu_type_id,
+            gpu_count=0,
+            cloud_type=state.cloud_type,
+            container_disk_gb=state.container_disk_in_gb,
+            volume_gb=state.volume_in_gb,
+            network_volume=state.network_volume_id is not None,
+        ),
+        state.created_at,
+    )
+    return state.price_per_hour_micros * state.gpu_count + disks
+
+
+def view(state: InstanceState, host_down: bool = False, cost_to_date: int = 0) -> InstanceOut:
+    cost = running_cost_per_hour(state)
     return InstanceOut(
         id=state.id,
         name=state.name,
@@ -144,6 +169,8 @@ def view(state: InstanceState, host_down: bool = False) -> InstanceOut:
         network_volume_id=state.network_volume_id,
         cost_per_hr=cost / MICROS_PER_USD,
         cost_per_hr_micros=cost,
+        cost_to_date=cost_to_date / MICROS_PER_USD,
+        cost_to_date_micros=cost_to_date,
         rate_card_version=state.rate_card_version,
         created_at=state.created_at,
         last_status_change=state.last_status_change,
@@ -156,11 +183,18 @@ def view(state: InstanceState, host_down: bool = False) -> InstanceOut:
 
 async def views(request: Request[Any, Any, Any], states: list[InstanceState]) -> list[InstanceOut]:
     """Instances on a host that stopped heartbeating are shown as such (hostLost: true)."""
+    pool = context_of(request).pool
     hosts: dict[str, HostState] = await read_models.get_many(
-        context_of(request).pool, HOSTS, sorted({s.host_id for s in states})
+        pool, HOSTS, sorted({s.host_id for s in states})
     )
+    costs = await costs_to_date(pool, [s.id for s in states], datetime.now(UTC))
     return [
-        view(s, host_down=s.host_id in hosts and not hosts[s.host_id].available) for s in states
+        view(
+            s,
+            host_down=s.host_id in hosts and not hosts[s.host_id].available,
+            cost_to_date=costs.get(s.id, 0),
+        )
+        for s in states
     ]
 
 
@@ -176,6 +210,18 @@ async def _until_attached(
         if volume is not None and instance_id in volume.attached:
             return
         await asyncio.sleep(0.02)
+
+
+async def _created_before(
+    request: Request[Any, Any, Any], instance_id: str
+) -> InstanceState | None:
+    """A retried create whose first attempt went through: its instance, as it is now (the checks
+    below were for creating it, and it exists)."""
+    state = await read_models.get(context_of(request).pool, INSTANCES, instance_id)
+    if state is None or state.owner_id != request.user.id:
+        return None
+    found: InstanceState = state
+    return found
 
 
 def _mine(state: InstanceState | None, user_id: str) -> InstanceState:
@@ -270,11 +316,32 @@ class InstanceController(Controller):
             memory_in_gb=resources.ram_gb_per_gpu * data.gpu_count,
             hosts_without_disk=without_room,
         )
+        instance_id = new_resource_id(request)
+        if is_retry(request) and (done := await _created_before(request, instance_id)):
+            return view(done)
+        gpus = command.price_per_hour_micros * command.gpu_count
+        await ensure_affordable(
+            ctx.pool,
+            request.user.id,
+            gpus
+            + hourly_cost(
+                instance_usage(
+                    running=True,
+                    host_lost=False,
+                    terminated=False,
+                    gpu_type_id=gpu.id,
+                    gpu_count=0,
+                    cloud_type=data.cloud_type,
+                    container_disk_gb=command.container_disk_in_gb,
+                    volume_gb=command.volume_in_gb,
+                    network_volume=command.network_volume_id is not None,
+                ),
+                now,
+            ),
+        )
         async with ctx.quotas.held(request.user.id) as usage:
             await usage.check_gpus(data.gpu_count)
-            state = await ctx.execute(
-                INSTANCES, new_resource_id(request), command, request, via="placement"
-            )
+            state = await ctx.execute(INSTANCES, instance_id, command, request, via="placement")
         if state.network_volume_id:
             await _until_attached(request, state.network_volume_id, state.id)
         return view(state)
@@ -321,6 +388,8 @@ class InstanceController(Controller):
             # Only a start that would take GPUs counts (any other is refused by the decider).
             if current.status in STARTABLE:
                 await usage.check_gpus(current.gpu_count)
+                # Its own volume disk is already billed (at the stopped rate) while it is stopped.
+                await ensure_affordable(ctx.pool, request.user.id, running_cost_per_hour(current))
             state = await ctx.execute(INSTANCES, instance_id, command, request, via="placement")
         return view(state)
 

@@ -19,6 +19,7 @@ from ledger.money import SECONDS_PER_HOUR, format_micros
 from ledger.pricing import price_of
 from ledger.spend_control import month_start
 from ledger.usage import Usage
+from services.deciders.user import DEFAULT_SPEND_LIMIT_PER_HOUR_MICROS
 from services.errors import PaymentRequired
 
 _progress = msgspec.json.Decoder(Progress)
@@ -121,5 +122,23 @@ def check_affordable(
         )
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
+async def ensure_affordable(
+    pool: AsyncConnectionPool[Any], user_id: str, added_per_hour_micros: int
+) -> None:
+    """402 unless the customer's balance, budget and hourly limit allow `added_per_hour_micros`
+    more."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT (doc->>'spend_limit_per_hour_micros')::bigint,"
+            " (doc->>'monthly_budget_micros')::bigint FROM users WHERE id = %s",
+            (user_id,),
+        )
+        row = await cur.fetchone()
+    limit, budget = row if row is not None else (DEFAULT_SPEND_LIMIT_PER_HOUR_MICROS, None)
+    spent = await spending(pool, user_id, datetime.now(UTC))
+    check_affordable(
+        spent,
+        added_per_hour_micros,
+        DEFAULT_SPEND_LIMIT_PER_HOUR_MICROS if limit is None else int(limit),
+        None if budget is None else int(budget),
+    )

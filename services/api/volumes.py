@@ -11,11 +11,13 @@ from msgspec import Meta
 
 from ledger.money import MICROS_PER_USD
 from ledger.rate_card import in_force
+from ledger.usage import ONE_TB_GB, volume_usage
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
 from services.api.pagination import Page
-from services.api.request_ids import new_resource_id
+from services.api.request_ids import is_retry, new_resource_id
+from services.api.spending import costs_to_date, ensure_affordable, hourly_cost
 from services.api.templates import Name
 from services.datacenters import DATACENTERS
 from services.deciders.host import HostState
@@ -53,8 +55,11 @@ class VolumeOut(msgspec.Struct, rename="camel", kw_only=True):
     data_center_id: str
     status: str
     created_at: datetime
+    # Its size at the rate card's prices (the first TB, and what is above it), per 30-day month.
     cost_per_month: float
     cost_per_month_micros: int
+    cost_to_date: float
+    cost_to_date_micros: int
     attached_instances: list[str]
     failure_reason: str | None
 
@@ -65,8 +70,16 @@ class VolumeDeletedOut(msgspec.Struct, rename="camel", kw_only=True):
     message: str
 
 
-def view(state: VolumeState) -> VolumeOut:
-    cost = state.price_per_gb_month_micros * state.size_gb
+def monthly_cost(size_gb: int, at: datetime) -> int:
+    storage = in_force(at).storage
+    first = min(size_gb, ONE_TB_GB)
+    return storage.volume_per_gb_month * first + storage.volume_above_1tb_per_gb_month * (
+        size_gb - first
+    )
+
+
+def view(state: VolumeState, cost_to_date: int = 0) -> VolumeOut:
+    cost = monthly_cost(state.size_gb, state.created_at)
     return VolumeOut(
         id=state.id,
         name=state.name,
@@ -76,6 +89,8 @@ def view(state: VolumeState) -> VolumeOut:
         created_at=state.created_at,
         cost_per_month=cost / MICROS_PER_USD,
         cost_per_month_micros=cost,
+        cost_to_date=cost_to_date / MICROS_PER_USD,
+        cost_to_date_micros=cost_to_date,
         attached_instances=list(state.attached),
         failure_reason=state.failure_reason,
     )
@@ -97,10 +112,11 @@ class VolumeController(Controller):
         request: Request[Any, Any, Any],
         page: Page,
     ) -> Response[list[VolumeOut]]:
-        positions, states = await read_models.list_page(
-            context_of(request).pool, VOLUMES, request.user.id, page
-        )
-        return page.response(request, page.of_rows(positions, [view(s) for s in states]))
+        pool = context_of(request).pool
+        positions, states = await read_models.list_page(pool, VOLUMES, request.user.id, page)
+        costs = await costs_to_date(pool, [s.id for s in states], datetime.now(UTC))
+        views = [view(s, costs.get(s.id, 0)) for s in states]
+        return page.response(request, page.of_rows(positions, views))
 
     @post("/", status_code=201, summary="Create a network volume")
     async def create_volume(self, request: Request[Any, Any, Any], data: VolumeIn) -> VolumeOut:
@@ -123,6 +139,15 @@ class VolumeController(Controller):
         now = datetime.now(UTC)
         card = in_force(now)
         volume_id = new_resource_id(request)
+        if is_retry(request):
+            done: VolumeState | None = await read_models.get(ctx.pool, VOLUMES, volume_id)
+            if done is not None and done.owner_id == request.user.id:
+                return view(done)
+        await ensure_affordable(
+            ctx.pool,
+            request.user.id,
+            hourly_cost(volume_usage(available=True, size_gb=data.size), now),
+        )
         async with (
             ctx.quotas.held(request.user.id) as usage,
             ctx.storage.held(data.data_center_id) as room,
@@ -145,8 +170,10 @@ class VolumeController(Controller):
 
     @get("/{volume_id:str}", summary="Get a network volume")
     async def get_volume(self, request: Request[Any, Any, Any], volume_id: str) -> VolumeOut:
-        state = await read_models.get(context_of(request).pool, VOLUMES, volume_id)
-        return view(_mine(state, request.user.id))
+        pool = context_of(request).pool
+        mine = _mine(await read_models.get(pool, VOLUMES, volume_id), request.user.id)
+        costs = await costs_to_date(pool, [mine.id], datetime.now(UTC))
+        return view(mine, costs.get(mine.id, 0))
 
     @patch("/{volume_id:str}", summary="Rename or grow a network volume (volumes only grow)")
     async def update_volume(
