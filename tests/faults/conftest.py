@@ -13,6 +13,18 @@ import pytest
 from tests.faults.stack import Up
 
 
+# A load test's customers are not limited by quotas, and its simulated host has room for their
+# volumes; each starts with more credit than the load can spend.
+LOAD = {
+    "GPUWORKER_QUOTA_GPUS": "0",
+    "GPUWORKER_QUOTA_VOLUMES": "0",
+    "GPUWORKER_QUOTA_VOLUME_GB": "0",
+    "GPUWORKER_QUOTA_TEMPLATES": "0",
+    "GPUWORKER_HOST_DISK_GB": "1000000",
+    "GPUWORKER_SIGNUP_CREDIT": "1000",
+}
+
+
 @pytest.fixture
 def up() -> Iterator[Up]:
     # Not under pytest's own temporary folder: pytest keeps that 0700, and the embedded PostgreSQL
@@ -20,7 +32,7 @@ def up() -> Iterator[Up]:
     # pytest run resets those permissions.
     folder = Path(tempfile.mkdtemp(prefix="gpuworker-up-"))
     os.chmod(folder, 0o755)
-    stack = Up(folder)
+    stack = Up(folder, LOAD)
     try:
         yield stack
     finally:

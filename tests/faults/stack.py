@@ -20,7 +20,7 @@ SIMULATED = "NVIDIA GeForce RTX 4090:2"
 
 
 class Up:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / "up.log"
@@ -29,7 +29,7 @@ class Up:
             k: v
             for k, v in os.environ.items()
             if k not in ("DATABASE_URL", "NATS_URL", "GPUWORKER_SECRET_KEY", "GPUWORKER_JWT_SECRET")
-        }
+        } | (extra_env or {})
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [
