@@ -12,7 +12,6 @@ import pytest
 
 from tests.faults.stack import Up
 
-
 # A load test's customers are not limited by quotas, and its simulated host has room for their
 # volumes; each starts with more credit than the load can spend.
 LOAD = {
