@@ -31,7 +31,17 @@ def test_signup_returns_tokens_and_me_returns_profile(stack: Stack) -> None:
     body = response.json()
     _assert_tokens(body)
     me = _me(stack, body["access_token"])
-    assert set(me) == {"id", "name", "email", "createdAt"}
+    assert set(me) == {
+        "id",
+        "name",
+        "email",
+        "createdAt",
+        "spendLimitPerHour",
+        "spendLimitPerHourMicros",
+        "monthlyBudget",
+        "monthlyBudgetMicros",
+    }
+    assert me["spendLimitPerHour"] == 80.0 and me["monthlyBudget"] is None
     assert me["name"] == "Ada Lovelace"
     assert me["email"] == email
     assert isinstance(me["id"], str) and me["id"]

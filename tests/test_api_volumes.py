@@ -166,7 +166,8 @@ def test_the_largest_and_smallest_sizes(client: httpx.Client) -> None:
     smallest = create_volume(client, size=10)
     assert smallest["size"] == 10 and smallest["costPerMonth"] == 0.7
     largest = create_volume(client, size=4000)
-    assert largest["size"] == 4000 and largest["costPerMonth"] == 280.0
+    # The first TB at $0.07 per GB-month, the other 3,000 GB at $0.05.
+    assert largest["size"] == 4000 and largest["costPerMonth"] == 70.0 + 150.0
 
 
 def test_missing_or_blank_fields_are_bad_requests(client: httpx.Client) -> None:

@@ -53,6 +53,8 @@ def created(**over: Any) -> InstanceCreated:
         "network_volume_id": None,
         "price_per_hour_micros": 690_000,
         "rate_card_version": "v",
+        "vcpu_count": 32,
+        "memory_in_gb": 124,
         **over,
     }
     return msgspec.convert(fields, InstanceCreated)

@@ -371,3 +371,10 @@ async def test_an_event_that_cannot_be_applied_halts_the_projection_loudly(
         assert await checkpoint(pool, "templates") == before < ack.seq < after
     finally:
         await projector.stop()
+
+
+async def test_roles_starting_together_migrate_once_without_failing(database_url: str) -> None:
+    """The projector and the ledger both migrate at start; neither may fail for the other."""
+    results = await asyncio.gather(*(migrate(database_url) for _ in range(4)))
+    applied = sorted(v for r in results for v in r)
+    assert applied == [v for v, _n, _s in available()], "each migration applied exactly once"

@@ -24,7 +24,9 @@ from services.deciders.user import SetSpendControls, UserState
 from services.errors import BadRequest, Unauthorized
 
 USERS = PROJECTIONS["users"]
-Usd = Annotated[Decimal, Meta(ge=0, le=1_000_000)]
+# USD as a JSON number. Read as a float only to be turned at once into exact micro-dollars by its
+# shortest decimal form (exact for up to 15 significant digits; money here has at most 13).
+Usd = Annotated[float, Meta(ge=0, le=1_000_000)]
 
 
 class UserOut(msgspec.Struct, rename="camel", kw_only=True):
@@ -63,9 +65,9 @@ def _usd(micros: int | None) -> float | None:
     return None if micros is None else micros / MICROS_PER_USD
 
 
-def _micros(field: str, usd: Decimal) -> int:
+def _micros(field: str, usd: float) -> int:
     try:
-        return usd_to_micros(usd)
+        return usd_to_micros(Decimal(repr(usd)))
     except ValueError:
         raise BadRequest(f"field `{field}`: at most 6 decimals (a micro-dollar)") from None
 

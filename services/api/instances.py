@@ -109,9 +109,12 @@ class InstanceOut(msgspec.Struct, rename="camel", kw_only=True):
     volume_in_gb: int
     volume_mount_path: str
     network_volume_id: str | None
-    # While it runs: its GPUs and disks, per hour.
+    # Its GPUs, per hour (at the price it was created with).
     cost_per_hr: float
     cost_per_hr_micros: int
+    # Its disks while it runs, per hour (its own volume costs more while it is stopped).
+    disk_cost_per_hr: float
+    disk_cost_per_hr_micros: int
     # What it has cost so far (charged, and owed by what runs now).
     cost_to_date: float
     cost_to_date_micros: int
@@ -124,9 +127,9 @@ class InstanceOut(msgspec.Struct, rename="camel", kw_only=True):
     host_lost: bool
 
 
-def running_cost_per_hour(state: InstanceState) -> int:
-    """Its GPUs at the price it was created with, its disks at the rate card's storage prices."""
-    disks = hourly_cost(
+def disk_cost_per_hour(state: InstanceState) -> int:
+    """Its disks while it runs, at the rate card's storage prices."""
+    return hourly_cost(
         instance_usage(
             running=True,
             host_lost=False,
@@ -140,11 +143,16 @@ def running_cost_per_hour(state: InstanceState) -> int:
         ),
         state.created_at,
     )
-    return state.price_per_hour_micros * state.gpu_count + disks
+
+
+def running_cost_per_hour(state: InstanceState) -> int:
+    """Its GPUs at the price it was created with, and its disks."""
+    return state.price_per_hour_micros * state.gpu_count + disk_cost_per_hour(state)
 
 
 def view(state: InstanceState, host_down: bool = False, cost_to_date: int = 0) -> InstanceOut:
-    cost = running_cost_per_hour(state)
+    cost = state.price_per_hour_micros * state.gpu_count
+    disks = disk_cost_per_hour(state)
     return InstanceOut(
         id=state.id,
         name=state.name,
@@ -169,6 +177,8 @@ def view(state: InstanceState, host_down: bool = False, cost_to_date: int = 0) -
         network_volume_id=state.network_volume_id,
         cost_per_hr=cost / MICROS_PER_USD,
         cost_per_hr_micros=cost,
+        disk_cost_per_hr=disks / MICROS_PER_USD,
+        disk_cost_per_hr_micros=disks,
         cost_to_date=cost_to_date / MICROS_PER_USD,
         cost_to_date_micros=cost_to_date,
         rate_card_version=state.rate_card_version,
