@@ -58,12 +58,12 @@ def user_client(stack: Stack) -> httpx.Client:
     return stack.client(token)
 
 
-def me(stack: Stack, token: str) -> dict[str, str]:
+def me(stack: Stack, token: str) -> dict[str, Any]:
     """GET /me as the token's user."""
     with stack.client(token) as client:
         response = client.get("/me")
     assert response.status_code == 200, response.text
-    body: dict[str, str] = response.json()
+    body: dict[str, Any] = response.json()
     return body
 
 
