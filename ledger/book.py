@@ -86,6 +86,23 @@ def elapsed(session: Session, at: datetime, round_up: bool) -> int:
     return max(0, math.ceil(seconds) if round_up else math.floor(seconds))
 
 
+def unposted(progress: Progress, now: datetime) -> int:
+    """What an open session owes beyond its postings, right now (what the next accrual would
+    post)."""
+    if progress.settled:
+        return 0
+    return max(
+        0, owed(progress.session, elapsed(progress.session, now, False)) - progress.posted_micros
+    )
+
+
+def unposted_seconds(progress: Progress, now: datetime) -> int:
+    """Whole seconds an open session has run beyond those already posted."""
+    if progress.settled:
+        return 0
+    return max(0, elapsed(progress.session, now, False) - progress.billed_seconds)
+
+
 def _posting(progress: Progress, seconds: int, amount: int, kind: str, id_part: str) -> Posting:
     session = progress.session
     charge = amount >= 0

@@ -7,7 +7,6 @@ balances and rollups: nothing can ever count twice."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -150,27 +149,110 @@ async def end_sessions(
         )
 
 
+async def _copy_to_temp(
+    cur: psycopg.AsyncCursor[Any],
+    temp: str,
+    like: str,
+    columns: str,
+    rows: Iterable[Sequence[Any]],
+) -> None:
+    """Rows into an empty session-local table shaped like `like` (one COPY, not a statement a row:
+    an accrual cycle writes one row per open session)."""
+    await cur.execute(
+        sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)").format(
+            sql.Identifier(temp), sql.Identifier(like)
+        )
+    )
+    await cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(temp)))
+    copy_in = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(temp), sql.SQL(columns))
+    async with cur.copy(copy_in) as copy:
+        for row in rows:
+            await copy.write_row(row)
+
+
+_PROGRESS_COLUMNS = "session_id, user_id, resource_id, settled, rate_per_hour_micros, doc"
+
+
 async def save_progress(conn: psycopg.AsyncConnection[Any], progress: Sequence[Progress]) -> None:
     if not progress:
         return
+    encode = _encode
     async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO ledger_progress (session_id, user_id, resource_id, settled,"
-            " rate_per_hour_micros, doc) VALUES (%s, %s, %s, %s, %s, %s::jsonb)"
-            " ON CONFLICT (session_id) DO UPDATE SET settled = EXCLUDED.settled,"
-            " doc = EXCLUDED.doc",
-            [
+        await _copy_to_temp(
+            cur,
+            "ledger_progress_incoming",
+            "ledger_progress",
+            _PROGRESS_COLUMNS,
+            (
                 (
                     p.session.id,
                     p.session.user_id,
                     p.session.resource_id,
                     p.settled,
                     rate_per_hour(p.session),
-                    _encode(p).decode(),
+                    encode(p).decode(),
                 )
                 for p in progress
-            ],
+            ),
         )
+        # In key order: concurrent writers never wait on each other in a cycle.
+        await cur.execute(
+            sql.SQL(
+                "INSERT INTO ledger_progress ({columns}) SELECT {columns}"
+                " FROM ledger_progress_incoming ORDER BY session_id"
+                " ON CONFLICT (session_id) DO UPDATE SET settled = EXCLUDED.settled,"
+                " doc = EXCLUDED.doc"
+            ).format(columns=sql.SQL(_PROGRESS_COLUMNS))
+        )
+
+
+# From the postings just inserted (and only those): balances, then the hourly and daily rollups
+# of usage (a credit is not usage). One statement: the rows never travel back to Python.
+_POST = """
+WITH new AS (
+    INSERT INTO ledger_postings ({columns}) SELECT {columns} FROM ledger_incoming
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, at, user_id, debit, credit, amount_micros, kind, product, meter, resource_id,
+        gpu_type_id, quantity, seconds
+), balances AS (
+    INSERT INTO ledger_balances (account, balance_micros)
+    SELECT account, sum(delta) FROM (
+        SELECT debit AS account, -amount_micros AS delta FROM new
+        UNION ALL SELECT credit, amount_micros FROM new
+    ) moves
+    GROUP BY account ORDER BY account
+    ON CONFLICT (account) DO UPDATE
+    SET balance_micros = ledger_balances.balance_micros + EXCLUDED.balance_micros
+), used AS (
+    SELECT user_id, product, meter, COALESCE(resource_id, '') AS resource_id,
+        COALESCE(gpu_type_id, '') AS gpu_type_id, at,
+        CASE WHEN kind = 'usage' THEN amount_micros ELSE -amount_micros END AS amount,
+        seconds,
+        CASE WHEN meter = ANY(%(storage)s) THEN seconds * quantity ELSE 0 END AS gb_seconds
+    FROM new WHERE kind <> 'credit' AND product IS NOT NULL AND meter IS NOT NULL
+), hourly AS (
+    INSERT INTO ledger_hourly (user_id, product, meter, resource_id, gpu_type_id, hour,
+        amount_micros, seconds, gb_seconds)
+    SELECT user_id, product, meter, resource_id, gpu_type_id, date_trunc('hour', at, 'UTC'),
+        sum(amount), sum(seconds), sum(gb_seconds)
+    FROM used GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (user_id, product, meter, resource_id, gpu_type_id, hour) DO UPDATE SET
+        amount_micros = ledger_hourly.amount_micros + EXCLUDED.amount_micros,
+        seconds = ledger_hourly.seconds + EXCLUDED.seconds,
+        gb_seconds = ledger_hourly.gb_seconds + EXCLUDED.gb_seconds
+), daily AS (
+    INSERT INTO ledger_daily (user_id, product, meter, resource_id, gpu_type_id, day,
+        amount_micros, seconds, gb_seconds)
+    SELECT user_id, product, meter, resource_id, gpu_type_id, date_trunc('day', at, 'UTC'),
+        sum(amount), sum(seconds), sum(gb_seconds)
+    FROM used GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (user_id, product, meter, resource_id, gpu_type_id, day) DO UPDATE SET
+        amount_micros = ledger_daily.amount_micros + EXCLUDED.amount_micros,
+        seconds = ledger_daily.seconds + EXCLUDED.seconds,
+        gb_seconds = ledger_daily.gb_seconds + EXCLUDED.gb_seconds
+)
+SELECT id FROM new
+"""
 
 
 async def post(conn: psycopg.AsyncConnection[Any], postings: Sequence[Posting]) -> list[Posting]:
@@ -178,87 +260,37 @@ async def post(conn: psycopg.AsyncConnection[Any], postings: Sequence[Posting]) 
     if not postings:
         return []
     async with conn.cursor() as cur:
-        await cur.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS ledger_incoming"
-            " (LIKE ledger_postings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        copy_in = sql.SQL("COPY ledger_incoming ({}) FROM STDIN").format(sql.SQL(_POSTING_COLUMNS))
-        async with cur.copy(copy_in) as copy:
-            for p in postings:
-                await copy.write_row(
-                    (
-                        p.id,
-                        p.at,
-                        p.user_id,
-                        p.debit,
-                        p.credit,
-                        p.amount_micros,
-                        p.kind,
-                        p.product,
-                        p.meter,
-                        p.resource_id,
-                        p.gpu_type_id,
-                        p.quantity,
-                        p.unit_price_micros,
-                        p.seconds,
-                        p.session_id,
-                        p.rate_card_version,
-                        p.reason,
-                    )
+        await _copy_to_temp(
+            cur,
+            "ledger_incoming",
+            "ledger_postings",
+            _POSTING_COLUMNS,
+            (
+                (
+                    p.id,
+                    p.at,
+                    p.user_id,
+                    p.debit,
+                    p.credit,
+                    p.amount_micros,
+                    p.kind,
+                    p.product,
+                    p.meter,
+                    p.resource_id,
+                    p.gpu_type_id,
+                    p.quantity,
+                    p.unit_price_micros,
+                    p.seconds,
+                    p.session_id,
+                    p.rate_card_version,
+                    p.reason,
                 )
+                for p in postings
+            ),
+        )
         await cur.execute(
-            sql.SQL(
-                "INSERT INTO ledger_postings ({columns}) SELECT {columns} FROM ledger_incoming"
-                " ON CONFLICT (id) DO NOTHING RETURNING id"
-            ).format(columns=sql.SQL(_POSTING_COLUMNS))
+            sql.SQL(_POST).format(columns=sql.SQL(_POSTING_COLUMNS)),
+            {"storage": sorted(STORAGE_METERS)},
         )
         inserted = {row[0] for row in await cur.fetchall()}
-        await cur.execute("TRUNCATE ledger_incoming")
-    new = [p for p in postings if p.id in inserted]
-    await _move_balances(conn, new)
-    await _roll_up(conn, new)
-    return new
-
-
-async def _move_balances(conn: psycopg.AsyncConnection[Any], postings: Sequence[Posting]) -> None:
-    moves: defaultdict[str, int] = defaultdict(int)
-    for p in postings:
-        moves[p.debit] -= p.amount_micros
-        moves[p.credit] += p.amount_micros
-    if not moves:
-        return
-    async with conn.cursor() as cur:
-        # In key order: concurrent writers never wait on each other in a cycle.
-        await cur.executemany(
-            "INSERT INTO ledger_balances (account, balance_micros) VALUES (%s, %s)"
-            " ON CONFLICT (account) DO UPDATE"
-            " SET balance_micros = ledger_balances.balance_micros + EXCLUDED.balance_micros",
-            sorted(moves.items()),
-        )
-
-
-async def _roll_up(conn: psycopg.AsyncConnection[Any], postings: Sequence[Posting]) -> None:
-    rows: defaultdict[tuple[str, str, str, str, str, datetime], list[int]] = defaultdict(
-        lambda: [0, 0, 0]
-    )
-    for p in postings:
-        if p.kind == "credit" or p.product is None or p.meter is None:
-            continue
-        hour = p.at.replace(minute=0, second=0, microsecond=0)
-        key = (p.user_id, p.product, p.meter, p.resource_id or "", p.gpu_type_id or "", hour)
-        row = rows[key]
-        row[0] += p.signed_micros
-        row[1] += p.seconds
-        row[2] += p.seconds * p.quantity if p.meter in STORAGE_METERS else 0
-    if not rows:
-        return
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO ledger_hourly (user_id, product, meter, resource_id, gpu_type_id, hour,"
-            " amount_micros, seconds, gb_seconds) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (user_id, product, meter, resource_id, gpu_type_id, hour) DO UPDATE SET"
-            " amount_micros = ledger_hourly.amount_micros + EXCLUDED.amount_micros,"
-            " seconds = ledger_hourly.seconds + EXCLUDED.seconds,"
-            " gb_seconds = ledger_hourly.gb_seconds + EXCLUDED.gb_seconds",
-            [(*key, *values) for key, values in sorted(rows.items())],
-        )
+    return [p for p in postings if p.id in inserted]

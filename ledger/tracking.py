@@ -61,6 +61,8 @@ class Tracked(msgspec.Struct, kw_only=True):
     network_volume: bool = False
     size_gb: int = 0
     active: bool = False
+    # A serverless worker's endpoint (the aggregate its events are on): summaries group by it.
+    endpoint_id: str | None = None
     open: dict[str, Session] = {}
 
     def usage(self) -> list[Usage]:
@@ -132,6 +134,7 @@ def _changed(tracked: Tracked | None, event: Envelope) -> Tracked | None:
                 gpu_type_id=data.gpu_type_id,
                 gpu_count=data.gpu_count,
                 active=data.active,
+                endpoint_id=event.aggregate.id,
             )
     if tracked is None:
         return None

@@ -7,7 +7,8 @@ replay of the event stream from sequence 1. Each problem is one line; none means
   length rounded up once), and it is settled.
 - A resource's sessions of one slot never overlap, and at most the last is open.
 - Summary totals equal the postings: the hourly rollups add up, per customer, to what the postings
-  say (the export reads the postings themselves).
+  say, and the daily rollup to the hourly one, row by row (the export reads the postings
+  themselves).
 - A replay of the event stream from sequence 1 opens and closes exactly the sessions the ledger
   has, at the same instants and prices, and grants the same credits."""
 
@@ -124,6 +125,24 @@ async def check_tables(conn: psycopg.AsyncConnection[Any]) -> list[str]:
     for user_id, posted_total, rolled_total in await cur.fetchall():
         problems.append(
             f"customer {user_id}: summaries say {rolled_total}, postings say {posted_total}"
+        )
+
+    cur = await conn.execute(
+        "WITH by_day AS (SELECT user_id, product, meter, resource_id, gpu_type_id,"
+        "   date_trunc('day', hour, 'UTC') AS day, sum(amount_micros) AS amount,"
+        "   sum(seconds) AS seconds, sum(gb_seconds) AS gb_seconds FROM ledger_hourly"
+        "   GROUP BY 1, 2, 3, 4, 5, 6)"
+        " SELECT COALESCE(h.user_id, d.user_id), COALESCE(h.resource_id, d.resource_id),"
+        " COALESCE(h.meter, d.meter), COALESCE(h.day, d.day), h.amount, d.amount_micros"
+        " FROM by_day h FULL JOIN ledger_daily d USING (user_id, product, meter, resource_id,"
+        "   gpu_type_id, day)"
+        " WHERE (h.amount, h.seconds, h.gb_seconds)"
+        "   IS DISTINCT FROM (d.amount_micros, d.seconds, d.gb_seconds)"
+    )
+    for user_id, resource_id, meter, day, hourly, daily in await cur.fetchall():
+        problems.append(
+            f"customer {user_id}: the daily rollup of {meter} of {resource_id or '-'} on"
+            f" {day:%Y-%m-%d} says {daily}, the hourly one {hourly}"
         )
     return problems
 

@@ -19,6 +19,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.api.account import balance, me, update_me
 from services.api.auth import AuthController
+from services.api.billing import (
+    billing_export,
+    instance_billing,
+    serverless_billing,
+    volume_billing,
+)
 from services.api.blog import BlogController
 from services.api.body_limit import MAX_BODY_BYTES
 from services.api.catalog import datacenters, gpu_types
@@ -119,6 +125,10 @@ def create_app(settings: Settings) -> Litestar:
             me,
             update_me,
             balance,
+            instance_billing,
+            serverless_billing,
+            volume_billing,
+            billing_export,
             TemplateController,
             RegistryAuthController,
             gpu_types,

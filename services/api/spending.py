@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 from psycopg_pool import AsyncConnectionPool
 
-from ledger.book import Progress, elapsed, owed
+from ledger.book import Progress, unposted
 from ledger.money import SECONDS_PER_HOUR, format_micros
 from ledger.pricing import price_of
 from ledger.spend_control import month_start
@@ -29,13 +29,6 @@ class Spending(msgspec.Struct, frozen=True, kw_only=True):
     balance_micros: int
     per_hour_micros: int
     month_micros: int
-
-
-def unposted(progress: Progress, now: datetime) -> int:
-    """What an open session owes beyond its postings, right now."""
-    return max(
-        0, owed(progress.session, elapsed(progress.session, now, False)) - progress.posted_micros
-    )
 
 
 def hourly_cost(usages: Iterable[Usage], at: datetime) -> int:

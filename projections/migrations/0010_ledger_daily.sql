@@ -1,0 +1,28 @@
+-- Billing summaries by day, week or month read a daily rollup: over a month of minute accruals the
+-- hourly one holds 24 times the rows a summary has to add up. Kept with the hourly rollup in the
+-- same transactions (ledger/store.py), from the same new postings; `ledger verify` checks both
+-- against the postings. (Numbered 0010: 0008 and 0009 are left to the audit log's branch.)
+CREATE TABLE ledger_daily (
+    user_id       text NOT NULL,
+    product       text NOT NULL,
+    meter         text NOT NULL,
+    resource_id   text NOT NULL,
+    gpu_type_id   text NOT NULL DEFAULT '',
+    day           timestamptz NOT NULL,
+    amount_micros bigint NOT NULL,
+    seconds       bigint NOT NULL,
+    gb_seconds    bigint NOT NULL,
+    PRIMARY KEY (user_id, product, meter, resource_id, gpu_type_id, day)
+);
+CREATE INDEX ledger_daily_user_day ON ledger_daily (user_id, day);
+
+INSERT INTO ledger_daily (user_id, product, meter, resource_id, gpu_type_id, day, amount_micros,
+                          seconds, gb_seconds)
+SELECT user_id, product, meter, resource_id, gpu_type_id, date_trunc('day', hour, 'UTC'),
+       sum(amount_micros), sum(seconds), sum(gb_seconds)
+FROM ledger_hourly
+GROUP BY user_id, product, meter, resource_id, gpu_type_id, date_trunc('day', hour, 'UTC');
+
+-- Summaries group an instance's disks under its GPU type, and a serverless worker under its
+-- endpoint: both are read from what the ledger tracks of the customer's resources.
+CREATE INDEX ledger_tracked_user ON ledger_tracked (user_id, resource_type);
