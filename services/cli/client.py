@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -65,22 +65,60 @@ class ApiError(Exception):
     pass
 
 
-def _send(method: str, url: str, body: dict[str, Any] | None = None) -> httpx.Response:
-    creds = _load()
-    headers = {}
+def _headers(creds: dict[str, str]) -> dict[str, str]:
     if creds.get("access_token"):
-        headers["authorization"] = f"Bearer {creds['access_token']}"
-    try:
-        response = httpx.request(method, url, json=body, headers=headers, timeout=30)
-    except httpx.HTTPError as exc:
-        raise ApiError(f"cannot reach {creds['url']}: {exc}") from exc
+        return {"authorization": f"Bearer {creds['access_token']}"}
+    return {}
+
+
+def _refuse_error(response: httpx.Response) -> None:
     if response.status_code >= 400:
         try:
             message = response.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = response.text
         raise ApiError(f"{response.status_code}: {message}")
+
+
+def _send(
+    method: str,
+    url: str,
+    body: dict[str, Any] | None = None,
+    params: dict[str, str] | None = None,
+) -> httpx.Response:
+    creds = _load()
+    try:
+        response = httpx.request(
+            method, url, json=body, params=params, headers=_headers(creds), timeout=30
+        )
+    except httpx.HTTPError as exc:
+        raise ApiError(f"cannot reach {creds['url']}: {exc}") from exc
+    _refuse_error(response)
     return response
+
+
+def get_json(path: str, params: dict[str, str] | None = None) -> Any:
+    """GET a route of the API with the saved login; its JSON body."""
+    return _send("GET", _load()["url"] + path, params=params).json()
+
+
+def download(path: str, params: dict[str, str], sink: BinaryIO) -> int:
+    """Stream a route's body into `sink` as it arrives; returns the bytes written."""
+    creds = _load()
+    written = 0
+    try:
+        with httpx.stream(
+            "GET", creds["url"] + path, params=params, headers=_headers(creds), timeout=30
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                _refuse_error(response)
+            for chunk in response.iter_bytes():
+                sink.write(chunk)
+                written += len(chunk)
+    except httpx.HTTPError as exc:
+        raise ApiError(f"cannot reach {creds['url']}: {exc}") from exc
+    return written
 
 
 def _call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.cli import client
+from services.cli import billing, client
 from services.config import ConfigurationError, Settings
 from services.roles.lifecycle import configure_logging
 
@@ -86,6 +86,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     lsub = ledger.add_subparsers(dest="action")
     lsub.add_parser("verify", help="prove the ledger's invariants; exit 1 on any break")
+    ledger_export = lsub.add_parser(
+        "export", help="postings for finance as CSV, JSON Lines or Parquet (streamed)"
+    )
+    ledger_export.add_argument("--from", dest="start", help="ISO 8601 (default: the first)")
+    ledger_export.add_argument("--to", dest="end", help="ISO 8601, exclusive (default: all)")
+    ledger_export.add_argument("--format", choices=["csv", "jsonl", "parquet"], default="csv")
+    ledger_export.add_argument("--user", metavar="EMAIL", help="one customer's postings only")
+    ledger_export.add_argument(
+        "--output", type=Path, help="file to write (default: standard output; Parquet needs one)"
+    )
+    billing.add_parser(sub)
 
     blog = sub.add_parser("blog", help="the public blog")
     bsub = blog.add_subparsers(dest="action", required=True)
@@ -101,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("login", "instances", "volumes"):
         return client.run(args.command, args)
+    if args.command == "billing" and args.action != "credit":
+        return billing.run(args)
     configure_logging()
     if args.command == "up":
         from services.cli.up import up
@@ -134,6 +147,16 @@ def _run_role(args: argparse.Namespace, settings: Settings) -> int:
         from services.cli.ledger_commands import verify
 
         return asyncio.run(verify(settings))
+    elif args.command == "ledger" and args.action == "export":
+        from services.cli.ledger_commands import export
+
+        return asyncio.run(
+            export(settings, args.format, args.start, args.end, args.user, args.output)
+        )
+    elif args.command == "billing":
+        from services.cli.operator import grant_credit
+
+        return asyncio.run(grant_credit(settings, args.email, args.amount, args.reason))
     elif args.command == "agent":
         from services.roles.agent import run_agent
 
