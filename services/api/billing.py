@@ -44,7 +44,17 @@ from services.api.context import context_of
 from services.errors import BadRequest
 
 _MAX_PARAMETER = 256
-Text = Annotated[str | None, Parameter(max_length=_MAX_PARAMETER)]
+
+
+def _query(name: str) -> Any:
+    return Parameter(query=name, max_length=_MAX_PARAMETER)
+
+
+StartTime = Annotated[str | None, _query("startTime")]
+EndTime = Annotated[str | None, _query("endTime")]
+BucketSizeParameter = Annotated[str | None, _query("bucketSize")]
+GroupingParameter = Annotated[str | None, _query("grouping")]
+GpuTypeParameter = Annotated[str | None, _query("gpuTypeId")]
 
 
 class InstanceRecord(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
@@ -149,12 +159,12 @@ def _json(records: list[Any]) -> Response[bytes]:
 )
 async def instance_billing(
     request: Request[Any, Any, Any],
-    start_time: Annotated[Text, Parameter(query="startTime")] = None,
-    end_time: Annotated[Text, Parameter(query="endTime")] = None,
-    bucket_size: Annotated[Text, Parameter(query="bucketSize")] = None,
-    grouping: Text = None,
-    instance_id: Annotated[Text, Parameter(query="instanceId")] = None,
-    gpu_type_id: Annotated[Text, Parameter(query="gpuTypeId")] = None,
+    start_time: StartTime = None,
+    end_time: EndTime = None,
+    bucket_size: BucketSizeParameter = None,
+    grouping: GroupingParameter = None,
+    instance_id: Annotated[str | None, _query("instanceId")] = None,
+    gpu_type_id: GpuTypeParameter = None,
 ) -> Response[bytes]:
     query, rows = await _rows(
         request,
@@ -194,12 +204,12 @@ async def instance_billing(
 )
 async def serverless_billing(
     request: Request[Any, Any, Any],
-    start_time: Annotated[Text, Parameter(query="startTime")] = None,
-    end_time: Annotated[Text, Parameter(query="endTime")] = None,
-    bucket_size: Annotated[Text, Parameter(query="bucketSize")] = None,
-    grouping: Text = None,
-    endpoint_id: Annotated[Text, Parameter(query="endpointId")] = None,
-    gpu_type_id: Annotated[Text, Parameter(query="gpuTypeId")] = None,
+    start_time: StartTime = None,
+    end_time: EndTime = None,
+    bucket_size: BucketSizeParameter = None,
+    grouping: GroupingParameter = None,
+    endpoint_id: Annotated[str | None, _query("endpointId")] = None,
+    gpu_type_id: GpuTypeParameter = None,
 ) -> Response[bytes]:
     query, rows = await _rows(
         request,
@@ -238,11 +248,11 @@ async def serverless_billing(
 )
 async def volume_billing(
     request: Request[Any, Any, Any],
-    start_time: Annotated[Text, Parameter(query="startTime")] = None,
-    end_time: Annotated[Text, Parameter(query="endTime")] = None,
-    bucket_size: Annotated[Text, Parameter(query="bucketSize")] = None,
-    grouping: Text = None,
-    volume_id: Annotated[Text, Parameter(query="volumeId")] = None,
+    start_time: StartTime = None,
+    end_time: EndTime = None,
+    bucket_size: BucketSizeParameter = None,
+    grouping: GroupingParameter = None,
+    volume_id: Annotated[str | None, _query("volumeId")] = None,
 ) -> Response[bytes]:
     query, rows = await _rows(
         request,
@@ -280,9 +290,9 @@ async def volume_billing(
 )
 async def billing_export(
     request: Request[Any, Any, Any],
-    export_format: Annotated[Text, Parameter(query="format")] = None,
-    start_time: Annotated[Text, Parameter(query="startTime")] = None,
-    end_time: Annotated[Text, Parameter(query="endTime")] = None,
+    export_format: Annotated[str | None, _query("format")] = None,
+    start_time: StartTime = None,
+    end_time: EndTime = None,
 ) -> Stream:
     _refuse_unknown(request, {"format", "startTime", "endTime"})
     fmt = export_format or "csv"

@@ -112,7 +112,9 @@ async def export(
     if fmt == "parquet" and not parquet_available():
         print("gpuworker: Parquet needs pyarrow: pip install 'gpuworker[export]'", file=sys.stderr)
         return 2
-    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url, autocommit=True
+    ) as conn:
         if email is not None:
             user_id = await user_id_by_email(conn, email)
             if user_id is None:
