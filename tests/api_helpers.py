@@ -24,6 +24,7 @@ PASSWORD = "correct horse battery"
 ERROR_TYPES = {
     400: "bad_request",
     401: "unauthorized",
+    402: "payment_required",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
