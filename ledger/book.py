@@ -12,11 +12,16 @@ real end) is corrected at settlement by a reversal.
 
 Posting ids are derived from the session and the second they reach (or from the event of a
 credit), so a redelivered event or a ledger restarted mid-way can never post twice: the store
-refuses a second posting with the same id."""
+refuses a second posting with the same id. An accrual's id is the MD5 of its name in UUID form
+(`accrual_id`), because the accrual cycle computes it inside PostgreSQL (ledger/accruals.py),
+which has MD5 built in and not the SHA-1 of a UUIDv5; `accrue` here is the reference it is tested
+against."""
 
 from __future__ import annotations
 
+import hashlib
 import math
+import uuid
 from datetime import datetime, timedelta
 
 import msgspec
@@ -103,11 +108,18 @@ def unposted_seconds(progress: Progress, now: datetime) -> int:
     return max(0, elapsed(progress.session, now, False) - progress.billed_seconds)
 
 
-def _posting(progress: Progress, seconds: int, amount: int, kind: str, id_part: str) -> Posting:
+def accrual_id(session_id: str, seconds: int) -> str:
+    """The id of a session's accrual up to its `seconds`-th second (not a security hash: its name
+    is ours, and an id only has to be fixed by what it covers)."""
+    name = f"posting\x1f{session_id}\x1faccrual:{seconds}".encode()
+    return str(uuid.UUID(hashlib.md5(name, usedforsecurity=False).hexdigest()))
+
+
+def _posting(progress: Progress, seconds: int, amount: int, kind: str, posting_id: str) -> Posting:
     session = progress.session
     charge = amount >= 0
     return Posting(
-        id=derived_id("posting", session.id, id_part),
+        id=posting_id,
         at=session.started_at + timedelta(seconds=seconds),
         user_id=session.user_id,
         debit=customer(session.user_id) if charge else revenue(session.product),
@@ -139,7 +151,9 @@ def accrue(progress: Progress, now: datetime) -> tuple[Progress, Posting | None]
     )
     if amount == 0:
         return after, None
-    return after, _posting(progress, seconds, amount, "usage", f"accrual:{seconds}")
+    return after, _posting(
+        progress, seconds, amount, "usage", accrual_id(progress.session.id, seconds)
+    )
 
 
 def settle(progress: Progress, ended_at: datetime) -> tuple[Progress, Posting | None]:
@@ -158,7 +172,9 @@ def settle(progress: Progress, ended_at: datetime) -> tuple[Progress, Posting | 
     )
     if amount == 0:
         return after, None
-    return after, _posting(progress, seconds, amount, "usage", "final")
+    return after, _posting(
+        progress, seconds, amount, "usage", derived_id("posting", progress.session.id, "final")
+    )
 
 
 def credit(

@@ -19,6 +19,7 @@ from events.envelope import Envelope
 from events.host import HostLost, HostRecovered
 from events.user import CreditGranted
 from ledger import store
+from ledger.accruals import lock_writers
 from ledger.book import Posting, Progress, credit, settle
 from ledger.pricing import price_of
 from ledger.tracking import fold_event, key_of
@@ -31,6 +32,7 @@ SUBJECTS = ("ev.instance.>", "ev.volume.>", "ev.host.>", "ev.user.>", "ev.endpoi
 
 async def apply_events(conn: psycopg.AsyncConnection[Any], events: Sequence[Envelope]) -> None:
     """Inside the caller's transaction: everything these events mean to the ledger."""
+    await lock_writers(conn)
     keys = {k for e in events if (k := key_of(e)) is not None}
     tracked = await store.load_tracked(conn, keys)
     for event in events:

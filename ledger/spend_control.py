@@ -52,8 +52,8 @@ async def account(
     """(balance, spent this month) in micro-USD, as posted so far."""
     cur = await conn.execute(
         "SELECT COALESCE((SELECT balance_micros FROM ledger_balances WHERE account = %s), 0),"
-        " COALESCE((SELECT sum(amount_micros) FROM ledger_hourly"
-        "  WHERE user_id = %s AND hour >= %s), 0)",
+        " COALESCE((SELECT sum(amount_micros) FROM ledger_daily"
+        "  WHERE user_id = %s AND day >= %s), 0)",
         (f"customer:{user_id}", user_id, month_start(now)),
     )
     row = await cur.fetchone()
@@ -68,8 +68,9 @@ async def over_limit(conn: psycopg.AsyncConnection[Any], now: datetime) -> list[
         " (u.doc->>'monthly_budget_micros')::bigint"
         " FROM (SELECT DISTINCT user_id FROM ledger_progress WHERE NOT settled) o"
         " LEFT JOIN ledger_balances b ON b.account = 'customer:' || o.user_id"
-        " LEFT JOIN (SELECT user_id, sum(amount_micros) AS spent FROM ledger_hourly"
-        "   WHERE hour >= %s GROUP BY user_id) m ON m.user_id = o.user_id"
+        # Each customer's own month, by index: not every customer's month, every cycle.
+        " LEFT JOIN LATERAL (SELECT sum(amount_micros) AS spent FROM ledger_daily d"
+        "   WHERE d.user_id = o.user_id AND d.day >= %s) m ON true"
         " LEFT JOIN users u ON u.id = o.user_id",
         (month_start(now),),
     )

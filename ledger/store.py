@@ -77,14 +77,6 @@ async def load_progress(
     return {p.session.id: p for p in found}
 
 
-async def open_progress(conn: psycopg.AsyncConnection[Any]) -> list[Progress]:
-    """Every session still open (for an accrual cycle), locked."""
-    cur = await conn.execute(
-        "SELECT doc::text FROM ledger_progress WHERE NOT settled ORDER BY session_id FOR UPDATE"
-    )
-    return [_progress.decode(row[0]) for row in await cur.fetchall()]
-
-
 async def save_tracked(conn: psycopg.AsyncConnection[Any], tracked: Sequence[Tracked]) -> None:
     if not tracked:
         return
@@ -255,42 +247,54 @@ SELECT id FROM new
 """
 
 
+async def incoming(cur: psycopg.AsyncCursor[Any]) -> None:
+    """An empty `ledger_incoming`: postings staged for `post_incoming`."""
+    await cur.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS ledger_incoming (LIKE ledger_postings INCLUDING DEFAULTS)"
+    )
+    await cur.execute("TRUNCATE ledger_incoming")
+
+
+async def post_incoming(cur: psycopg.AsyncCursor[Any]) -> set[str]:
+    """Post what `ledger_incoming` holds; returns the ids that were new."""
+    # The rollups' GROUP BY over a cycle's rows sorts in memory rather than on disk.
+    await cur.execute("SET LOCAL work_mem = '64MB'")
+    await cur.execute(
+        sql.SQL(_POST).format(columns=sql.SQL(_POSTING_COLUMNS)),
+        {"storage": sorted(STORAGE_METERS)},
+    )
+    return {row[0] for row in await cur.fetchall()}
+
+
 async def post(conn: psycopg.AsyncConnection[Any], postings: Sequence[Posting]) -> list[Posting]:
     """Insert postings; returns the ones that were new (and moves balances and rollups by them)."""
     if not postings:
         return []
     async with conn.cursor() as cur:
-        await _copy_to_temp(
-            cur,
-            "ledger_incoming",
-            "ledger_postings",
-            _POSTING_COLUMNS,
-            (
-                (
-                    p.id,
-                    p.at,
-                    p.user_id,
-                    p.debit,
-                    p.credit,
-                    p.amount_micros,
-                    p.kind,
-                    p.product,
-                    p.meter,
-                    p.resource_id,
-                    p.gpu_type_id,
-                    p.quantity,
-                    p.unit_price_micros,
-                    p.seconds,
-                    p.session_id,
-                    p.rate_card_version,
-                    p.reason,
+        await incoming(cur)
+        copy_in = sql.SQL("COPY ledger_incoming ({}) FROM STDIN").format(sql.SQL(_POSTING_COLUMNS))
+        async with cur.copy(copy_in) as copy:
+            for p in postings:
+                await copy.write_row(
+                    (
+                        p.id,
+                        p.at,
+                        p.user_id,
+                        p.debit,
+                        p.credit,
+                        p.amount_micros,
+                        p.kind,
+                        p.product,
+                        p.meter,
+                        p.resource_id,
+                        p.gpu_type_id,
+                        p.quantity,
+                        p.unit_price_micros,
+                        p.seconds,
+                        p.session_id,
+                        p.rate_card_version,
+                        p.reason,
+                    )
                 )
-                for p in postings
-            ),
-        )
-        await cur.execute(
-            sql.SQL(_POST).format(columns=sql.SQL(_POSTING_COLUMNS)),
-            {"storage": sorted(STORAGE_METERS)},
-        )
-        inserted = {row[0] for row in await cur.fetchall()}
+        inserted = await post_incoming(cur)
     return [p for p in postings if p.id in inserted]

@@ -4,7 +4,7 @@ replay of the event stream from sequence 1. Each problem is one line; none means
 - Money is conserved: every transfer moves a positive amount between two accounts, the balances
   table equals the postings, and all balances sum to zero.
 - Every closed session is posted exactly: its postings add up to floor(price x quantity x its
-  length rounded up once), and it is settled.
+  length rounded up once), and it is settled; every posting's session exists.
 - A resource's sessions of one slot never overlap, and at most the last is open.
 - Summary totals equal the postings: the hourly rollups add up, per customer, to what the postings
   say, and the daily rollup to the hourly one, row by row (the export reads the postings
@@ -96,6 +96,13 @@ async def check_tables(conn: psycopg.AsyncConnection[Any]) -> list[str]:
             )
         if not settled:
             problems.append(f"session {session.id} is closed but not settled")
+
+    cur = await conn.execute(
+        "SELECT p.id, p.session_id FROM ledger_postings p WHERE p.session_id IS NOT NULL"
+        " AND NOT EXISTS (SELECT 1 FROM ledger_sessions s WHERE s.id = p.session_id)"
+    )
+    for posting_id, session_id in await cur.fetchall():
+        problems.append(f"posting {posting_id} is for session {session_id}, which does not exist")
 
     cur = await conn.execute(
         "SELECT s.resource_id, s.slot, s.id, s.started_at, e.ended_at FROM ledger_sessions s"

@@ -240,6 +240,15 @@ async def test_the_ledger_tables_refuse_change_and_verify_catches_a_break(
             " WHERE resource_id = %s AND meter = 'instance.gpu'",
             (instance,),
         )
+        # And one for a session that never was.
+        conn.execute(
+            "INSERT INTO ledger_postings (id, at, user_id, debit, credit, amount_micros, kind,"
+            " session_id) VALUES ('orphan', now(), 'u', 'customer:u', 'revenue:volumes', 1,"
+            " 'usage', 'no-such-session')"
+        )
     found = await problems(pool, stream)
     assert any("posted" in p and "owes" in p for p in found), found
     assert any("balance of customer:" in p for p in found), found
+    assert any("session no-such-session, which does not exist" in p for p in found), found
+    # The rollups were not moved by the forged postings: the summaries disagree with them.
+    assert any("summaries say" in p for p in found), found

@@ -13,7 +13,7 @@ CREATE TABLE ledger_daily (
     seconds       bigint NOT NULL,
     gb_seconds    bigint NOT NULL,
     PRIMARY KEY (user_id, product, meter, resource_id, gpu_type_id, day)
-);
+) WITH (fillfactor = 50);
 CREATE INDEX ledger_daily_user_day ON ledger_daily (user_id, day);
 
 INSERT INTO ledger_daily (user_id, product, meter, resource_id, gpu_type_id, day, amount_micros,
@@ -26,3 +26,14 @@ GROUP BY user_id, product, meter, resource_id, gpu_type_id, date_trunc('day', ho
 -- Summaries group an instance's disks under its GPU type, and a serverless worker under its
 -- endpoint: both are read from what the ledger tracks of the customer's resources.
 CREATE INDEX ledger_tracked_user ON ledger_tracked (user_id, resource_type);
+
+-- Every accrual cycle updates a row of each of these per open session (a minute's more usage):
+-- room on each page keeps those updates HOT (no index entry to add), and their pages small.
+ALTER TABLE ledger_hourly SET (fillfactor = 50);
+ALTER TABLE ledger_progress SET (fillfactor = 50);
+ALTER TABLE ledger_balances SET (fillfactor = 50);
+
+-- A cycle inserts a posting per open session: checking each one's session by foreign key cost a
+-- third as much as inserting them. Postings are only ever made from stored sessions, and
+-- `ledger verify` reports any posting whose session is missing.
+ALTER TABLE ledger_postings DROP CONSTRAINT ledger_postings_session_id_fkey;

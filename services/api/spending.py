@@ -46,8 +46,8 @@ async def spending(pool: AsyncConnectionPool[Any], user_id: str, now: datetime) 
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT COALESCE((SELECT balance_micros FROM ledger_balances WHERE account = %s), 0),"
-            " COALESCE((SELECT sum(amount_micros) FROM ledger_hourly"
-            "  WHERE user_id = %s AND hour >= %s), 0)",
+            " COALESCE((SELECT sum(amount_micros) FROM ledger_daily"
+            "  WHERE user_id = %s AND day >= %s), 0)",
             (f"customer:{user_id}", user_id, month_start(now)),
         )
         row = await cur.fetchone()
