@@ -149,6 +149,11 @@ def tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+# What benchmark users get at signup, and the spend limit they set (the API's maximum).
+BENCH_CREDIT_USD = "100000"
+MAX_SPEND_LIMIT_USD = 1_000_000
+
+
 class Stack:
     """`gpuworker up` in its own data folder on a free port: embedded PostgreSQL + nats-server +
     the api, deciders and projector roles."""
@@ -179,6 +184,8 @@ class Stack:
         # volumes: no per-user quotas.
         for quota in ("GPUS", "VOLUMES", "VOLUME_GB", "TEMPLATES"):
             env.setdefault(f"GPUWORKER_QUOTA_{quota}", "0")
+        # Creates are refused (402) without money: benchmark users start with plenty.
+        env.setdefault("GPUWORKER_SIGNUP_CREDIT", BENCH_CREDIT_USD)
         args = [
             venv_bin("gpuworker"), "up", "--host", HOST, "--port", str(self.port),
             "--data-dir", str(self.data_dir),
@@ -459,6 +466,27 @@ def signup(base_url: str, tag: str) -> str:
     if status != 201:
         raise RuntimeError(f"signup answered {status}: {body}")
     return str(body["access_token"])
+
+
+def fund(base_url: str, token: str, timeout_s: float = 60.0) -> None:
+    """Let a benchmark user create hundreds of instances: the highest hourly spend limit, and
+    their signup credit (GPUWORKER_SIGNUP_CREDIT, posted by the ledger role) in their balance.
+    Without both, creates past $80/h or before the credit lands answer 402."""
+    status, body = http_json(
+        "PATCH", f"{base_url}/me", {"spendLimitPerHour": MAX_SPEND_LIMIT_USD}, token=token
+    )
+    if status != 200:
+        raise RuntimeError(f"PATCH /me answered {status}: {body}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status, body = http_json("GET", f"{base_url}/billing/balance", token=token)
+        if status == 200 and body["balanceMicros"] > 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(
+        f"no credit in the benchmark user's balance after {timeout_s}s (is the ledger role"
+        f" running, with GPUWORKER_SIGNUP_CREDIT set?): {body}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

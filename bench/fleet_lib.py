@@ -3,8 +3,8 @@ against our own embedded servers, so the benchmark knows DATABASE_URL / NATS_URL
 the agent (`gpuworker up` hides both).
 
 `RoleStack` = embedded nats-server (fsync always, as `up` runs it) + embedded PostgreSQL +
-`gpuworker deciders|projector|api` + one `gpuworker agent ...`, each a subprocess we started and
-stop by PID (benchlib.stop_tree), in reverse order, on any exit path."""
+`gpuworker deciders|projector|ledger|api` + one `gpuworker agent ...`, each a subprocess we
+started and stop by PID (benchlib.stop_tree), in reverse order, on any exit path."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from benchlib import (
+    BENCH_CREDIT_USD,
     HOST,
     ROOT,
     NatsServer,
@@ -91,6 +92,8 @@ class RoleStack:
             GPUWORKER_QUOTA_VOLUMES="0",
             GPUWORKER_QUOTA_VOLUME_GB="0",
             GPUWORKER_QUOTA_TEMPLATES="0",
+            # Creates are refused (402) without money: see benchlib.fund.
+            GPUWORKER_SIGNUP_CREDIT=BENCH_CREDIT_USD,
         )
         self.env = env
 
@@ -116,6 +119,8 @@ class RoleStack:
     def start_control_plane(self, timeout_s: float = 120.0) -> None:
         self.spawn("deciders", ["deciders"])
         self.spawn("projector", ["projector"])
+        # Balances (the signup credit) and spend control: creates are checked against them.
+        self.spawn("ledger", ["ledger"])
         self.spawn("api", ["api", "--host", HOST, "--port", str(self.port)])
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -42,6 +42,7 @@ import docker
 import docker.errors
 from benchlib import (
     ROOT,
+    fund,
     http_json,
     machine_line,
     make_workdir,
@@ -257,6 +258,7 @@ def main() -> int:
         print(f"workdir: {workdir}", flush=True)
         stack.start()
         token = signup(stack.url, "lifecycle")
+        fund(stack.url, token)
         api = Api(stack.url, token, args.poll_interval)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # the agent registers its host

@@ -47,6 +47,7 @@ import httpx
 import psycopg
 from benchlib import (
     NatsServer,
+    fund,
     http_json,
     machine_line,
     make_workdir,
@@ -395,6 +396,8 @@ def main() -> int:
         started = time.monotonic()
         stack.start_agent()
         tokens = [signup(stack.url, f"placement{u}") for u in range(args.users)]
+        for token in tokens:
+            fund(stack.url, token)
         ready_s = wait_for_capacity(stack, tokens[0], GPU_TYPE, capacity, timeout_s=600)
         print(
             f"fleet ready: {args.hosts} hosts x {args.gpus_per_host} GPUs registered and visible"

@@ -93,9 +93,11 @@ def generate_sql(postings: int, resources: int, end: datetime) -> list[tuple[str
         INSERT INTO ledger_postings (id, at, user_id, debit, credit, amount_micros, kind, product,
             meter, resource_id, gpu_type_id, quantity, unit_price_micros, seconds, session_id,
             rate_card_version)
-        SELECT md5(s.id || ':' || k)::uuid::text, s.started_at + (k * %(step)s::bigint) * interval '1s',
+        SELECT md5(s.id || ':' || k)::uuid::text,
+            s.started_at + (k * %(step)s::bigint) * interval '1s',
             s.user_id, 'customer:' || s.user_id, 'revenue:' || s.product,
-            greatest(1, s.unit_price_micros * s.quantity * %(step)s::bigint / s.per_seconds), 'usage',
+            greatest(1, s.unit_price_micros * s.quantity * %(step)s::bigint / s.per_seconds),
+            'usage',
             s.product, s.meter, s.resource_id, s.gpu_type_id, s.quantity, s.unit_price_micros,
             %(step)s::bigint, s.id, s.rate_card_version
         FROM ledger_sessions s, generate_series(1, %(per_meter)s::int) k
