@@ -339,6 +339,20 @@ async def test_a_runtime_started_again_finds_its_containers_as_they_were(
     await backend.assert_really_running(running.instance_id, host_of(runtime))
 
 
+async def test_a_container_says_which_configuration_it_was_made_for(
+    runtime: Runtime, backend: Backend
+) -> None:
+    """The instance's config generation is on the container (the runtime's own label, over any
+    the image has), so an agent that restarts still sees a change it has not applied."""
+    spec = new_spec(backend, generation=3)
+    assert (await runtime.create_and_start(spec)).generation == 3
+    await runtime.close()
+    again = backend.make_runtime(host_of(runtime))
+    assert (await again.inspect(spec.instance_id)).generation == 3
+    (listed,) = [s for s in await again.list_managed() if s.instance_id == spec.instance_id]
+    assert listed.generation == 3
+
+
 async def test_stop_then_start_keeps_the_volume(runtime: Runtime, backend: Backend) -> None:
     spec = new_spec(backend)
     assert spec.volume_name is not None
