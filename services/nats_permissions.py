@@ -25,7 +25,7 @@ from events.subjects import (
     STREAM,
     check_host_id,
 )
-from services.deciders.gpu_releaser import DURABLE as RELEASER_DURABLE
+from services.processes.gpu_releaser import DURABLE as RELEASER_DURABLE
 
 API_USER = "api"
 DECIDERS_USER = "deciders"

@@ -1,6 +1,7 @@
 """Money: integer micro-USD, exact conversions from the rate card's decimal strings.
 
-(The accrual arithmetic that used to live beside it is `ledger.book`, tested in test_ledger_book.)"""
+(The accrual arithmetic that used to live beside it is `ledger.book`, tested in
+test_ledger_book.)"""
 
 from __future__ import annotations
 

@@ -27,7 +27,6 @@ from projections.runner import ProjectionRunner
 from services.cli.embedded import EmbeddedNats
 from services.command_wire import CommandEnvelope
 from services.deciders.catalog import DECIDERS
-from services.deciders.runner import DeciderRunner
 from services.deciders.template import (
     CreateTemplate,
     DeleteTemplate,
@@ -35,6 +34,7 @@ from services.deciders.template import (
     UpdateTemplate,
 )
 from services.nats_permissions import DECIDERS_USER, PROJECTOR_USER
+from services.processes.runner import DeciderRunner
 from tests.servers import connect_as
 
 TEMPLATES = PROJECTIONS["templates"]

@@ -17,8 +17,8 @@ from nats.aio.msg import Msg
 from events.subjects import COMMANDS_ROOT, DECIDER_QUEUE, channel_of
 from services.command_wire import CommandEnvelope, Reply
 from services.deciders.entitlements import check_entitled, head_of
-from services.deciders.runner import DeciderRunner
 from services.errors import BadRequest, ErrorBody, GpuWorkerError
+from services.processes.runner import DeciderRunner
 
 log = logging.getLogger("gpuworker.deciders")
 
