@@ -31,6 +31,7 @@ from services.agent.docker_runtime import (
 )
 from services.agent.image_access import NOT_FOUND_OR_DENIED
 from services.agent.runtime import (
+    LABEL_GENERATION,
     LABEL_HOST,
     LABEL_INSTANCE,
     LABEL_MANAGED,
@@ -675,7 +676,12 @@ def test_create_kwargs_carry_the_whole_spec() -> None:
         "53/udp": ("127.0.0.1",),
     }
     assert kwargs["volumes"] == {"vol-i-2": {"bind": "/data", "mode": "rw"}}
-    assert kwargs["labels"] == {LABEL_MANAGED: "true", LABEL_INSTANCE: "i-2", LABEL_HOST: "host-7"}
+    assert kwargs["labels"] == {
+        LABEL_MANAGED: "true",
+        LABEL_INSTANCE: "i-2",
+        LABEL_HOST: "host-7",
+        LABEL_GENERATION: "0",
+    }
 
 
 def test_create_kwargs_blank_every_gpuworker_label_of_the_image() -> None:
@@ -684,6 +690,7 @@ def test_create_kwargs_blank_every_gpuworker_label_of_the_image() -> None:
         LABEL_VOLUME: "gpuworker-vol-someone-else",
         LABEL_INSTANCE: "i-other",
         LABEL_HOST: "other-host",
+        LABEL_GENERATION: "99",
         "gpuworker.anything": "x",
         "org.opencontainers.image.title": "kept",
     }
@@ -696,6 +703,7 @@ def test_create_kwargs_blank_every_gpuworker_label_of_the_image() -> None:
         LABEL_MANAGED: "true",
         LABEL_INSTANCE: "i-3",
         LABEL_HOST: "host-1",
+        LABEL_GENERATION: "0",
     }
 
 
