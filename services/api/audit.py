@@ -51,26 +51,28 @@ class AuditPosition(msgspec.Struct, array_like=True, frozen=True):
     sequence: int
 
 
-def _aware(value: datetime | None) -> datetime | None:
+def _aware(value: datetime) -> datetime:
     """A time without a zone is UTC, as every time the api answers with is."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _checked(
-    resource_type: str | None,
-    resource_id: str | None,
-    start: datetime | None,
-    end: datetime | None,
-) -> None:
+def _time(name: str, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return _aware(datetime.fromisoformat(value))
+    except ValueError:
+        raise BadRequest(
+            f"query parameter `{name}`: not an ISO 8601 time (e.g. 2026-11-30T10:00:00Z)"
+        ) from None
+
+
+def _checked(resource_type: str | None, resource_id: str | None) -> None:
     types = sorted({spec.aggregate for spec in specs().values()})
     if resource_type is not None and resource_type not in types:
         raise BadRequest(f"query parameter `resourceType`: one of {', '.join(types)}")
     if resource_id is not None and not read_models.valid_id(resource_id):
         raise BadRequest("query parameter `resourceId`: not a resource id")
-    if start is not None and end is not None and end <= start:
-        raise BadRequest("query parameter `endTime`: must be after `startTime`")
 
 
 @get(
@@ -81,24 +83,24 @@ def _checked(
 async def audit_trail(
     request: Request[Any, Any, Any],
     page: Page,
+    # Strings checked here rather than by Litestar, so that errors name the parameters as sent.
     resource_type: Annotated[
-        str | None,
-        QueryParameter(
-            query="resourceType", max_length=64, description="instance, volume, template, …"
-        ),
+        str | None, QueryParameter(query="resourceType", description="instance, volume, …")
     ] = None,
-    resource_id: Annotated[str | None, QueryParameter(query="resourceId", max_length=128)] = None,
+    resource_id: Annotated[str | None, QueryParameter(query="resourceId")] = None,
     start_time: Annotated[
-        datetime | None,
+        str | None,
         QueryParameter(query="startTime", description="From this time (inclusive), ISO 8601"),
     ] = None,
     end_time: Annotated[
-        datetime | None,
+        str | None,
         QueryParameter(query="endTime", description="Until this time (exclusive), ISO 8601"),
     ] = None,
 ) -> Response[list[AuditRecordOut]]:
-    start, end = _aware(start_time), _aware(end_time)
-    _checked(resource_type, resource_id, start, end)
+    _checked(resource_type, resource_id)
+    start, end = _time("startTime", start_time), _time("endTime", end_time)
+    if start is not None and end is not None and end <= start:
+        raise BadRequest("query parameter `endTime`: must be after `startTime`")
     after = page.after_key(AuditPosition)
     params: dict[str, Any] = {
         "user": request.user.id,
