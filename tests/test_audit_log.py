@@ -29,7 +29,6 @@ from events.user import CreditGranted, UserSignedUp
 from events.volume import VolumeCreated
 from projections import checkpoints, runner
 from projections.audit import CHECKPOINT, AuditProjection
-from projections.migrate import migrate
 from projections.runner import ProjectionRunner
 from services.cli.embedded import EmbeddedNats
 from services.nats_permissions import AUDIT_USER
@@ -48,15 +47,6 @@ T0 = datetime(2026, 11, 30, 10, 0, 0, tzinfo=UTC)
 REGISTRY_PASSWORD = "dckr_pat_registry-password-never-logged"
 ENV_VALUE = "hf_env-value-never-logged"
 PASSWORD_HASH = "$argon2id$v=19$m=65536,t=3,p=4$never-logged"
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    await migrate(database_url)
-    p: AsyncConnectionPool[Any] = AsyncConnectionPool(database_url, min_size=1, open=False)
-    await p.open()
-    yield p
-    await p.close()
 
 
 @pytest.fixture
