@@ -37,8 +37,12 @@ class Trail:
             )
             assert auth.status_code == 201, auth.text
             self.auth_id = auth.json()["id"]
+            self.request_id = f"req-{uuid.uuid4().hex}"
             template = client.post(
-                "/templates", json=template_body(env={"HF_TOKEN": self.env_value})
+                "/templates",
+                json=template_body(env={"HF_TOKEN": self.env_value}),
+                # The stack believes no proxy: a client's own claim of an address is ignored.
+                headers={"x-request-id": self.request_id, "x-forwarded-for": "127.0.0.77"},
             )
             assert template.status_code == 201, template.text
             self.template_id = template.json()["id"]
@@ -108,6 +112,8 @@ def test_the_trail_shows_the_customers_actions_with_their_address(trail: Trail) 
     }
     # Asked for through the api, from this test's loopback address.
     assert {r["sourceAddress"] for r in own} == {"127.0.0.1"}
+    template = next(r for r in records if r["action"] == "TemplateCreated")
+    assert template["correlationId"] == trail.request_id
     # What the host's agent saw about the customer's instance is in their trail, without one.
     reports = [r for r in records if r["action"] in ("InstanceRunning", "InstanceStopped")]
     assert {r["resourceId"] for r in reports} == {trail.instance_id}
