@@ -85,16 +85,16 @@ async def audit_trail(
     page: Page,
     # Strings checked here rather than by Litestar, so that errors name the parameters as sent.
     resource_type: Annotated[
-        str | None, QueryParameter(query="resourceType", description="instance, volume, …")
+        str | None, QueryParameter(name="resourceType", description="instance, volume, …")
     ] = None,
-    resource_id: Annotated[str | None, QueryParameter(query="resourceId")] = None,
+    resource_id: Annotated[str | None, QueryParameter(name="resourceId")] = None,
     start_time: Annotated[
         str | None,
-        QueryParameter(query="startTime", description="From this time (inclusive), ISO 8601"),
+        QueryParameter(name="startTime", description="From this time (inclusive), ISO 8601"),
     ] = None,
     end_time: Annotated[
         str | None,
-        QueryParameter(query="endTime", description="Until this time (exclusive), ISO 8601"),
+        QueryParameter(name="endTime", description="Until this time (exclusive), ISO 8601"),
     ] = None,
 ) -> Response[list[AuditRecordOut]]:
     _checked(resource_type, resource_id)
