@@ -7,7 +7,6 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,15 +82,6 @@ def dump(database_url: str, table: str) -> bytes:
             for chunk in copy:
                 out += chunk
     return bytes(out)
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    await migrate(database_url)
-    p: AsyncConnectionPool[Any] = AsyncConnectionPool(database_url, min_size=1, open=False)
-    await p.open()
-    yield p
-    await p.close()
 
 
 @pytest.fixture

@@ -72,6 +72,9 @@ class DeciderServer:
                 raise BadRequest(f"{msg.subject} is not a command subject")
             envelope = self._decode(msg.data)
             check_entitled(channel, envelope.aggregate_id, head_of(envelope.command))
+            if channel.sender != "api" and envelope.source is not None:
+                # Only the api knows a client's address; nobody else may put one in the audit log.
+                envelope = msgspec.structs.replace(envelope, source=None)
             service = self._services.get(channel.aggregate_type)
             if service is not None:
                 reply = await service(envelope)
