@@ -24,6 +24,8 @@ class UnknownEventType(Exception):
 class EventSpec:
     cls: type[msgspec.Struct]
     version: int
+    # The aggregate type whose subjects (`ev.<aggregate>.<id>.<type>`) carry this event.
+    aggregate: str
     upcasters: dict[int, Upcaster] = field(default_factory=dict)
 
     def decode(self, raw: RawEnvelope) -> Any:
@@ -37,20 +39,33 @@ class EventSpec:
 
 _SPECS: dict[str, EventSpec] = {}
 
+Register = Callable[..., Callable[[type[msgspec.Struct]], type[msgspec.Struct]]]
 
-def register(
-    version: int = 1, upcasters: dict[int, Upcaster] | None = None
-) -> Callable[[type[msgspec.Struct]], type[msgspec.Struct]]:
-    """Class decorator: the event's type name is its class name."""
 
-    def add(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
-        missing = [v for v in range(1, version) if v not in (upcasters or {})]
-        if missing:
-            raise ValueError(f"{cls.__name__} v{version} lacks upcasters from {missing}")
-        _SPECS[cls.__name__] = EventSpec(cls, version, dict(upcasters or {}))
-        return cls
+def registrar(aggregate: str) -> Register:
+    """The `register` decorator of one aggregate type's events (each events module makes its own:
+    `register = registrar("instance")`), so that every event type says where it is published."""
 
-    return add
+    def register(
+        version: int = 1, upcasters: dict[int, Upcaster] | None = None
+    ) -> Callable[[type[msgspec.Struct]], type[msgspec.Struct]]:
+        """Class decorator: the event's type name is its class name."""
+
+        def add(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
+            missing = [v for v in range(1, version) if v not in (upcasters or {})]
+            if missing:
+                raise ValueError(f"{cls.__name__} v{version} lacks upcasters from {missing}")
+            _SPECS[cls.__name__] = EventSpec(cls, version, aggregate, dict(upcasters or {}))
+            return cls
+
+        return add
+
+    return register
+
+
+def specs() -> dict[str, EventSpec]:
+    """Every registered event type, by name (import `events` first to register them all)."""
+    return dict(_SPECS)
 
 
 def spec_for(event_type: str) -> EventSpec:
@@ -79,4 +94,5 @@ def decode_event(payload: bytes, sequence: int = 0) -> Envelope:
         causation_id=raw.causation_id,
         data=data,
         sequence=sequence,
+        source=raw.source,
     )

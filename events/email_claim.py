@@ -2,7 +2,9 @@
 
 import msgspec
 
-from events.catalog import register
+from events.catalog import registrar
+
+register = registrar("email_claim")
 
 
 @register()

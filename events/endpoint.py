@@ -7,7 +7,9 @@ themselves, so it never depends on the serverless read models."""
 
 import msgspec
 
-from events.catalog import register
+from events.catalog import registrar
+
+register = registrar("endpoint")
 
 
 @register()

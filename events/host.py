@@ -5,7 +5,9 @@ from typing import Any
 
 import msgspec
 
-from events.catalog import register
+from events.catalog import registrar
+
+register = registrar("host")
 
 
 class HostGpu(msgspec.Struct, frozen=True, kw_only=True):

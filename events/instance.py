@@ -5,8 +5,10 @@ from typing import Any
 
 import msgspec
 
-from events.catalog import register
+from events.catalog import registrar
 from ledger.rate_card import first_resources
+
+register = registrar("instance")
 
 # What an instance of a GPU type the rate card never listed gets, per GPU (the agent's memory
 # limit before the card listed RAM; one vCPU).

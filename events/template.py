@@ -4,7 +4,9 @@ from typing import Any
 
 import msgspec
 
-from events.catalog import register
+from events.catalog import registrar
+
+register = registrar("template")
 
 
 def upcast_template_created_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:

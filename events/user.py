@@ -4,7 +4,9 @@ from datetime import datetime
 
 import msgspec
 
-from events.catalog import register
+from events.catalog import registrar
+
+register = registrar("user")
 
 
 @register()

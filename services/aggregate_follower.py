@@ -63,8 +63,10 @@ class AggregateFollower(Generic[S]):
         self._on_change(state, sequence)
         return True
 
-    async def follow(self, nc: NatsClient, timeout_s: float = 30.0) -> None:
-        """Subscribe, and return once every event stored so far has been folded."""
+    async def follow(self, nc: NatsClient, warn_every_s: float = 30.0) -> None:
+        """Subscribe, and return once every event stored so far has been folded: never before.
+        (A caller that acts on "everything I know" — an agent removing containers it does not
+        know — must not act on half the history: it would remove live containers.)"""
         self._sub = await nc.jetstream().subscribe(
             aggregate_type_filter(self._decider.aggregate_type),
             stream=STREAM,
@@ -72,16 +74,20 @@ class AggregateFollower(Generic[S]):
             deliver_policy=DeliverPolicy.ALL,
             cb=self._on_message,
         )
-        deadline = asyncio.get_running_loop().time() + timeout_s
+        loop = asyncio.get_running_loop()
+        started = warned = loop.time()
         while True:
             info = await self._sub.consumer_info()
             if not info.num_pending and not self._sub.pending_msgs:
                 return
-            if asyncio.get_running_loop().time() > deadline:
+            if loop.time() - warned > warn_every_s:
+                warned = loop.time()
                 log.warning(
-                    "%s: still catching up after %ss", self._decider.aggregate_type, timeout_s
+                    "%s: still catching up after %.0fs (%d events to go)",
+                    self._decider.aggregate_type,
+                    warned - started,
+                    info.num_pending,
                 )
-                return
             await asyncio.sleep(0.05)
 
     async def _on_message(self, msg: Msg) -> None:
@@ -96,5 +102,7 @@ class AggregateFollower(Generic[S]):
         self.offer(aggregate_id, self._decider.evolve(entry[0] if entry else None, event), sequence)
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
+        """Idempotent: stopping what is stopped does nothing."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await sub.unsubscribe()

@@ -19,6 +19,9 @@ class CommandEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     command: msgspec.Raw
     # Unix time after which the sender no longer waits: the command must not be applied later.
     deadline: float | None = None
+    # The client's address, from the api only (the deciders drop it on every other channel); the
+    # events the command makes carry it for the audit log.
+    source: str | None = None
 
     @classmethod
     def wrap(
@@ -28,6 +31,7 @@ class CommandEnvelope(msgspec.Struct, frozen=True, kw_only=True):
         correlation_id: str,
         command_id: str | None = None,
         deadline: float | None = None,
+        source: str | None = None,
     ) -> Self:
         return cls(
             id=command_id or new_id(),
@@ -35,6 +39,7 @@ class CommandEnvelope(msgspec.Struct, frozen=True, kw_only=True):
             correlation_id=correlation_id,
             command=msgspec.Raw(msgspec.json.encode(command)),
             deadline=deadline,
+            source=source,
         )
 
 

@@ -25,14 +25,15 @@ from events.subjects import (
     STREAM,
     check_host_id,
 )
-from services.deciders.gpu_releaser import DURABLE as RELEASER_DURABLE
+from services.processes.gpu_releaser import DURABLE as RELEASER_DURABLE
 
 API_USER = "api"
 DECIDERS_USER = "deciders"
 PROJECTOR_USER = "projector"
 OPERATOR_USER = "operator"
 LEDGER_USER = "ledger"
-ROLE_USERS = (API_USER, DECIDERS_USER, PROJECTOR_USER, OPERATOR_USER, LEDGER_USER)
+AUDIT_USER = "audit"
+ROLE_USERS = (API_USER, DECIDERS_USER, PROJECTOR_USER, OPERATOR_USER, LEDGER_USER, AUDIT_USER)
 AGENT_USER_PREFIX = "agent-"
 
 _API = f"$JS.API.{{}}.{STREAM}"
@@ -120,6 +121,9 @@ def role_permissions(user: str) -> Permissions:
             publish=(f"{COMMANDS_ROOT}.{BILLING_CHANNEL}.*", STREAM_INFO, *ORDERED_PULL),
             subscribe=inbox,
         )
+    if user == AUDIT_USER:
+        # Reads every event from its checkpoint, and nothing else: it sends no command.
+        return Permissions(publish=(STREAM_INFO, *ORDERED_PULL), subscribe=inbox)
     if user == OPERATOR_USER:
         # `projections rebuild` reads through short-lived consumers of its own naming, and
         # `blog publish` sends operator commands; operators may look at (not change) the stream

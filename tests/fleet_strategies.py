@@ -49,13 +49,13 @@ from services.deciders.instance import (
     StartInstance,
 )
 from services.deciders.placement import candidates
-from services.deciders.placement_service import (
+from services.errors import Conflict, GpuWorkerError, NotFound
+from services.processes.placement_service import (
     MAX_HOSTS_TRIED,
     PLACEMENT_ACTOR,
     PlaceInstance,
     no_capacity,
 )
-from services.errors import Conflict, GpuWorkerError, NotFound
 
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 GPU_TYPES = ("NVIDIA A100 80GB PCIe", "NVIDIA H100 80GB HBM3")

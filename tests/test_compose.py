@@ -39,7 +39,7 @@ from services.nats_permissions import (
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
-ROLES = ("api", "deciders", "projector", "ledger")
+ROLES = ("api", "deciders", "projector", "ledger", "audit")
 NATS_PASSWORDS = {password_variable(user): f"dummy-nats-{user}-password" for user in ROLE_USERS}
 SECRETS = {
     "POSTGRES_PASSWORD": "dummy-postgres-password",

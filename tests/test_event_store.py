@@ -20,9 +20,9 @@ from events.template import TemplateCreated, TemplateUpdated
 from services.cli.embedded import EmbeddedNats
 from services.command_wire import CommandEnvelope
 from services.deciders.catalog import DECIDERS
-from services.deciders.runner import DeciderRunner
 from services.deciders.template import CreateTemplate, TemplateState, UpdateTemplate
 from services.nats_permissions import DECIDERS_USER
+from services.processes.runner import DeciderRunner
 from tests.servers import connect_as
 
 AT = datetime(2026, 11, 29, tzinfo=UTC)

@@ -12,11 +12,11 @@ from events.host import HostGpu
 from events.ids import new_id
 from events.store import JetStreamEventStore
 from services.deciders.catalog import DECIDERS
-from services.deciders.fleet_view import FleetView
-from services.deciders.gpu_releaser import GpuReleaser
 from services.deciders.host import AllocateGpus, HostState, RegisterHost
 from services.deciders.instance import CreateInstance
-from services.deciders.runner import DeciderRunner
+from services.processes.fleet_view import FleetView
+from services.processes.gpu_releaser import GpuReleaser
+from services.processes.runner import DeciderRunner
 
 GPU = "NVIDIA GeForce RTX 4090"
 

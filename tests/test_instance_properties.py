@@ -415,6 +415,21 @@ class FleetMachine(RuleBasedStateMachine):
         duplicated, or from an agent acting on old news."""
         self._report(self._instance(data, "late report", QUIET), observed)
 
+    @precondition(has_instances)
+    @rule(
+        data=st.data(),
+        observed=st.sampled_from(["provisioning", "running", "exited", "failed", "stopped"]),
+    )
+    def report_about_an_earlier_run(self, data: st.DataObject, observed: str) -> None:
+        """A report delayed past a stop and a new start: it names the lease of the run it saw,
+        which is not the instance's lease now. It must change nothing (not stop or fail the run
+        that holds the GPUs now)."""
+        instance_id = self._instance(data, "stale report", LIVE)
+        before = self._state(instance_id)
+        stale = f"earlier-than-{before.lease_id}"
+        assert self._report(instance_id, observed, lease_id=stale) == []
+        assert self._state(instance_id) == before
+
     # --- the host monitor ---
 
     @rule(data=st.data(), tell_instances=st.booleans())

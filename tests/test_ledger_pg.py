@@ -26,7 +26,6 @@ from ledger.accruals import accrue_open_sessions
 from ledger.consumer import CHECKPOINT, LedgerProjection
 from ledger.verify import Replayed, check_replay, check_tables
 from projections import checkpoints
-from projections.migrate import migrate
 from projections.runner import ProjectionRunner
 from services.cli.embedded import EmbeddedNats
 from services.nats_permissions import LEDGER_USER
@@ -35,15 +34,6 @@ from tests.test_ledger_tracking import created
 
 T0 = datetime(2026, 11, 30, 10, 0, 0, tzinfo=UTC)
 RTX_SECURE_PER_HOUR = 690_000
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    await migrate(database_url)
-    p: AsyncConnectionPool[Any] = AsyncConnectionPool(database_url, min_size=1, open=False)
-    await p.open()
-    yield p
-    await p.close()
 
 
 @pytest.fixture

@@ -24,15 +24,15 @@ from events.store import JetStreamEventStore
 from events.subjects import STREAM
 from services.cli.embedded import EmbeddedNats
 from services.command_wire import CommandEnvelope, Reply
-from services.deciders import gpu_releaser
 from services.deciders.catalog import DECIDERS
-from services.deciders.fleet_view import FleetView
-from services.deciders.gpu_releaser import GpuReleaser
 from services.deciders.host import HOST, HostState, RegisterHost, ReleaseGpus
 from services.deciders.instance import InstanceState, ReportObservation, StopInstance
-from services.deciders.placement_service import PlacementService, StartPlacedInstance
-from services.deciders.runner import DeciderRunner
 from services.nats_permissions import DECIDERS_USER
+from services.processes import gpu_releaser
+from services.processes.fleet_view import FleetView
+from services.processes.gpu_releaser import GpuReleaser
+from services.processes.placement_service import PlacementService, StartPlacedInstance
+from services.processes.runner import DeciderRunner
 from tests.fleet_strategies import GPU_TYPES, OWNERS, place_instance
 from tests.servers import connect_as
 

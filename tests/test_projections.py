@@ -7,7 +7,6 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +26,6 @@ from projections.runner import ProjectionRunner
 from services.cli.embedded import EmbeddedNats
 from services.command_wire import CommandEnvelope
 from services.deciders.catalog import DECIDERS
-from services.deciders.runner import DeciderRunner
 from services.deciders.template import (
     CreateTemplate,
     DeleteTemplate,
@@ -35,6 +33,7 @@ from services.deciders.template import (
     UpdateTemplate,
 )
 from services.nats_permissions import DECIDERS_USER, PROJECTOR_USER
+from services.processes.runner import DeciderRunner
 from tests.servers import connect_as
 
 TEMPLATES = PROJECTIONS["templates"]
@@ -83,15 +82,6 @@ def dump(database_url: str, table: str) -> bytes:
             for chunk in copy:
                 out += chunk
     return bytes(out)
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    await migrate(database_url)
-    p: AsyncConnectionPool[Any] = AsyncConnectionPool(database_url, min_size=1, open=False)
-    await p.open()
-    yield p
-    await p.close()
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from services.deciders.registry_auth import (
     DeleteRegistryAuth,
     sealed_for,
 )
-from services.deciders.runner import DeciderRunner
 from services.images.registry_policy import RegistryPolicy
+from services.processes.runner import DeciderRunner
 from services.security.secret_box import SecretBox, generate_key
 
 AT = datetime(2026, 11, 29, tzinfo=UTC)

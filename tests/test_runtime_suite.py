@@ -31,6 +31,7 @@ from services.agent.docker_runtime import (
 )
 from services.agent.image_access import NOT_FOUND_OR_DENIED
 from services.agent.runtime import (
+    LABEL_GENERATION,
     LABEL_HOST,
     LABEL_INSTANCE,
     LABEL_MANAGED,
@@ -337,6 +338,20 @@ async def test_a_runtime_started_again_finds_its_containers_as_they_were(
     }
     assert running.volume_name is not None and await again.volume_exists(running.volume_name)
     await backend.assert_really_running(running.instance_id, host_of(runtime))
+
+
+async def test_a_container_says_which_configuration_it_was_made_for(
+    runtime: Runtime, backend: Backend
+) -> None:
+    """The instance's config generation is on the container (the runtime's own label, over any
+    the image has), so an agent that restarts still sees a change it has not applied."""
+    spec = new_spec(backend, generation=3)
+    assert (await runtime.create_and_start(spec)).generation == 3
+    await runtime.close()
+    again = backend.make_runtime(host_of(runtime))
+    assert (await again.inspect(spec.instance_id)).generation == 3
+    (listed,) = [s for s in await again.list_managed() if s.instance_id == spec.instance_id]
+    assert listed.generation == 3
 
 
 async def test_stop_then_start_keeps_the_volume(runtime: Runtime, backend: Backend) -> None:
@@ -661,7 +676,12 @@ def test_create_kwargs_carry_the_whole_spec() -> None:
         "53/udp": ("127.0.0.1",),
     }
     assert kwargs["volumes"] == {"vol-i-2": {"bind": "/data", "mode": "rw"}}
-    assert kwargs["labels"] == {LABEL_MANAGED: "true", LABEL_INSTANCE: "i-2", LABEL_HOST: "host-7"}
+    assert kwargs["labels"] == {
+        LABEL_MANAGED: "true",
+        LABEL_INSTANCE: "i-2",
+        LABEL_HOST: "host-7",
+        LABEL_GENERATION: "0",
+    }
 
 
 def test_create_kwargs_blank_every_gpuworker_label_of_the_image() -> None:
@@ -670,6 +690,7 @@ def test_create_kwargs_blank_every_gpuworker_label_of_the_image() -> None:
         LABEL_VOLUME: "gpuworker-vol-someone-else",
         LABEL_INSTANCE: "i-other",
         LABEL_HOST: "other-host",
+        LABEL_GENERATION: "99",
         "gpuworker.anything": "x",
         "org.opencontainers.image.title": "kept",
     }
@@ -682,6 +703,7 @@ def test_create_kwargs_blank_every_gpuworker_label_of_the_image() -> None:
         LABEL_MANAGED: "true",
         LABEL_INSTANCE: "i-3",
         LABEL_HOST: "host-1",
+        LABEL_GENERATION: "0",
     }
 
 

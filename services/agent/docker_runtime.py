@@ -51,6 +51,7 @@ from services.agent.image_access import (
 )
 from services.agent.runtime import (
     GIB,
+    LABEL_GENERATION,
     LABEL_HOST,
     LABEL_INSTANCE,
     LABEL_MANAGED,
@@ -87,12 +88,19 @@ def managed_labels(instance_id: str, host_id: str) -> dict[str, str]:
 
 
 def container_labels(
-    instance_id: str, host_id: str, image_labels: Mapping[str, str] | None = None
+    instance_id: str,
+    host_id: str,
+    image_labels: Mapping[str, str] | None = None,
+    generation: int = 0,
 ) -> dict[str, str]:
     """Ours, over every `gpuworker.*` label the image brings (blanked: Docker cannot drop an
     inherited label, but ours override it), so no image can speak for the runtime."""
     blanked = {k: "" for k in image_labels or {} if k.startswith(LABEL_PREFIX)}
-    return {**blanked, **managed_labels(instance_id, host_id)}
+    return {
+        **blanked,
+        **managed_labels(instance_id, host_id),
+        LABEL_GENERATION: str(generation),
+    }
 
 
 def is_ours(name: str, labels: Mapping[str, str], host_id: str) -> str | None:
@@ -131,7 +139,7 @@ def container_create_kwargs(
     kwargs: dict[str, Any] = {
         "image": spec.image,
         "name": container_name(spec.instance_id),
-        "labels": container_labels(spec.instance_id, host_id, image_labels),
+        "labels": container_labels(spec.instance_id, host_id, image_labels, spec.generation),
         "environment": dict(spec.env),
         "detach": True,
         **contained(spec.memory_mb, spec.vcpus, spec.owner_id, host_id, limits, host_cpus),
@@ -196,6 +204,7 @@ def state_from_attrs(instance_id: str, attrs: dict[str, Any]) -> ContainerState:
             reason = f"exited with code {exit_code}"
     elif status == "created" and state.get("Error"):
         reason = str(state["Error"])
+    generation = ((attrs.get("Config") or {}).get("Labels") or {}).get(LABEL_GENERATION, "")
     return ContainerState(
         instance_id=instance_id,
         status=status,
@@ -203,6 +212,7 @@ def state_from_attrs(instance_id: str, attrs: dict[str, Any]) -> ContainerState:
         reason=reason,
         started_at=parse_docker_time(state.get("StartedAt")),
         finished_at=parse_docker_time(state.get("FinishedAt")),
+        generation=int(generation) if generation.isdigit() else None,
     )
 
 

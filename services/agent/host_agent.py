@@ -111,6 +111,7 @@ def container_spec(
         vcpus=state.vcpu_count or LEGACY_VCPU_PER_GPU * state.gpu_count,
         volume_name=instance_volume_name(state),
         volume_mount_path=state.volume_mount_path,
+        generation=state.config_generation,
     )
 
 
@@ -156,7 +157,6 @@ class HostAgent:
             keep=lambda s: s.host_id in self._hosts,
             on_change=lambda s, _seq: self._schedule(VOLUME_KEY + s.id),
         )
-        self._generation_applied: dict[str, int] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -318,6 +318,9 @@ class HostAgent:
                 observed=observed,
                 exit_code=exit_code,
                 reason=reason,
+                # What this report is about: the run under this lease (a late report about an
+                # earlier run is ignored by the decider).
+                lease_id=state.lease_id,
             ),
             correlation_id=f"agent:{state.id}",
         )
@@ -347,9 +350,9 @@ class HostAgent:
                     "the container disappeared" if actual.status == "missing" else None
                 )
                 await self._report(state, "exited", actual.finished_at, actual.exit_code, reason)
-            elif self._generation_applied.get(instance_id, state.config_generation) != (
-                state.config_generation
-            ):
+            elif actual.generation is not None and actual.generation != state.config_generation:
+                # Made for an older configuration (recorded on the container, so a restart of
+                # this agent does not forget a change it had not applied yet).
                 await self._recreate(state)
         elif status == "STOPPING":
             if actual.status in ("running", "created"):
@@ -423,14 +426,12 @@ class HostAgent:
 
     async def _bring_up(self, state: InstanceState, actual: ContainerState) -> None:
         if actual.status == "running":
-            self._generation_applied[state.id] = state.config_generation
             await self._report(state, "running", actual.started_at)
             return
         if state.status == "PENDING":
             await self._report(state, "provisioning")
         if (running := await self._create(state)) is None:
             return
-        self._generation_applied[state.id] = state.config_generation
         if running.status == "running":
             await self._report(state, "running", running.started_at)
         else:
@@ -441,9 +442,7 @@ class HostAgent:
     async def _recreate(self, state: InstanceState) -> None:
         """Image, command, env or ports changed: a new container on the same disk."""
         await self._runtime.remove(state.id)
-        if await self._create(state) is None:
-            return
-        self._generation_applied[state.id] = state.config_generation
+        await self._create(state)
 
     async def _reconcile_leftovers(self) -> None:
         """After a restart: containers with no live instance behind them are removed; instances

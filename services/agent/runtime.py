@@ -16,6 +16,9 @@ from services.container_input import mount_path_problem, ports_problem
 LABEL_MANAGED = "gpuworker.managed"
 LABEL_INSTANCE = "gpuworker.instance"
 LABEL_HOST = "gpuworker.host"
+# The instance's configuration generation the container was made for: a restarted agent still
+# knows whether a change of image, command, env or ports is waiting to be applied.
+LABEL_GENERATION = "gpuworker.generation"
 # Disk sizes (containerDiskInGb, volumeInGb, a volume's size, a host's disk) count GiB.
 GIB = 2**30
 
@@ -47,6 +50,8 @@ class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
     volume_name: str | None = None
     volume_mount_path: str = "/workspace"
     registry_auth: RegistryCredentials | None = None
+    # The instance's configuration generation (bumped when the container must be made anew).
+    generation: int = 0
 
 
 ContainerStatus = Literal["created", "running", "exited", "missing"]
@@ -58,6 +63,8 @@ class ContainerState(msgspec.Struct, frozen=True, kw_only=True):
     exit_code: int | None = None
     # Why it is not running, in words a customer can act on ("image pull failed: …", "OOMKilled").
     reason: str | None = None
+    # The configuration generation it was created for (None: not known, e.g. an older container).
+    generation: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
 

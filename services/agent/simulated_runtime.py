@@ -63,6 +63,7 @@ class _Container:
 
     def state(self) -> ContainerState:
         return ContainerState(
+            generation=self.spec.generation,
             instance_id=self.spec.instance_id,
             status=self.status,
             exit_code=self.exit_code,

@@ -18,6 +18,7 @@ from litestar.security.jwt import JWTAuth, Token
 from psycopg_pool import AsyncConnectionPool
 
 from services.api.account import balance, me, update_me
+from services.api.audit import audit_trail
 from services.api.auth import AuthController
 from services.api.billing import (
     billing_export,
@@ -32,6 +33,7 @@ from services.api.command_bus import CommandBus
 from services.api.consistency import CheckpointWatcher
 from services.api.context import ApiContext
 from services.api.errors import EXCEPTION_HANDLERS
+from services.api.event_catalog import asyncapi
 from services.api.health import health
 from services.api.idempotency import IdempotencyMiddleware
 from services.api.instances import InstanceController
@@ -136,6 +138,8 @@ def create_app(settings: Settings) -> Litestar:
             InstanceController,
             VolumeController,
             BlogController,
+            audit_trail,
+            asyncapi,
             health,
             PrometheusController,
         ],

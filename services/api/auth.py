@@ -12,7 +12,7 @@ from msgspec import Meta
 from events.ids import new_id
 from projections.catalog import PROJECTIONS
 from services.api import read_models
-from services.api.context import context_of
+from services.api.context import context_of, source_address
 from services.deciders.email_claim import ClaimEmail, EmailClaimState, claim_id, normalise_email
 from services.deciders.user import (
     ACCOUNT_EXISTS,
@@ -78,6 +78,7 @@ async def _claim(request: Request[Any, Any, Any], email: str) -> str:
         claim_id(email),
         ClaimEmail(actor=proposed, at=_now(), email=email, user_id=proposed),
         request.headers.get("x-request-id") or new_id(),
+        source=source_address(request),
     )
     return msgspec.json.decode(reply.state, type=EmailClaimState).user_id
 

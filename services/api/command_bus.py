@@ -28,10 +28,17 @@ class CommandBus:
         command: Command,
         correlation_id: str,
         command_id: str | None = None,
+        source: str | None = None,
     ) -> Reply:
-        """A user's command, on the api's subject for the aggregate type."""
+        """A user's command, on the api's subject for the aggregate type; `source` is the client's
+        address, for the audit log."""
         return await self.send_on(
-            command_subject(aggregate_type), aggregate_id, command, correlation_id, command_id
+            command_subject(aggregate_type),
+            aggregate_id,
+            command,
+            correlation_id,
+            command_id,
+            source,
         )
 
     async def send_on(
@@ -41,6 +48,7 @@ class CommandBus:
         command: Command,
         correlation_id: str,
         command_id: str | None = None,
+        source: str | None = None,
     ) -> Reply:
         """A command on the subject of the sender's own channel (an agent's, an operator's)."""
         if not self._nc.is_connected:
@@ -49,7 +57,7 @@ class CommandBus:
             )
         # The deciders never apply it after we stop waiting for their answer.
         envelope = CommandEnvelope.wrap(
-            aggregate_id, command, correlation_id, command_id, time.time() + self._timeout
+            aggregate_id, command, correlation_id, command_id, time.time() + self._timeout, source
         )
         try:
             msg = await self._nc.request(subject, self._encode(envelope), timeout=self._timeout)

@@ -61,11 +61,20 @@ class ApiContext:
             correlation_id,
             # Fixed by the request's Idempotency-Key: a retry sends the very same command.
             derived(request, "command", subject, aggregate_id, type(command).__name__),
+            source_address(request),
         )
         await self.watcher.wait(
             projection.name, reply.sequence, self.settings.read_your_writes_timeout_s
         )
         return msgspec.json.decode(reply.state, type=projection.decider.state_type | None)
+
+
+def source_address(request: Request[Any, Any, Any] | None) -> str | None:
+    """The client's address as the audit log records it: the peer's, or what a trusted proxy
+    said it was (uvicorn's `forwarded_allow_ips`: GPUWORKER_TRUSTED_PROXIES)."""
+    if request is None or request.client is None:
+        return None
+    return request.client.host
 
 
 def context_of(request: Request[Any, Any, Any]) -> ApiContext:

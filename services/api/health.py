@@ -97,10 +97,11 @@ async def _nats(ctx: ApiContext) -> Check:
 async def health(request: Request[Any, Any, Any]) -> Response[HealthOut]:
     ctx = context_of(request)
     (postgres, recorded), nats_check = await asyncio.gather(_postgres(ctx), _nats(ctx))
+    # Every read model, and every other reader with a checkpoint (the ledger, the audit log).
     lags = {
         name: recorded.get(name)
         or ProjectionLag(last_sequence=ctx.watcher.seen(name), pending=None)
-        for name in PROJECTIONS
+        for name in [*PROJECTIONS, *sorted(set(recorded) - set(PROJECTIONS))]
     }
     down = [name for name, c in (("postgres", postgres), ("nats", nats_check)) if not c.ok]
     processes = _processes(ctx)

@@ -42,10 +42,10 @@ from services.deciders.instance import (
     TerminateInstance,
     UpdateInstance,
 )
-from services.deciders.placement_service import PlaceInstance, StartPlacedInstance
 from services.deciders.template import TemplateState
 from services.deciders.volume import VolumeState
 from services.errors import BadRequest, NotFound, ServiceUnavailable
+from services.processes.placement_service import PlaceInstance, StartPlacedInstance
 
 INSTANCES = PROJECTIONS["instances"]
 HOSTS = PROJECTIONS["hosts"]

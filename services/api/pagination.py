@@ -113,6 +113,15 @@ class PageQuery(msgspec.Struct, frozen=True):
         """A page of read model rows: their positions and views, up to limit + 1 of them."""
         return _encode_page(items, [_encode_cursor(p) for p in positions], self.limit)
 
+    def after_key(self, kind: type[Item]) -> Item | None:
+        """Where a page of a list keyed by `kind` (an array-like Struct) starts."""
+        return _decode_cursor(self.cursor, kind)
+
+    def of_keys(self, keys: Sequence[Any], items: Sequence[Any]) -> ListPage:
+        """A page of rows keyed by `kind` (see `after_key`): their keys and views, up to limit + 1
+        of them."""
+        return _encode_page(items, [_encode_cursor(k) for k in keys], self.limit)
+
     def of_list(self, items: Sequence[Item], id_of: Callable[[Item], str]) -> ListPage:
         """A page of a small in-memory list, in its own order, after the item the cursor names."""
         after = _decode_cursor(self.cursor, tuple[str])

@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run N simulated hosts in this process (scale tests)",
     )
     sub.add_parser("projector", help="keep the read models up to date")
+    sub.add_parser("audit", help="keep the append-only audit log of every event")
     sub.add_parser("migrate", help="apply database migrations and exit")
 
     projections = sub.add_parser("projections", help="projection maintenance")
@@ -175,6 +176,10 @@ def _run_role(args: argparse.Namespace, settings: Settings) -> int:
         from services.roles.projector import run_projector
 
         asyncio.run(run_projector(settings))
+    elif args.command == "audit":
+        from services.roles.audit import run_audit
+
+        asyncio.run(run_audit(settings))
     elif args.command == "migrate":
         from projections.migrate import migrate
 

@@ -35,7 +35,7 @@ from services.config import default_host_id
 
 log = logging.getLogger("gpuworker.up")
 
-ROLES = ("deciders", "projector", "ledger", "api", "agent")
+ROLES = ("deciders", "projector", "ledger", "audit", "api", "agent")
 # A new user of `up` can try everything: $5.00 on every new account unless set otherwise.
 DEFAULT_SIGNUP_CREDIT = "5.00"
 STATUS_FILE = "supervisor.json"

@@ -174,6 +174,8 @@ class ReportObservation(Command, frozen=True, kw_only=True):
     observed: Observation
     exit_code: int | None = None
     reason: str | None = None
+    # The lease of the run the host saw this happen to (None from older agents: not checked).
+    lease_id: str | None = None
 
 
 InstanceCommand = (
@@ -208,6 +210,14 @@ def _observe(state: InstanceState, command: ReportObservation) -> list[msgspec.S
     lease = state.lease_id
     if state.status == "TERMINATED":
         return []  # late news about a terminated instance changes nothing
+    if (
+        command.lease_id is not None
+        and command.lease_id != lease
+        and command.observed not in ("terminated", "host_lost")
+    ):
+        # About an earlier run (a report delayed past a stop and a new start): its GPUs and its
+        # container are gone; what it says must not stop or fail the run that holds them now.
+        return []
     match command.observed:
         case "provisioning":
             return [InstanceProvisioning()] if state.status in ("PENDING", "RESTARTING") else []

@@ -8,14 +8,14 @@ from events.store import JetStreamEventStore
 from services.config import Settings
 from services.deciders.builtin_templates import builtin_templates
 from services.deciders.catalog import DECIDERS
-from services.deciders.fleet_view import FleetView
-from services.deciders.gpu_releaser import GpuReleaser
-from services.deciders.host_monitor import HostMonitor
-from services.deciders.placement_service import PlacementService
-from services.deciders.runner import DeciderRunner
-from services.deciders.server import DeciderServer
 from services.nats_connection import connect_role
 from services.nats_permissions import DECIDERS_USER
+from services.processes.fleet_view import FleetView
+from services.processes.gpu_releaser import GpuReleaser
+from services.processes.host_monitor import HostMonitor
+from services.processes.placement_service import PlacementService
+from services.processes.runner import DeciderRunner
+from services.processes.server import DeciderServer
 from services.roles.lifecycle import ensure_stream, until_signalled
 
 log = logging.getLogger("gpuworker.deciders")

@@ -39,7 +39,7 @@ from tests.instance_helpers import RTX_4090
 
 CLIENTS = 6
 KILLS = 8
-VICTIMS = ("api", "deciders", "projector", "ledger", "agent", "nats-server", "postgres")
+VICTIMS = ("api", "deciders", "projector", "ledger", "audit", "agent", "nats-server", "postgres")
 HANG_S = 10.0
 RETRY_FOR_S = 90.0
 HOLDING = {"PENDING", "PROVISIONING", "RUNNING", "STOPPING", "RESTARTING"}

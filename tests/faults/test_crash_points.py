@@ -29,8 +29,8 @@ from projections.migrate import migrate
 from projections.runner import ProjectionRunner
 from services.command_wire import CommandEnvelope
 from services.deciders.catalog import DECIDERS
-from services.deciders.runner import DeciderRunner
 from services.deciders.template import CreateTemplate, TemplateState, UpdateTemplate
+from services.processes.runner import DeciderRunner
 
 TEMPLATES = PROJECTIONS["templates"]
 AT = datetime(2026, 11, 30, tzinfo=UTC)

@@ -29,9 +29,9 @@ from services.api.command_bus import CommandBus
 from services.cli.embedded import EmbeddedNats
 from services.deciders.catalog import DECIDERS
 from services.deciders.instance import CreateInstance, InstanceState
-from services.deciders.runner import DeciderRunner
-from services.deciders.server import DeciderServer
 from services.nats_permissions import agent_user
+from services.processes.runner import DeciderRunner
+from services.processes.server import DeciderServer
 from tests.docker_fixtures import clean_host
 from tests.servers import connect_as
 

@@ -28,10 +28,10 @@ from services.deciders.instance import (
     ReportObservation,
     StopInstance,
 )
-from services.deciders.runner import DeciderRunner
-from services.deciders.server import DeciderServer
 from services.errors import Forbidden, GpuWorkerError, NotFound
 from services.nats_permissions import API_USER, OPERATOR_USER, agent_user
+from services.processes.runner import DeciderRunner
+from services.processes.server import DeciderServer
 from tests.fleet_strategies import place_instance
 from tests.servers import connect_as
 

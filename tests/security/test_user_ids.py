@@ -18,8 +18,8 @@ from events.ids import derived_id, new_id
 from events.store import JetStreamEventStore
 from services.deciders.catalog import DECIDERS
 from services.deciders.email_claim import EMAIL_CLAIM, ClaimEmail, claim_id, decide
-from services.deciders.runner import DeciderRunner
 from services.nats_permissions import DECIDERS_USER
+from services.processes.runner import DeciderRunner
 from tests.api_helpers import PASSWORD, assert_error, me, signup, unique_email
 from tests.servers import Stack, connect_as
 

@@ -67,12 +67,19 @@ class Decision:
     """One decision over one or more aggregates, appended all or none by `DeciderRunner`."""
 
     def __init__(
-        self, runner: DeciderRunner, command_id: str, correlation_id: str, deadline: float | None
+        self,
+        runner: DeciderRunner,
+        command_id: str,
+        correlation_id: str,
+        deadline: float | None,
+        source: str | None = None,
     ) -> None:
         self._runner = runner
         self.command_id = command_id
         self._correlation_id = correlation_id
         self._deadline = deadline
+        # Every event of the decision carries the client's address (the audit log's "where").
+        self._source = source
         self._touched: dict[AggregateRef, _Known] = {}
         self._pending: dict[AggregateRef, tuple[Any, list[Envelope]]] = {}
 
@@ -152,6 +159,7 @@ class Decision:
             correlation_id=self._correlation_id,
             causation_id=self.command_id,
             data=data,
+            source=self._source,
         )
 
     def writes(self) -> list[Append]:
@@ -248,7 +256,9 @@ class DeciderRunner:
         plan: Callable[[Decision], Awaitable[None]],
     ) -> Reply:
         for _ in range(MAX_ATTEMPTS):
-            decision = Decision(self, envelope.id, envelope.correlation_id, envelope.deadline)
+            decision = Decision(
+                self, envelope.id, envelope.correlation_id, envelope.deadline, envelope.source
+            )
             try:
                 await plan(decision)
             except AlreadyApplied:

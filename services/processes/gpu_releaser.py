@@ -21,11 +21,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from events.catalog import decode_event
 from events.instance import InstanceExited, InstanceFailed, InstanceStopped, InstanceTerminated
 from events.subjects import STREAM, aggregate_type_filter
-from services.deciders.fleet_view import FleetView
 from services.deciders.host import HostState, ReleaseGpus
 from services.deciders.instance import InstanceState
-from services.deciders.runner import DeciderRunner
 from services.deciders.volume import DetachVolume
+from services.processes.fleet_view import FleetView
+from services.processes.runner import DeciderRunner
 
 log = logging.getLogger("gpuworker.gpu-releaser")
 

@@ -17,8 +17,8 @@ from nats.aio.msg import Msg
 from events.subjects import COMMANDS_ROOT, DECIDER_QUEUE, channel_of
 from services.command_wire import CommandEnvelope, Reply
 from services.deciders.entitlements import check_entitled, head_of
-from services.deciders.runner import DeciderRunner
 from services.errors import BadRequest, ErrorBody, GpuWorkerError
+from services.processes.runner import DeciderRunner
 
 log = logging.getLogger("gpuworker.deciders")
 
@@ -72,6 +72,9 @@ class DeciderServer:
                 raise BadRequest(f"{msg.subject} is not a command subject")
             envelope = self._decode(msg.data)
             check_entitled(channel, envelope.aggregate_id, head_of(envelope.command))
+            if channel.sender != "api" and envelope.source is not None:
+                # Only the api knows a client's address; nobody else may put one in the audit log.
+                envelope = msgspec.structs.replace(envelope, source=None)
             service = self._services.get(channel.aggregate_type)
             if service is not None:
                 reply = await service(envelope)

@@ -16,7 +16,6 @@ from events.envelope import AggregateRef
 from events.ids import derived_id
 from services.command_wire import CommandEnvelope, Reply
 from services.deciders.decider import Command, is_system
-from services.deciders.fleet_view import FleetView
 from services.deciders.host import AllocateGpus, HostState
 from services.deciders.instance import (
     STARTABLE,
@@ -25,9 +24,10 @@ from services.deciders.instance import (
     StartInstance,
 )
 from services.deciders.placement import best_fit
-from services.deciders.runner import DeciderRunner, Decision
 from services.deciders.volume import AttachVolume, VolumeState
 from services.errors import BadRequest, Conflict, ErrorBody, GpuWorkerError, NotFound
+from services.processes.fleet_view import FleetView
+from services.processes.runner import DeciderRunner, Decision
 
 log = logging.getLogger("gpuworker.placement")
 

@@ -17,9 +17,9 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from events.subjects import HEARTBEATS_ROOT, host_of_heartbeat
-from services.deciders.fleet_view import FleetView
 from services.deciders.host import HostState, MarkHostLost, MarkHostRecovered
-from services.deciders.runner import DeciderRunner
+from services.processes.fleet_view import FleetView
+from services.processes.runner import DeciderRunner
 
 log = logging.getLogger("gpuworker.hosts")
 

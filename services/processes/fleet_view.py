@@ -45,8 +45,8 @@ class FleetView:
         for gpu_type, n in free_counts(state).items():
             self._free.setdefault(gpu_type, {})[state.id] = n
 
-    async def follow(self, nc: NatsClient, timeout_s: float = 30.0) -> None:
-        await self._hosts.follow(nc, timeout_s)
+    async def follow(self, nc: NatsClient) -> None:
+        await self._hosts.follow(nc)
 
     async def stop(self) -> None:
         await self._hosts.stop()
