@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -204,6 +206,31 @@ def test_a_running_instance_is_counted_to_now_and_everything_agrees_once_settled
             got = [(d["posting_id"], d["amount_micros"], d["kind"]) for d in t]
             assert all(d["time"].tzinfo is not None for d in t)
         assert got == [(d["posting_id"], d["amount_micros"], d["kind"]) for d in lines], fmt
+
+    # On a terminal, the operator sees a progress bar on standard error; never in a pipe (above).
+    primary, secondary = pty.openpty()
+    try:
+        env = {**stack.env, "COLUMNS": "100"}
+        done = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "ledger", "export", "--user", email,
+             "--output", str(tmp_path / "tty.csv")],
+            env=env, stdout=subprocess.PIPE, stderr=secondary, timeout=120, check=False,
+        )  # fmt: skip
+        os.close(secondary)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(primary)
+    assert done.returncode == 0, shown
+    assert b"exporting" in shown and f"{len(lines)}/{len(lines)}".encode() in shown, shown
+    assert b"exporting" not in (tmp_path / "tty.csv").read_bytes()
 
 
 def test_an_operator_credits_a_customer_from_the_command_line(stack: Stack, tmp_path: Path) -> None:

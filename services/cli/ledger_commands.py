@@ -146,14 +146,14 @@ async def _write_text(
     output: Path | None,
     advance: Callable[[int], None],
 ) -> int:
-    rows = 0
+    # CSV's first line is its header, not a posting.
+    rows = -1 if fmt == "csv" else 0
     with ExitStack() as stack:
         sink: BinaryIO = stack.enter_context(output.open("wb")) if output else sys.stdout.buffer
         async for chunk in stream_text(conn, fmt, export_range):
             sink.write(chunk)
             rows += 1
-            if rows % 1000 == 0:
+            if rows > 0 and rows % 1000 == 0:
                 advance(1000)
-        advance(rows % 1000)
-    # CSV's first line is its header.
-    return rows - 1 if fmt == "csv" else rows
+        advance(max(rows, 0) % 1000)
+    return max(rows, 0)
