@@ -101,13 +101,6 @@ def unposted(progress: Progress, now: datetime) -> int:
     )
 
 
-def unposted_seconds(progress: Progress, now: datetime) -> int:
-    """Whole seconds an open session has run beyond those already posted."""
-    if progress.settled:
-        return 0
-    return max(0, elapsed(progress.session, now, False) - progress.billed_seconds)
-
-
 def accrual_id(session_id: str, seconds: int) -> str:
     """The id of a session's accrual up to its `seconds`-th second (not a security hash: its name
     is ours, and an id only has to be fixed by what it covers)."""

@@ -22,7 +22,6 @@ import msgspec
 import psycopg
 from psycopg import sql
 
-from ledger.book import Progress, unposted, unposted_seconds
 from ledger.store import STORAGE_METERS
 
 BucketSize = Literal["hour", "day", "week", "month"]
@@ -31,8 +30,6 @@ BUCKET_SIZES: tuple[BucketSize, ...] = ("hour", "day", "week", "month")
 MAX_BUCKETS = 10_000
 # Meters whose seconds are GPU time (timeBilledMs).
 GPU_METERS = frozenset({"instance.gpu", "serverless.worker"})
-
-_progress = msgspec.json.Decoder(Progress)
 
 
 class SummaryError(ValueError):
@@ -69,10 +66,10 @@ class Kind:
 _RESOURCE = Grouping(sql.SQL("r.resource_id"), needs_tracked=False)
 # An instance's disks have no GPU type of their own: they count under their instance's.
 _INSTANCE_GPU = Grouping(
-    sql.SQL("COALESCE(NULLIF(r.gpu_type_id, ''), t.doc->>'gpu_type_id')"), needs_tracked=True
+    sql.SQL("COALESCE(NULLIF(r.gpu_type_id, ''), t.gpu_type_id)"), needs_tracked=True
 )
 _GPU = Grouping(sql.SQL("NULLIF(r.gpu_type_id, '')"), needs_tracked=False)
-_ENDPOINT = Grouping(sql.SQL("t.doc->>'endpoint_id'"), needs_tracked=True)
+_ENDPOINT = Grouping(sql.SQL("t.endpoint_id"), needs_tracked=True)
 
 KINDS: dict[str, Kind] = {
     "instances": Kind(
@@ -222,83 +219,99 @@ def query_of(
     )
 
 
-def _posted_sql(query: SummaryQuery) -> sql.Composed:
+# What open sessions owe beyond their postings right now, shaped like a rollup row: the arithmetic
+# of `ledger.book.unposted` (and of the seconds since the last accrual), inside PostgreSQL as the
+# accrual cycle does, so no session document travels here.
+_OWING = """
+WITH open_sessions AS (
+    SELECT doc->'session' AS s, (doc->>'posted_micros')::bigint AS posted,
+        (doc->>'billed_seconds')::bigint AS billed,
+        greatest(0, floor(extract(epoch FROM
+            %(now)s - (doc->'session'->>'started_at')::timestamptz)))::bigint AS seconds
+    FROM ledger_progress WHERE user_id = %(user)s AND NOT settled
+), owing AS (
+    SELECT s->>'user_id' AS user_id, s->>'product' AS product, s->>'meter' AS meter,
+        s->>'resource_id' AS resource_id, COALESCE(s->>'gpu_type_id', '') AS gpu_type_id,
+        greatest(0, (s->>'unit_price_micros')::bigint * (s->>'quantity')::bigint * seconds
+            / (s->>'per_seconds')::bigint - posted) AS amount_micros,
+        greatest(0, seconds - billed) AS seconds,
+        CASE WHEN s->>'meter' = ANY(%(storage)s)
+            THEN greatest(0, seconds - billed) * (s->>'quantity')::bigint ELSE 0 END AS gb_seconds
+    FROM open_sessions
+)
+"""
+
+
+def _summary_sql(query: SummaryQuery, unposted: bool) -> sql.Composed:
+    """The summary's rows from the rollups (posted), or from open sessions (not yet posted, all
+    in the bucket of now): the same grouping and filters over the same row shape."""
     spec = KINDS[query.kind]
     bucket = query.window.bucket
-    table, column = ("ledger_hourly", "hour") if bucket == "hour" else ("ledger_daily", "day")
-    time_expr: sql.Composable = sql.SQL("r.{}").format(sql.Identifier(column))
-    if bucket in ("week", "month"):
-        time_expr = sql.SQL("date_trunc({}, {}, 'UTC')").format(sql.Literal(bucket), time_expr)
+    conditions: list[sql.Composable] = [
+        sql.SQL("r.user_id = %(user)s"),
+        sql.SQL("r.product = ANY(%(products)s)"),
+    ]
+    if unposted:
+        prefix: sql.Composable = sql.SQL(_OWING)
+        source: sql.Composable = sql.SQL("owing r")
+        time_expr: sql.Composable = sql.SQL("%(current)s::timestamptz")
+        conditions.append(sql.SQL("(r.amount_micros > 0 OR r.seconds > 0)"))
+    else:
+        table, column = ("ledger_hourly", "hour") if bucket == "hour" else ("ledger_daily", "day")
+        prefix = sql.SQL("")
+        source = sql.SQL("{} r").format(sql.Identifier(table))
+        time_expr = sql.SQL("r.{}").format(sql.Identifier(column))
+        conditions += [
+            sql.SQL("r.{} >= %(start)s").format(sql.Identifier(column)),
+            sql.SQL("r.{} < %(end)s").format(sql.Identifier(column)),
+        ]
+        if bucket in ("week", "month"):
+            time_expr = sql.SQL("date_trunc({}, {}, 'UTC')").format(sql.Literal(bucket), time_expr)
     key = spec.groupings[query.grouping]
     resource_key = spec.groupings[spec.resource_filter]
     gpu_key = spec.groupings.get("gpuTypeId")
-    needs_tracked = key.needs_tracked or (
-        query.resource_id is not None and resource_key.needs_tracked
-    )
-    conditions = [
-        sql.SQL("r.user_id = %(user)s"),
-        sql.SQL("r.product = ANY(%(products)s)"),
-        sql.SQL("r.{} >= %(start)s").format(sql.Identifier(column)),
-        sql.SQL("r.{} < %(end)s").format(sql.Identifier(column)),
-    ]
+    needs_tracked = key.needs_tracked
     if query.resource_id is not None:
+        needs_tracked = needs_tracked or resource_key.needs_tracked
         conditions.append(sql.SQL("{} = %(resource)s").format(resource_key.key))
     if query.gpu_type_id is not None and gpu_key is not None:
         needs_tracked = needs_tracked or gpu_key.needs_tracked
         conditions.append(sql.SQL("{} = %(gpu)s").format(gpu_key.key))
     join = sql.SQL("")
     if needs_tracked:
+        # What the ledger tracks of the customer's resources, read once per resource (not once
+        # per rollup row).
+        # (OFFSET 0 keeps the planner from folding it into the join, which would read the
+        # documents again for every row.)
         join = sql.SQL(
-            " LEFT JOIN ledger_tracked t ON t.resource_type = %(tracked)s"
-            " AND t.resource_id = r.resource_id AND t.user_id = r.user_id"
+            " LEFT JOIN (SELECT resource_id, doc->>'gpu_type_id' AS gpu_type_id,"
+            " doc->>'endpoint_id' AS endpoint_id FROM ledger_tracked"
+            " WHERE user_id = %(user)s AND resource_type = %(tracked)s OFFSET 0) t"
+            " ON t.resource_id = r.resource_id"
         )
-    statement = sql.SQL(
-        "SELECT {time} AS bucket, {key} AS key, sum(r.amount_micros)::bigint,"
+    return sql.SQL(
+        "{prefix}SELECT {time} AS bucket, {key} AS key, sum(r.amount_micros)::bigint,"
         " sum(CASE WHEN r.meter = ANY(%(gpu_meters)s) THEN r.seconds ELSE 0 END)::bigint,"
         " sum(r.gb_seconds)::bigint"
-        " FROM {table} r{join} WHERE {conditions} GROUP BY 1, 2"
+        " FROM {source}{join} WHERE {conditions} GROUP BY 1, 2"
     ).format(
+        prefix=prefix,
         time=time_expr,
         key=key.key,
-        table=sql.Identifier(table),
+        source=source,
         join=join,
         conditions=sql.SQL(" AND ").join(conditions),
     )
-    return statement
-
-
-# Open sessions, with what the ledger tracks of their resources.
-_OPEN = (
-    "SELECT p.doc::text, t.doc->>'gpu_type_id', t.doc->>'endpoint_id'"
-    " FROM ledger_progress p LEFT JOIN ledger_tracked t ON t.resource_type = %(tracked)s"
-    " AND t.resource_id = p.resource_id"
-    " WHERE p.user_id = %(user)s AND NOT p.settled"
-)
-
-
-def _open_key(
-    query: SummaryQuery, progress: Progress, gpu_type: str | None, endpoint: str | None
-) -> tuple[str | None, str | None, str | None]:
-    """(group key, resource filter key, GPU type) of an open session, as the SQL reads them."""
-    session = progress.session
-    if query.kind == "instances":
-        gpu = session.gpu_type_id or gpu_type
-        resource: str | None = session.resource_id
-    elif query.kind == "serverless":
-        gpu = session.gpu_type_id
-        resource = endpoint
-    else:
-        gpu = None
-        resource = session.resource_id
-    key = {"gpuTypeId": gpu, "endpointId": endpoint}.get(query.grouping, session.resource_id)
-    return key, resource, gpu
 
 
 async def summarise(
     conn: psycopg.AsyncConnection[Any], user_id: str, query: SummaryQuery, now: datetime
 ) -> list[SummaryRow]:
-    """The summary's rows in (time, key) order: posted, plus what open sessions owe until now."""
+    """The summary's rows in (time, key) order: posted, plus what open sessions owe until now.
+    `conn` must not be in a transaction: both reads share one of their own (one snapshot, so an
+    accrual between them can neither count twice nor vanish)."""
     spec = KINDS[query.kind]
+    current = bucket_start(now, query.window.bucket)
     params = {
         "user": user_id,
         "products": list(spec.products),
@@ -308,41 +321,33 @@ async def summarise(
         "gpu": query.gpu_type_id,
         "tracked": spec.tracked_type,
         "gpu_meters": sorted(GPU_METERS),
+        "storage": sorted(STORAGE_METERS),
+        "now": now,
+        "current": current,
     }
     rows: dict[tuple[datetime, str | None], SummaryRow] = {}
-    cur = await conn.execute(_posted_sql(query), params)
-    for bucket, key, amount, gpu_seconds, gb_seconds in await cur.fetchall():
-        rows[(bucket, key)] = SummaryRow(
-            time=bucket.astimezone(UTC),
-            key=key,
-            amount_micros=int(amount),
-            gpu_seconds=int(gpu_seconds),
-            gb_seconds=int(gb_seconds),
-        )
-    current = bucket_start(now, query.window.bucket)
-    if query.window.start <= current < query.window.end:
-        cur = await conn.execute(_OPEN, params)
-        for doc, gpu_type, endpoint in await cur.fetchall():
-            progress = _progress.decode(doc)
-            if progress.session.product not in spec.products:
-                continue
-            key, resource, gpu = _open_key(query, progress, gpu_type, endpoint)
-            if query.resource_id is not None and resource != query.resource_id:
-                continue
-            if query.gpu_type_id is not None and gpu != query.gpu_type_id:
-                continue
-            seconds = unposted_seconds(progress, now)
-            micros = unposted(progress, now)
-            if seconds == 0 and micros == 0:
-                continue
-            row = rows.get((current, key))
-            if row is None:
-                row = rows[(current, key)] = SummaryRow(time=current, key=key)
-            row.amount_micros += micros
-            row.unposted_micros += micros
-            row.pending = True
-            if progress.session.meter in GPU_METERS:
-                row.gpu_seconds += seconds
-            if progress.session.meter in STORAGE_METERS:
-                row.gb_seconds += seconds * progress.session.quantity
+    async with conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        # A month of a large customer's rollup rows is aggregated in memory, not sorted on disk.
+        await conn.execute("SET LOCAL work_mem = '32MB'")
+        cur = await conn.execute(_summary_sql(query, unposted=False), params)
+        for bucket, key, amount, gpu_seconds, gb_seconds in await cur.fetchall():
+            rows[(bucket, key)] = SummaryRow(
+                time=bucket.astimezone(UTC),
+                key=key,
+                amount_micros=int(amount),
+                gpu_seconds=int(gpu_seconds),
+                gb_seconds=int(gb_seconds),
+            )
+        if query.window.start <= current < query.window.end:
+            cur = await conn.execute(_summary_sql(query, unposted=True), params)
+            for _bucket, key, amount, gpu_seconds, gb_seconds in await cur.fetchall():
+                row = rows.get((current, key))
+                if row is None:
+                    row = rows[(current, key)] = SummaryRow(time=current, key=key)
+                row.amount_micros += int(amount)
+                row.unposted_micros += int(amount)
+                row.gpu_seconds += int(gpu_seconds)
+                row.gb_seconds += int(gb_seconds)
+                row.pending = True
     return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1] or ""))]
