@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Request, Response, get
+from litestar import Request, get
 from litestar.params import Parameter
 from litestar.response import Stream
 
@@ -146,10 +146,6 @@ def _gb(row: SummaryRow, query: SummaryQuery) -> float:
     return round(row.gb_seconds / seconds, 6)
 
 
-def _json(records: list[Any]) -> Response[bytes]:
-    return Response(msgspec.json.encode(records), media_type="application/json")
-
-
 @get(
     "/billing/instances",
     tags=["billing"],
@@ -165,7 +161,7 @@ async def instance_billing(
     grouping: GroupingParameter = None,
     instance_id: Annotated[str | None, _query("instanceId")] = None,
     gpu_type_id: GpuTypeParameter = None,
-) -> Response[bytes]:
+) -> list[InstanceRecord]:
     query, rows = await _rows(
         request,
         "instances",
@@ -193,7 +189,7 @@ async def instance_billing(
         else:
             record.gpu_type_id = row.key
         records.append(record)
-    return _json(records)
+    return records
 
 
 @get(
@@ -210,7 +206,7 @@ async def serverless_billing(
     grouping: GroupingParameter = None,
     endpoint_id: Annotated[str | None, _query("endpointId")] = None,
     gpu_type_id: GpuTypeParameter = None,
-) -> Response[bytes]:
+) -> list[ServerlessRecord]:
     query, rows = await _rows(
         request,
         "serverless",
@@ -237,7 +233,7 @@ async def serverless_billing(
         else:
             record.gpu_type_id = row.key
         records.append(record)
-    return _json(records)
+    return records
 
 
 @get(
@@ -253,7 +249,7 @@ async def volume_billing(
     bucket_size: BucketSizeParameter = None,
     grouping: GroupingParameter = None,
     volume_id: Annotated[str | None, _query("volumeId")] = None,
-) -> Response[bytes]:
+) -> list[VolumeRecord]:
     query, rows = await _rows(
         request,
         "volumes",
@@ -265,20 +261,18 @@ async def volume_billing(
         None,
         {"volumeId"},
     )
-    return _json(
-        [
-            VolumeRecord(
-                time=row.time,
-                amount=row.amount_micros / MICROS_PER_USD,
-                amount_micros=row.amount_micros,
-                disk_space_billed_gb=_gb(row, query),
-                posted=not row.pending,
-                unposted_amount_micros=row.unposted_micros,
-                volume_id=row.key,
-            )
-            for row in rows
-        ]
-    )
+    return [
+        VolumeRecord(
+            time=row.time,
+            amount=row.amount_micros / MICROS_PER_USD,
+            amount_micros=row.amount_micros,
+            disk_space_billed_gb=_gb(row, query),
+            posted=not row.pending,
+            unposted_amount_micros=row.unposted_micros,
+            volume_id=row.key,
+        )
+        for row in rows
+    ]
 
 
 @get(
