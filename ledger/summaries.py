@@ -26,8 +26,9 @@ from ledger.store import STORAGE_METERS
 
 BucketSize = Literal["hour", "day", "week", "month"]
 BUCKET_SIZES: tuple[BucketSize, ...] = ("hour", "day", "week", "month")
-# A summary is a list bounded by its window: at most this many buckets.
+# A summary is a list bounded by its window: at most this many buckets, and records.
 MAX_BUCKETS = 10_000
+MAX_RECORDS = 100_000
 # Meters whose seconds are GPU time (timeBilledMs).
 GPU_METERS = frozenset({"instance.gpu", "serverless.worker"})
 
@@ -293,8 +294,9 @@ def _summary_sql(query: SummaryQuery, unposted: bool) -> sql.Composed:
         "{prefix}SELECT {time} AS bucket, {key} AS key, sum(r.amount_micros)::bigint,"
         " sum(CASE WHEN r.meter = ANY(%(gpu_meters)s) THEN r.seconds ELSE 0 END)::bigint,"
         " sum(r.gb_seconds)::bigint"
-        " FROM {source}{join} WHERE {conditions} GROUP BY 1, 2"
+        " FROM {source}{join} WHERE {conditions} GROUP BY 1, 2 LIMIT {limit}"
     ).format(
+        limit=sql.Literal(MAX_RECORDS + 1),
         prefix=prefix,
         time=time_expr,
         key=key.key,
@@ -331,7 +333,14 @@ async def summarise(
         # A month of a large customer's rollup rows is aggregated in memory, not sorted on disk.
         await conn.execute("SET LOCAL work_mem = '32MB'")
         cur = await conn.execute(_summary_sql(query, unposted=False), params)
-        for bucket, key, amount, gpu_seconds, gb_seconds in await cur.fetchall():
+        posted = await cur.fetchall()
+        if len(posted) > MAX_RECORDS:
+            raise SummaryError(
+                "bucketSize",
+                f"the summary would hold more than {MAX_RECORDS:,} records: use a larger"
+                " bucketSize, a shorter range, another grouping or a filter",
+            )
+        for bucket, key, amount, gpu_seconds, gb_seconds in posted:
             rows[(bucket, key)] = SummaryRow(
                 time=bucket.astimezone(UTC),
                 key=key,

@@ -21,6 +21,7 @@ from events.instance import InstanceRunning, InstanceStopped, InstanceTerminated
 from events.store import JetStreamEventStore
 from events.user import CreditGranted
 from events.volume import VolumeCreated, VolumeProvisioned
+from ledger import summaries
 from ledger.accruals import accrue_open_sessions
 from ledger.consumer import LedgerProjection
 from ledger.export import COLUMN_NAMES, ExportRange, stream_text
@@ -357,3 +358,13 @@ def test_windows_snap_to_buckets_and_bad_parameters_are_named() -> None:
     refused("grouping", lambda: query_of("volumes", span, "gpuTypeId"))
     refused("grouping", lambda: query_of("instances", span, "endpointId"))
     refused("gpuTypeId", lambda: query_of("volumes", span, None, gpu_type_id=RTX_4090))
+
+
+async def test_a_summary_too_long_for_one_answer_is_refused(
+    ledger: Scenario, pool: AsyncConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(summaries, "MAX_RECORDS", 2)
+    assert len(await summary(pool, ledger.a, "instances", grouping="instanceId", end=H11)) == 1
+    with pytest.raises(SummaryError) as caught:
+        await summary(pool, ledger.a, "instances", grouping="instanceId")
+    assert caught.value.parameter == "bucketSize" and "more than 2 records" in str(caught.value)

@@ -137,7 +137,10 @@ async def _rows(
     except SummaryError as exc:
         raise BadRequest(str(exc)) from None
     async with context_of(request).pool.connection() as conn:
-        rows = await summarise(conn, request.user.id, query, now)
+        try:
+            rows = await summarise(conn, request.user.id, query, now)
+        except SummaryError as exc:
+            raise BadRequest(str(exc)) from None
     return query, rows
 
 
