@@ -73,13 +73,14 @@ async def apply_events(conn: psycopg.AsyncConnection[Any], events: Sequence[Enve
             )
             if posting is not None:
                 postings.append(posting)
+    # What is tracked first: posting reads an instance's GPU type from it (for its disks' rollup).
+    await store.save_tracked(
+        conn, [t for key, t in sorted(tracked.items()) if before.get(key) is not t]
+    )
     await store.open_sessions(conn, opened)
     await store.end_sessions(conn, ended)
     await store.post(conn, postings)
     await store.save_progress(conn, list(changed.values()))
-    await store.save_tracked(
-        conn, [t for key, t in sorted(tracked.items()) if before.get(key) is not t]
-    )
 
 
 class LedgerProjection:

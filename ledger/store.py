@@ -26,6 +26,8 @@ _progress = msgspec.json.Decoder(Progress)
 
 # Storage meters count GB x seconds for the summaries' diskSpaceBilledGb.
 STORAGE_METERS = frozenset({"instance.container_disk", "instance.volume_disk", "volume.storage"})
+# Meters whose seconds are GPU time (the summaries' timeBilledMs).
+GPU_METERS = frozenset({"instance.gpu", "serverless.worker"})
 
 _POSTING_COLUMNS = (
     "id, at, user_id, debit, credit, amount_micros, kind, product, meter, resource_id,"
@@ -199,7 +201,8 @@ async def save_progress(conn: psycopg.AsyncConnection[Any], progress: Sequence[P
 
 
 # From the postings just inserted (and only those): balances, then the hourly and daily rollups
-# of usage (a credit is not usage). One statement: the rows never travel back to Python.
+# of usage (a credit is not usage), per resource and per GPU type. One statement: the rows never
+# travel back to Python.
 _POST = """
 WITH new AS (
     INSERT INTO ledger_postings ({columns}) SELECT {columns} FROM ledger_incoming
@@ -243,6 +246,22 @@ WITH new AS (
         seconds = ledger_daily.seconds + EXCLUDED.seconds,
         gb_seconds = ledger_daily.gb_seconds + EXCLUDED.gb_seconds
 )
+, gpu_daily AS (
+    -- By GPU type, an instance's disks under its GPU's (the default summaries read only this).
+    INSERT INTO ledger_daily_gpu (user_id, product, gpu_type_id, day, amount_micros,
+        gpu_seconds, gb_seconds)
+    SELECT u.user_id, u.product, COALESCE(NULLIF(u.gpu_type_id, ''), t.doc->>'gpu_type_id', ''),
+        date_trunc('day', u.at, 'UTC'), sum(u.amount),
+        sum(CASE WHEN u.meter = ANY(%(gpu_meters)s) THEN u.seconds ELSE 0 END),
+        sum(u.gb_seconds)
+    FROM used u LEFT JOIN ledger_tracked t ON u.product = 'instances.storage'
+        AND t.resource_type = 'instance' AND t.resource_id = u.resource_id
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (user_id, product, gpu_type_id, day) DO UPDATE SET
+        amount_micros = ledger_daily_gpu.amount_micros + EXCLUDED.amount_micros,
+        gpu_seconds = ledger_daily_gpu.gpu_seconds + EXCLUDED.gpu_seconds,
+        gb_seconds = ledger_daily_gpu.gb_seconds + EXCLUDED.gb_seconds
+)
 SELECT id FROM new
 """
 
@@ -261,7 +280,7 @@ async def post_incoming(cur: psycopg.AsyncCursor[Any]) -> set[str]:
     await cur.execute("SET LOCAL work_mem = '64MB'")
     await cur.execute(
         sql.SQL(_POST).format(columns=sql.SQL(_POSTING_COLUMNS)),
-        {"storage": sorted(STORAGE_METERS)},
+        {"storage": sorted(STORAGE_METERS), "gpu_meters": sorted(GPU_METERS)},
     )
     return {row[0] for row in await cur.fetchall()}
 

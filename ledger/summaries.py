@@ -2,7 +2,8 @@
 bucket (hour, day, week or month, in UTC), grouped by resource or GPU type.
 
 Read from the ledger's rollups only (`ledger_hourly` for hours, `ledger_daily` for longer
-buckets), so a summary costs what the rollup holds, not what was posted. A charge counts in the
+buckets, `ledger_daily_gpu` when grouped by GPU type), so a summary costs what the rollup holds,
+not what was posted. A charge counts in the
 bucket in which the period it covers ends (the posting's `at`). Open sessions also owe what they
 ran since their last accrual: that part is added to the bucket that holds `now`, the bucket its
 next accrual will post into, and reported apart (`unposted_micros`) since no posting has it yet.
@@ -22,15 +23,13 @@ import msgspec
 import psycopg
 from psycopg import sql
 
-from ledger.store import STORAGE_METERS
+from ledger.store import GPU_METERS, STORAGE_METERS
 
 BucketSize = Literal["hour", "day", "week", "month"]
 BUCKET_SIZES: tuple[BucketSize, ...] = ("hour", "day", "week", "month")
 # A summary is a list bounded by its window: at most this many buckets, and records.
 MAX_BUCKETS = 10_000
 MAX_RECORDS = 100_000
-# Meters whose seconds are GPU time (timeBilledMs).
-GPU_METERS = frozenset({"instance.gpu", "serverless.worker"})
 
 
 class SummaryError(ValueError):
@@ -243,6 +242,16 @@ WITH open_sessions AS (
 """
 
 
+def by_gpu_rollup(query: SummaryQuery) -> bool:
+    """Whether the per-GPU-type daily rollup answers the (posted part of the) summary: grouped by
+    GPU type, in buckets of a day or more, and not narrowed to one resource."""
+    return (
+        query.grouping == "gpuTypeId"
+        and query.window.bucket != "hour"
+        and query.resource_id is None
+    )
+
+
 def _summary_sql(query: SummaryQuery, unposted: bool) -> sql.Composed:
     """The summary's rows from the rollups (posted), or from open sessions (not yet posted, all
     in the bucket of now): the same grouping and filters over the same row shape."""
@@ -252,6 +261,23 @@ def _summary_sql(query: SummaryQuery, unposted: bool) -> sql.Composed:
         sql.SQL("r.user_id = %(user)s"),
         sql.SQL("r.product = ANY(%(products)s)"),
     ]
+    if not unposted and by_gpu_rollup(query):
+        conditions += [sql.SQL("r.day >= %(start)s"), sql.SQL("r.day < %(end)s")]
+        if query.gpu_type_id is not None:
+            conditions.append(sql.SQL("r.gpu_type_id = %(gpu)s"))
+        day: sql.Composable = sql.SQL("r.day")
+        if bucket != "day":
+            day = sql.SQL("date_trunc({}, r.day, 'UTC')").format(sql.Literal(bucket))
+        return sql.SQL(
+            "SELECT {day} AS bucket, NULLIF(r.gpu_type_id, '') AS key,"
+            " sum(r.amount_micros)::bigint, sum(r.gpu_seconds)::bigint,"
+            " sum(r.gb_seconds)::bigint FROM ledger_daily_gpu r WHERE {conditions}"
+            " GROUP BY 1, 2 LIMIT {limit}"
+        ).format(
+            day=day,
+            conditions=sql.SQL(" AND ").join(conditions),
+            limit=sql.Literal(MAX_RECORDS + 1),
+        )
     if unposted:
         prefix: sql.Composable = sql.SQL(_OWING)
         source: sql.Composable = sql.SQL("owing r")

@@ -7,8 +7,8 @@ replay of the event stream from sequence 1. Each problem is one line; none means
   length rounded up once), and it is settled; every posting's session exists.
 - A resource's sessions of one slot never overlap, and at most the last is open.
 - Summary totals equal the postings: the hourly rollups add up, per customer, to what the postings
-  say, and the daily rollup to the hourly one, row by row (the export reads the postings
-  themselves).
+  say, the daily rollup to the hourly one, row by row, and the per-GPU-type one to the daily
+  one (the export reads the postings themselves).
 - A replay of the event stream from sequence 1 opens and closes exactly the sessions the ledger
   has, at the same instants and prices, and grants the same credits."""
 
@@ -150,6 +150,25 @@ async def check_tables(conn: psycopg.AsyncConnection[Any]) -> list[str]:
         problems.append(
             f"customer {user_id}: the daily rollup of {meter} of {resource_id or '-'} on"
             f" {day:%Y-%m-%d} says {daily}, the hourly one {hourly}"
+        )
+
+    cur = await conn.execute(
+        "WITH daily AS (SELECT user_id, product, day, sum(amount_micros) AS amount,"
+        "   sum(CASE WHEN meter IN ('instance.gpu', 'serverless.worker') THEN seconds ELSE 0 END)"
+        "   AS gpu_seconds, sum(gb_seconds) AS gb_seconds FROM ledger_daily GROUP BY 1, 2, 3),"
+        " by_gpu AS (SELECT user_id, product, day, sum(amount_micros) AS amount,"
+        "   sum(gpu_seconds) AS gpu_seconds, sum(gb_seconds) AS gb_seconds"
+        "   FROM ledger_daily_gpu GROUP BY 1, 2, 3)"
+        " SELECT COALESCE(d.user_id, g.user_id), COALESCE(d.product, g.product),"
+        " COALESCE(d.day, g.day), d.amount, g.amount"
+        " FROM daily d FULL JOIN by_gpu g USING (user_id, product, day)"
+        " WHERE (d.amount, d.gpu_seconds, d.gb_seconds)"
+        "   IS DISTINCT FROM (g.amount, g.gpu_seconds, g.gb_seconds)"
+    )
+    for user_id, product, day, daily, by_gpu in await cur.fetchall():
+        problems.append(
+            f"customer {user_id}: {product} on {day:%Y-%m-%d} by GPU type says {by_gpu},"
+            f" the daily rollup {daily}"
         )
     return problems
 

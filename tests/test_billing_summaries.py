@@ -242,6 +242,8 @@ async def test_days_weeks_months_serverless_and_volumes(
     by_gpu = await summary(pool, s.a, "serverless", grouping="gpuTypeId", resource_id=s.e1)
     assert table(by_gpu) == [(H11, RTX_4090, W1, 0, 100, False)]
     assert await summary(pool, s.a, "serverless", resource_id=s.i1) == []
+    by_day = await summary(pool, s.a, "serverless", bucket="day", grouping="gpuTypeId")
+    assert table(by_day) == [(day, RTX_4090, W1, 0, 100, False)]
 
     volumes = await summary(pool, s.a, "volumes")
     assert table(volumes) == [

@@ -37,3 +37,27 @@ ALTER TABLE ledger_balances SET (fillfactor = 50);
 -- third as much as inserting them. Postings are only ever made from stored sessions, and
 -- `ledger verify` reports any posting whose session is missing.
 ALTER TABLE ledger_postings DROP CONSTRAINT ledger_postings_session_id_fkey;
+
+-- Per customer, product, GPU type and day: the default summaries (instances and serverless by
+-- GPU type) add up a few rows a day here instead of one per resource and meter. An instance's
+-- disks count under its GPU type (from what the ledger tracks of the instance).
+CREATE TABLE ledger_daily_gpu (
+    user_id       text NOT NULL,
+    product       text NOT NULL,
+    gpu_type_id   text NOT NULL,
+    day           timestamptz NOT NULL,
+    amount_micros bigint NOT NULL,
+    gpu_seconds   bigint NOT NULL,
+    gb_seconds    bigint NOT NULL,
+    PRIMARY KEY (user_id, product, gpu_type_id, day)
+) WITH (fillfactor = 50);
+
+INSERT INTO ledger_daily_gpu (user_id, product, gpu_type_id, day, amount_micros, gpu_seconds,
+                              gb_seconds)
+SELECT d.user_id, d.product, COALESCE(NULLIF(d.gpu_type_id, ''), t.doc->>'gpu_type_id', ''), d.day,
+       sum(d.amount_micros),
+       sum(CASE WHEN d.meter IN ('instance.gpu', 'serverless.worker') THEN d.seconds ELSE 0 END),
+       sum(d.gb_seconds)
+FROM ledger_daily d LEFT JOIN ledger_tracked t ON d.product = 'instances.storage'
+    AND t.resource_type = 'instance' AND t.resource_id = d.resource_id
+GROUP BY 1, 2, 3, 4;
