@@ -6,9 +6,10 @@ the same aggregate queries run straight on PostgreSQL.
 Setup: embedded PostgreSQL and nats-server in a temp dir, migrated; generated straight into the
 ledger's tables with set-based SQL (no API, no events): `--resources` instances of one customer,
 each with a GPU session and a container disk session, posted every few minutes over the last 30
-days (`--postings` rows in ledger_postings, with its indexes), the hourly and daily rollups the
-ledger keeps from them, what the ledger tracks of each instance, and every instance still running
-(an open session per meter, so the summary also counts what is not yet posted).
+days (`--postings` rows in ledger_postings, with its indexes), the hourly, daily and
+per-GPU-type rollups the ledger keeps from them, what the ledger tracks of each instance, and
+every instance still running (an open session per meter, so the summary also counts what is not
+yet posted).
 
 Product: `gpuworker api` (one process, as `services/roles/api.py` runs it), a signed access token;
 `--requests` sequential GETs (keep-alive, after a warm-up) of the default summary (last 30 days,
@@ -141,8 +142,18 @@ def generate_sql(postings: int, resources: int, end: datetime) -> list[tuple[str
         FROM ledger_sessions s JOIN (SELECT session_id, sum(amount_micros) AS posted
             FROM ledger_postings GROUP BY session_id) p ON p.session_id = s.id
     """
+    by_gpu = """
+        INSERT INTO ledger_daily_gpu (user_id, product, gpu_type_id, day, amount_micros,
+            gpu_seconds, gb_seconds)
+        SELECT d.user_id, d.product, COALESCE(NULLIF(d.gpu_type_id, ''), t.doc->>'gpu_type_id'),
+            d.day, sum(d.amount_micros),
+            sum(CASE WHEN d.meter = 'instance.gpu' THEN d.seconds ELSE 0 END), sum(d.gb_seconds)
+        FROM ledger_daily d LEFT JOIN ledger_tracked t ON t.resource_type = 'instance'
+            AND t.resource_id = d.resource_id
+        GROUP BY 1, 2, 3, 4
+    """
     return [(sessions, params), (posts, params), *[(r, {}) for r in rollups],
-            (tracked, params), (progress, params)]  # fmt: skip
+            (tracked, params), (by_gpu, {}), (progress, params)]  # fmt: skip
 
 
 async def load(url: str, args: argparse.Namespace, now: datetime) -> None:

@@ -203,6 +203,17 @@ async def save_progress(conn: psycopg.AsyncConnection[Any], progress: Sequence[P
 # From the postings just inserted (and only those): balances, then the hourly and daily rollups
 # of usage (a credit is not usage), per resource and per GPU type. One statement: the rows never
 # travel back to Python.
+_ROLL_UP = """, {table} AS (
+    INSERT INTO {table} (user_id, product, meter, resource_id, gpu_type_id, {column},
+        amount_micros, seconds, gb_seconds)
+    SELECT user_id, product, meter, resource_id, gpu_type_id, date_trunc('{column}', at, 'UTC'),
+        sum(amount), sum(seconds), sum(gb_seconds)
+    FROM used GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (user_id, product, meter, resource_id, gpu_type_id, {column}) DO UPDATE SET
+        amount_micros = {table}.amount_micros + EXCLUDED.amount_micros,
+        seconds = {table}.seconds + EXCLUDED.seconds,
+        gb_seconds = {table}.gb_seconds + EXCLUDED.gb_seconds
+)"""
 _POST = """
 WITH new AS (
     INSERT INTO ledger_postings ({columns}) SELECT {columns} FROM ledger_incoming
@@ -225,28 +236,7 @@ WITH new AS (
         seconds,
         CASE WHEN meter = ANY(%(storage)s) THEN seconds * quantity ELSE 0 END AS gb_seconds
     FROM new WHERE kind <> 'credit' AND product IS NOT NULL AND meter IS NOT NULL
-), hourly AS (
-    INSERT INTO ledger_hourly (user_id, product, meter, resource_id, gpu_type_id, hour,
-        amount_micros, seconds, gb_seconds)
-    SELECT user_id, product, meter, resource_id, gpu_type_id, date_trunc('hour', at, 'UTC'),
-        sum(amount), sum(seconds), sum(gb_seconds)
-    FROM used GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6
-    ON CONFLICT (user_id, product, meter, resource_id, gpu_type_id, hour) DO UPDATE SET
-        amount_micros = ledger_hourly.amount_micros + EXCLUDED.amount_micros,
-        seconds = ledger_hourly.seconds + EXCLUDED.seconds,
-        gb_seconds = ledger_hourly.gb_seconds + EXCLUDED.gb_seconds
-), daily AS (
-    INSERT INTO ledger_daily (user_id, product, meter, resource_id, gpu_type_id, day,
-        amount_micros, seconds, gb_seconds)
-    SELECT user_id, product, meter, resource_id, gpu_type_id, date_trunc('day', at, 'UTC'),
-        sum(amount), sum(seconds), sum(gb_seconds)
-    FROM used GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6
-    ON CONFLICT (user_id, product, meter, resource_id, gpu_type_id, day) DO UPDATE SET
-        amount_micros = ledger_daily.amount_micros + EXCLUDED.amount_micros,
-        seconds = ledger_daily.seconds + EXCLUDED.seconds,
-        gb_seconds = ledger_daily.gb_seconds + EXCLUDED.gb_seconds
-)
-, gpu_daily AS (
+){hourly}{daily}, gpu_daily AS (
     -- By GPU type, an instance's disks under its GPU's (the default summaries read only this).
     INSERT INTO ledger_daily_gpu (user_id, product, gpu_type_id, day, amount_micros,
         gpu_seconds, gb_seconds)
@@ -279,7 +269,11 @@ async def post_incoming(cur: psycopg.AsyncCursor[Any]) -> set[str]:
     # The rollups' GROUP BY over a cycle's rows sorts in memory rather than on disk.
     await cur.execute("SET LOCAL work_mem = '64MB'")
     await cur.execute(
-        sql.SQL(_POST).format(columns=sql.SQL(_POSTING_COLUMNS)),
+        sql.SQL(_POST).format(
+            columns=sql.SQL(_POSTING_COLUMNS),
+            hourly=sql.SQL(_ROLL_UP.format(table="ledger_hourly", column="hour")),
+            daily=sql.SQL(_ROLL_UP.format(table="ledger_daily", column="day")),
+        ),
         {"storage": sorted(STORAGE_METERS), "gpu_meters": sorted(GPU_METERS)},
     )
     return {row[0] for row in await cur.fetchall()}

@@ -35,7 +35,6 @@ from ledger.summaries import (
     window,
 )
 from ledger.verify import check_tables
-from projections.migrate import migrate
 from projections.runner import ProjectionRunner
 from services.cli.embedded import EmbeddedNats
 from services.nats_permissions import LEDGER_USER
@@ -73,15 +72,6 @@ V1_POSTED = 70_000 * 100 * 7180 // MONTH
 V1_UNPOSTED = 70_000 * 100 * 7280 // MONTH - V1_POSTED
 # w1: a serverless worker of endpoint e1 on one RTX 4090 ($0.00031/s) for 100 s from T0+1 h.
 W1 = 310 * 100
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    await migrate(database_url)
-    p: AsyncConnectionPool[Any] = AsyncConnectionPool(database_url, min_size=1, open=False)
-    await p.open()
-    yield p
-    await p.close()
 
 
 class Scenario:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from litestar import Request, get
@@ -144,6 +144,36 @@ async def _rows(
     return query, rows
 
 
+# The record field that holds each grouping's key.
+_KEY_FIELDS = {
+    "instanceId": "instance_id",
+    "gpuTypeId": "gpu_type_id",
+    "endpointId": "endpoint_id",
+    "volumeId": "volume_id",
+}
+Record = TypeVar("Record", InstanceRecord, ServerlessRecord, VolumeRecord)
+
+
+def _records(kind: type[Record], query: SummaryQuery, rows: list[SummaryRow]) -> list[Record]:
+    fields = set(kind.__struct_fields__)
+    records = []
+    for row in rows:
+        values: dict[str, Any] = {
+            "time": row.time,
+            "amount": row.amount_micros / MICROS_PER_USD,
+            "amount_micros": row.amount_micros,
+            "posted": not row.pending,
+            "unposted_amount_micros": row.unposted_micros,
+            _KEY_FIELDS[query.grouping]: row.key,
+        }
+        if "time_billed_ms" in fields:
+            values["time_billed_ms"] = row.gpu_seconds * 1000
+        if "disk_space_billed_gb" in fields:
+            values["disk_space_billed_gb"] = _gb(row, query)
+        records.append(kind(**values))
+    return records
+
+
 def _gb(row: SummaryRow, query: SummaryQuery) -> float:
     seconds = (next_bucket(row.time, query.window.bucket) - row.time).total_seconds()
     return round(row.gb_seconds / seconds, 6)
@@ -176,23 +206,7 @@ async def instance_billing(
         gpu_type_id,
         {"instanceId", "gpuTypeId"},
     )
-    records = []
-    for row in rows:
-        record = InstanceRecord(
-            time=row.time,
-            amount=row.amount_micros / MICROS_PER_USD,
-            amount_micros=row.amount_micros,
-            time_billed_ms=row.gpu_seconds * 1000,
-            disk_space_billed_gb=_gb(row, query),
-            posted=not row.pending,
-            unposted_amount_micros=row.unposted_micros,
-        )
-        if query.grouping == "instanceId":
-            record.instance_id = row.key
-        else:
-            record.gpu_type_id = row.key
-        records.append(record)
-    return records
+    return _records(InstanceRecord, query, rows)
 
 
 @get(
@@ -221,22 +235,7 @@ async def serverless_billing(
         gpu_type_id,
         {"endpointId", "gpuTypeId"},
     )
-    records = []
-    for row in rows:
-        record = ServerlessRecord(
-            time=row.time,
-            amount=row.amount_micros / MICROS_PER_USD,
-            amount_micros=row.amount_micros,
-            time_billed_ms=row.gpu_seconds * 1000,
-            posted=not row.pending,
-            unposted_amount_micros=row.unposted_micros,
-        )
-        if query.grouping == "endpointId":
-            record.endpoint_id = row.key
-        else:
-            record.gpu_type_id = row.key
-        records.append(record)
-    return records
+    return _records(ServerlessRecord, query, rows)
 
 
 @get(
@@ -264,18 +263,7 @@ async def volume_billing(
         None,
         {"volumeId"},
     )
-    return [
-        VolumeRecord(
-            time=row.time,
-            amount=row.amount_micros / MICROS_PER_USD,
-            amount_micros=row.amount_micros,
-            disk_space_billed_gb=_gb(row, query),
-            posted=not row.pending,
-            unposted_amount_micros=row.unposted_micros,
-            volume_id=row.key,
-        )
-        for row in rows
-    ]
+    return _records(VolumeRecord, query, rows)
 
 
 @get(

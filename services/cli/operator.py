@@ -22,8 +22,10 @@ from projections.migrate import migrate
 from projections.rebuild import rebuild
 from services.api.command_bus import CommandBus
 from services.api.spending import spending
+from services.command_wire import Reply
 from services.config import Settings
 from services.deciders.blog import PublishPost
+from services.deciders.decider import Command
 from services.deciders.email_claim import normalise_email
 from services.deciders.entitlements import OPERATOR_ACTOR
 from services.deciders.user import GrantCredit
@@ -47,22 +49,30 @@ async def rebuild_projections(settings: Settings, name: str | None) -> int:
     return 0
 
 
-async def publish_post(settings: Settings, slug: str, title: str, summary: str, body: str) -> int:
+async def send_operator_command(
+    settings: Settings, aggregate_type: str, aggregate_id: str, command: Command, correlation: str
+) -> Reply | None:
+    """A command on the operators' channel, as the `operator` NATS user; None (the reason on
+    standard error) when the deciders refuse it."""
     nc = await connect_role(settings, OPERATOR_USER, "cli")
     try:
-        reply = await CommandBus(nc, settings.request_timeout_s).send_on(
-            operator_command_subject("blog_post"),
-            slug,
-            PublishPost(
-                actor=OPERATOR_ACTOR, at=datetime.now(UTC), title=title, summary=summary, body=body
-            ),
-            correlation_id=f"cli:blog:{slug}",
+        return await CommandBus(nc, settings.request_timeout_s).send_on(
+            operator_command_subject(aggregate_type), aggregate_id, command, correlation
         )
     except GpuWorkerError as exc:
         print(f"gpuworker: {exc.message}", file=sys.stderr)
-        return 1
+        return None
     finally:
         await nc.close()
+
+
+async def publish_post(settings: Settings, slug: str, title: str, summary: str, body: str) -> int:
+    post = PublishPost(
+        actor=OPERATOR_ACTOR, at=datetime.now(UTC), title=title, summary=summary, body=body
+    )
+    reply = await send_operator_command(settings, "blog_post", slug, post, f"cli:blog:{slug}")
+    if reply is None:
+        return 1
     print(f"published {slug} (stream sequence {reply.sequence})")
     return 0
 
@@ -121,25 +131,18 @@ async def grant_credit(
         if user_id is None:
             print(f"gpuworker: no account with email {email!r}", file=sys.stderr)
             return 1
-        nc = await connect_role(settings, OPERATOR_USER, "cli")
-        try:
-            reply = await CommandBus(nc, settings.request_timeout_s).send_on(
-                operator_command_subject("user"),
-                user_id,
-                GrantCredit(
-                    actor=OPERATOR_ACTOR,
-                    at=datetime.now(UTC),
-                    amount_micros=micros,
-                    source="operator",
-                    reason=reason.strip(),
-                ),
-                correlation_id=f"cli:credit:{user_id}",
-            )
-        except GpuWorkerError as exc:
-            print(f"gpuworker: {exc.message}", file=sys.stderr)
+        grant = GrantCredit(
+            actor=OPERATOR_ACTOR,
+            at=datetime.now(UTC),
+            amount_micros=micros,
+            source="operator",
+            reason=reason.strip(),
+        )
+        reply = await send_operator_command(
+            settings, "user", user_id, grant, f"cli:credit:{user_id}"
+        )
+        if reply is None:
             return 1
-        finally:
-            await nc.close()
         print(f"credited ${format_micros(micros)} to {email} ({user_id}): {reason.strip()}")
         if not await _ledger_reached(conn, reply.sequence, wait_s):
             print(
