@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from litestar import Request, get
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from ledger.export import MEDIA_TYPES, ExportRange, stream_text
@@ -47,7 +47,7 @@ _MAX_PARAMETER = 256
 
 
 def _query(name: str) -> Any:
-    return Parameter(query=name, max_length=_MAX_PARAMETER)
+    return QueryParameter(name=name, max_length=_MAX_PARAMETER)
 
 
 StartTime = Annotated[str | None, _query("startTime")]
