@@ -130,3 +130,18 @@ async def user_with_email(pool: AsyncConnectionPool[Any], table: AggregateTable,
         )
         row = await cur.fetchone()
     return table.decode_state(row[0]) if row else None
+
+
+async def live_with_hash(
+    pool: AsyncConnectionPool[Any], table: AggregateTable, key_hash: str
+) -> Any | None:
+    """The live (not revoked) API key whose stored hash is `key_hash`, or None."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT doc::text FROM {} WHERE doc->>'key_hash' = %s AND NOT deleted LIMIT 1"
+            ).format(sql.Identifier(table.name)),
+            (key_hash,),
+        )
+        row = await cur.fetchone()
+    return table.decode_state(row[0]) if row else None
