@@ -61,6 +61,7 @@ def create_app(settings: Settings) -> Litestar:
         token_secret=settings.jwt_secret,
         exclude=PUBLIC_PATHS,
         openapi_security_scheme_name="BearerToken",
+        description="An access token from /auth/login (a JWT), or an API key from POST /api-keys",
     )
 
     @asynccontextmanager
