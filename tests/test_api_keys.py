@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
@@ -277,6 +278,29 @@ def test_an_idempotent_create_shows_the_same_key(stack: Stack) -> None:
         assert again == first
         assert [k["id"] for k in client.get("/api-keys").json()] == [first["id"]]
     assert me(stack, again["key"])["id"] == me(stack, token)["id"]
+
+
+def test_a_create_retried_after_its_answer_was_lost_shows_the_key_it_stored(stack: Stack) -> None:
+    """The idempotency layer's record of a response can fail to be written (it logs and goes on:
+    a retry reproduces the outcome). The retry then runs again with the same ids, and the decider
+    answers with the key it already stored: the response must show that key, not a new one."""
+    token, _, _ = signup(stack)
+    user_id = me(stack, token)["id"]
+    idem = uuid.uuid4().hex
+    with stack.client(token) as client:
+        first = _create(client, "lost answer", **{"idempotency-key": idem})
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        forgotten = conn.execute(
+            "UPDATE idempotency_keys SET status_code = NULL, body = NULL, lease_until = now(),"
+            " lease_token = NULL WHERE scope = %s AND key = %s",
+            (user_id, idem),
+        )
+        assert forgotten.rowcount == 1
+    with stack.client(token) as client:
+        retried = _create(client, "lost answer", **{"idempotency-key": idem})
+        assert [k["id"] for k in client.get("/api-keys").json()] == [first["id"]]
+    assert retried == first
+    assert me(stack, retried["key"])["id"] == user_id
 
 
 def test_a_key_is_never_logged_streamed_or_stored(stack: Stack) -> None:
