@@ -1,12 +1,14 @@
 """Read throughput: GET /templates (50 items) on the full stack vs a bare Litestar app.
 
     .venv/bin/python bench/reads.py [--duration 10] [--connections 32] [--warmup 3]
+                                    [--auth token|api-key]
 
 Full stack: `gpuworker up` (embedded PostgreSQL + nats-server, api/deciders/projector roles) in a
 temp dir; one user with 46 own templates, so the list holds exactly 50 (4 built-in + 46).
 Baseline: bench/baseline_app.py reads -- the same 50 items as the product's TemplateOut Structs
 from memory, same uvicorn settings. Both are measured with the same `wrk -t1 -cN -dDs`, one after
-the other (the stack is stopped first, so the baseline runs on a quiet machine)."""
+the other (the stack is stopped first, so the baseline runs on a quiet machine). `--auth api-key`
+sends an API key (POST /api-keys) instead of the access token: what a script or SDK pays."""
 
 from __future__ import annotations
 
@@ -58,11 +60,20 @@ def create_templates(url: str, token: str, count: int) -> None:
             raise RuntimeError(f"POST /templates answered {status}: {body}")
 
 
+def create_api_key(url: str, token: str) -> str:
+    status, body = http_json("POST", f"{url}/api-keys", {"name": "bench reads"}, token)
+    if status != 201:
+        raise RuntimeError(f"POST /api-keys answered {status}: {body}")
+    key: str = body["key"]
+    return key
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--auth", choices=["token", "api-key"], default="token")
     args = parser.parse_args()
     sigterm_as_interrupt()
 
@@ -74,6 +85,8 @@ def main() -> int:
         stack.start()
         token = signup(stack.url, "reads")
         create_templates(stack.url, token, ITEMS - BUILT_IN)
+        if args.auth == "api-key":
+            token = create_api_key(stack.url, token)
         status, body = http_raw(f"{stack.url}/templates", token)
         items = json.loads(body)
         public = sum(1 for t in items if t["isPublic"])
@@ -140,7 +153,7 @@ def report(full: WrkResult, bare: WrkResult, args: argparse.Namespace, size: int
     clean = full.non2xx == 0 and full.socket_errors == 0
     print()
     print("=" * 100)
-    print(f"BENCH reads: GET /templates, {ITEMS} items ({size} bytes JSON)")
+    print(f"BENCH reads: GET /templates, {ITEMS} items ({size} bytes JSON), auth: {args.auth}")
     print(
         f"  wrk -t1 -c{args.connections} -d{args.duration}s --latency"
         f" (after a {args.warmup}s warm-up each); {machine_line()}"

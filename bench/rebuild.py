@@ -45,6 +45,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from events.catalog import version_of
+from events.container import ContainerChanges, ContainerConfig
 from events.envelope import AggregateRef, Envelope, encode_envelope
 from events.ids import new_id
 from events.store import JetStreamEventStore
@@ -63,17 +64,21 @@ def template_events(aggregate_id: str, owner: str, at: datetime) -> list[tuple[s
     ref = AggregateRef("template", aggregate_id)
     created = TemplateCreated(
         name=f"template {aggregate_id[-6:]}",
-        image_name="ghcr.io/bench/rebuild:latest",
-        docker_start_cmd="python -m http.server 8888",
-        container_disk_in_gb=40,
-        volume_in_gb=100,
-        volume_mount_path="/workspace",
-        env={"MODEL": "llama", "HF_HOME": "/workspace/hf"},
-        ports=["8888/http", "22/tcp"],
+        container=ContainerConfig(
+            image_name="ghcr.io/bench/rebuild:latest",
+            docker_start_cmd="python -m http.server 8888",
+            container_disk_in_gb=40,
+            volume_in_gb=100,
+            volume_mount_path="/workspace",
+            env={"MODEL": "llama", "HF_HOME": "/workspace/hf"},
+            ports=["8888/http", "22/tcp"],
+        ),
         readme="Created by bench/rebuild.py.",
         is_public=False,
     )
-    updated = TemplateUpdated(name=f"renamed {aggregate_id[-6:]}", container_disk_in_gb=80)
+    updated = TemplateUpdated(
+        name=f"renamed {aggregate_id[-6:]}", container=ContainerChanges(container_disk_in_gb=80)
+    )
     out = []
     for i, data in enumerate((created, updated)):
         envelope = Envelope(
@@ -248,7 +253,7 @@ async def product_rebuild(nc: NatsClient, conninfo: str, events: int) -> Timing:
         cur = await conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE doc->>'version' = '2'"
             " AND starts_with(doc->>'name', 'renamed ')"
-            " AND (doc->>'container_disk_in_gb')::int = 80)"
+            " AND (doc->'container'->>'container_disk_in_gb')::int = 80)"
             " FROM templates"
         )
         total, complete = (await cur.fetchone()) or (0, 0)

@@ -3,6 +3,7 @@
 Importing the package registers every event type with the catalogue."""
 
 from events import (
+    api_key,
     blog,
     email_claim,
     endpoint,
@@ -15,6 +16,7 @@ from events import (
 )
 
 __all__ = [
+    "api_key",
     "blog",
     "email_claim",
     "endpoint",

@@ -6,6 +6,7 @@ from typing import Any
 import msgspec
 
 from events.catalog import registrar
+from events.container import ContainerChanges, ContainerConfig, nest_container
 from ledger.rate_card import first_resources
 
 register = registrar("instance")
@@ -26,7 +27,12 @@ def upcast_instance_created_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "vcpu_count": vcpu * count, "memory_in_gb": ram * count}
 
 
-@register(version=2, upcasters={1: upcast_instance_created_v1_v2})
+def upcast_instance_created_v2_v3(payload: dict[str, Any]) -> dict[str, Any]:
+    """v3 holds the container spec as one `ContainerConfig`."""
+    return nest_container(payload)
+
+
+@register(version=3, upcasters={1: upcast_instance_created_v1_v2, 2: upcast_instance_created_v2_v3})
 class InstanceCreated(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     gpu_type_id: str
@@ -37,18 +43,11 @@ class InstanceCreated(msgspec.Struct, frozen=True, kw_only=True):
     gpu_uuids: list[str]
     lease_id: str
     template_id: str
-    image_name: str
-    docker_start_cmd: str | None
-    env: dict[str, str]
-    ports: list[str]
-    container_disk_in_gb: int
-    volume_in_gb: int
-    volume_mount_path: str
+    container: ContainerConfig
     network_volume_id: str | None
     # Per GPU, micro-USD per hour, from the rate card version in force at creation.
     price_per_hour_micros: int
     rate_card_version: str
-    registry_auth_id: str | None = None
     # For the whole instance (per GPU from the rate card version in force, times gpu_count): the
     # container's CPU and memory limits.
     vcpu_count: int
@@ -82,16 +81,16 @@ class InstanceRenamed(msgspec.Struct, frozen=True):
     name: str
 
 
-@register()
-class InstanceReconfigured(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Image, command, env or ports changed: the host recreates the container."""
+def upcast_instance_reconfigured_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """v2 holds the container fields that changed as one `ContainerChanges`."""
+    return {"container": {}, **nest_container(payload)}
 
-    image_name: str | None = None
-    docker_start_cmd: str | None = None
-    env: dict[str, str] | None = None
-    ports: list[str] | None = None
-    container_disk_in_gb: int | None = None
-    volume_in_gb: int | None = None
+
+@register(version=2, upcasters={1: upcast_instance_reconfigured_v1_v2})
+class InstanceReconfigured(msgspec.Struct, frozen=True, kw_only=True):
+    """Image, command, env, ports or disk sizes changed: the host recreates the container."""
+
+    container: ContainerChanges
 
 
 # What the host saw. `occurred_at` of the envelope is the host's clock at the moment it happened.

@@ -5,6 +5,7 @@ from typing import Any
 import msgspec
 
 from events.catalog import registrar
+from events.container import ContainerChanges, ContainerConfig, nest_container
 
 register = registrar("template")
 
@@ -14,36 +15,31 @@ def upcast_template_created_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "env": {}, "ports": []}
 
 
-@register(version=2, upcasters={1: upcast_template_created_v1_v2})
+def upcast_template_created_v2_v3(payload: dict[str, Any]) -> dict[str, Any]:
+    """v3 holds the container spec as one `ContainerConfig`."""
+    return nest_container(payload, "container_registry_auth_id")
+
+
+@register(version=3, upcasters={1: upcast_template_created_v1_v2, 2: upcast_template_created_v2_v3})
 class TemplateCreated(msgspec.Struct, frozen=True, kw_only=True):
     name: str
-    image_name: str
-    docker_start_cmd: str | None
-    container_disk_in_gb: int
-    volume_in_gb: int
-    volume_mount_path: str
-    env: dict[str, str]
-    ports: list[str]
+    container: ContainerConfig
     readme: str
     is_public: bool
-    # Saved registry credential used to pull a private image (its id, never the secret).
-    container_registry_auth_id: str | None = None
 
 
-@register()
+def upcast_template_updated_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """v2 holds the container fields that changed as one `ContainerChanges`."""
+    return nest_container(payload, "container_registry_auth_id")
+
+
+@register(version=2, upcasters={1: upcast_template_updated_v1_v2})
 class TemplateUpdated(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Only the fields that changed are set."""
 
     name: str | None = None
-    image_name: str | None = None
-    docker_start_cmd: str | None = None
-    container_disk_in_gb: int | None = None
-    volume_in_gb: int | None = None
-    volume_mount_path: str | None = None
-    env: dict[str, str] | None = None
-    ports: list[str] | None = None
+    container: ContainerChanges | None = None
     readme: str | None = None
-    container_registry_auth_id: str | None = None
 
 
 @register()

@@ -112,8 +112,8 @@ def _changed(tracked: Tracked | None, event: Envelope) -> Tracked | None:
                 gpu_type_id=data.gpu_type_id,
                 gpu_count=data.gpu_count,
                 cloud_type=data.cloud_type,
-                container_disk_gb=data.container_disk_in_gb,
-                volume_gb=data.volume_in_gb,
+                container_disk_gb=data.container.container_disk_in_gb,
+                volume_gb=data.container.volume_in_gb,
                 network_volume=data.network_volume_id is not None,
             )
         case VolumeCreated():
@@ -148,10 +148,13 @@ def _changed(tracked: Tracked | None, event: Envelope) -> Tracked | None:
         case InstanceHostLost():
             return replace(tracked, host_lost=True)
         case InstanceReconfigured():
+            grown = data.container
             return replace(
                 tracked,
-                container_disk_gb=data.container_disk_in_gb or tracked.container_disk_gb,
-                volume_gb=data.volume_in_gb if data.volume_in_gb is not None else tracked.volume_gb,
+                container_disk_gb=grown.container_disk_in_gb or tracked.container_disk_gb,
+                volume_gb=grown.volume_in_gb
+                if grown.volume_in_gb is not None
+                else tracked.volume_gb,
             )
         case VolumeProvisioned():
             return replace(tracked, running=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from projections.aggregate_table import AggregateTable
+from services.deciders.api_key import API_KEY
 from services.deciders.blog import BLOG_POST
 from services.deciders.host import HOST
 from services.deciders.instance import INSTANCE
@@ -53,6 +54,13 @@ PROJECTIONS: dict[str, AggregateTable] = {
             owner_of=lambda s: s.owner_id,
             created_at_of=lambda s: s.created_at,
             deleted_of=lambda s: s.status == "DELETED",
+        ),
+        AggregateTable(
+            name="api_keys",
+            decider=API_KEY,
+            owner_of=lambda s: s.owner_id,
+            created_at_of=lambda s: s.created_at,
+            deleted_of=lambda s: s.revoked,
         ),
         AggregateTable(
             name="blog_posts",

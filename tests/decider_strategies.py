@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 from hypothesis import strategies as st
 
+from events.container import ContainerChanges, ContainerConfig
 from services.deciders.blog import PostState, PublishPost
 from services.deciders.registry_auth import CreateRegistryAuth, DeleteRegistryAuth
 from services.deciders.template import CreateTemplate, DeleteTemplate, UpdateTemplate
@@ -66,13 +67,8 @@ def _maybe(strategy: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
 # --- template -------------------------------------------------------------------------------------
 
 
-def create_template(
-    actor: st.SearchStrategy[str] = actors, **overrides: st.SearchStrategy[Any]
-) -> st.SearchStrategy:
+def container_config(**overrides: st.SearchStrategy[Any]) -> st.SearchStrategy[ContainerConfig]:
     fields: dict[str, st.SearchStrategy[Any]] = {
-        "actor": actor,
-        "at": st.just(BASE_TIME),
-        "name": blank_or_text,
         "image_name": st.sampled_from(("nvidia/cuda:12.4", "busybox")) | short_text,
         "docker_start_cmd": _maybe(short_text),
         "container_disk_in_gb": disk_sizes,
@@ -80,6 +76,18 @@ def create_template(
         "volume_mount_path": st.sampled_from(("/workspace", "/data")) | short_text,
         "env": env_maps,
         "ports": port_lists,
+    }
+    return st.builds(ContainerConfig, **{**fields, **overrides})
+
+
+def create_template(
+    actor: st.SearchStrategy[str] = actors, **overrides: st.SearchStrategy[Any]
+) -> st.SearchStrategy:
+    fields: dict[str, st.SearchStrategy[Any]] = {
+        "actor": actor,
+        "at": st.just(BASE_TIME),
+        "name": blank_or_text,
+        "container": container_config(),
         "readme": st.sampled_from(("", "readme")) | short_text,
         "is_public": st.booleans(),
     }
@@ -89,8 +97,10 @@ def create_template(
 # Creates the decider accepts: a user's private template, or an operator's private or public one.
 _valid_values = {
     "name": st.sampled_from(("x", "PyTorch 2.1", " padded ")),
-    "container_disk_in_gb": st.one_of(st.sampled_from((1, 20, 4_000)), st.integers(1, 4_000)),
-    "volume_in_gb": st.one_of(st.sampled_from((0, 50, 4_000)), st.integers(0, 4_000)),
+    "container": container_config(
+        container_disk_in_gb=st.one_of(st.sampled_from((1, 20, 4_000)), st.integers(1, 4_000)),
+        volume_in_gb=st.one_of(st.sampled_from((0, 50, 4_000)), st.integers(0, 4_000)),
+    ),
 }
 _private = st.just(False)
 
@@ -114,8 +124,11 @@ def update_template(actor: st.SearchStrategy[str] = actors) -> st.SearchStrategy
         UpdateTemplate,
         actor=actor,
         at=st.just(BASE_TIME),
-        container_disk_in_gb=st.sampled_from((20, 4_000)),
-        volume_mount_path=st.just("/workspace"),
+        container=st.builds(
+            ContainerChanges,
+            container_disk_in_gb=st.sampled_from((20, 4_000)),
+            volume_mount_path=st.just("/workspace"),
+        ),
     )
     return st.one_of(nothing, same_disk, _any_update(actor), _any_update(actor))
 
@@ -126,13 +139,18 @@ def _any_update(actor: st.SearchStrategy[str]) -> st.SearchStrategy:
         actor=actor,
         at=st.just(BASE_TIME),
         name=_maybe(blank_or_text),
-        image_name=_maybe(st.sampled_from(("nvidia/cuda:12.4", "busybox"))),
-        docker_start_cmd=_maybe(st.sampled_from(("sleep infinity", "")) | short_text),
-        container_disk_in_gb=_maybe(disk_sizes),
-        volume_in_gb=_maybe(disk_sizes),
-        volume_mount_path=_maybe(st.sampled_from(("/workspace", "/data"))),
-        env=_maybe(env_maps),
-        ports=_maybe(port_lists),
+        container=_maybe(
+            st.builds(
+                ContainerChanges,
+                image_name=_maybe(st.sampled_from(("nvidia/cuda:12.4", "busybox"))),
+                docker_start_cmd=_maybe(st.sampled_from(("sleep infinity", "")) | short_text),
+                container_disk_in_gb=_maybe(disk_sizes),
+                volume_in_gb=_maybe(disk_sizes),
+                volume_mount_path=_maybe(st.sampled_from(("/workspace", "/data"))),
+                env=_maybe(env_maps),
+                ports=_maybe(port_lists),
+            )
+        ),
         readme=_maybe(st.sampled_from(("", "readme"))),
     )
 

@@ -26,6 +26,7 @@ import msgspec
 from hypothesis import strategies as st
 
 from events.catalog import version_of
+from events.container import ContainerConfig
 from events.envelope import AggregateRef, Envelope
 from events.host import HostGpu
 from events.ids import new_id
@@ -136,13 +137,10 @@ def place_instance(
         cloud_type=cloud_type,
         datacenter_id=datacenter_id,
         template_id="runpod-torch-v21",
-        image_name="runpod/pytorch:2.1.0-py3.10-cuda11.8.0-devel-ubuntu22.04",
-        docker_start_cmd=None,
-        env={},
-        ports=["8888/http"],
-        container_disk_in_gb=20,
-        volume_in_gb=0,
-        volume_mount_path="/workspace",
+        container=ContainerConfig(
+            image_name="runpod/pytorch:2.1.0-py3.10-cuda11.8.0-devel-ubuntu22.04",
+            ports=["8888/http"],
+        ),
         network_volume_id=None,
         price_per_hour_micros=1_990_000,
         rate_card_version="2026-01",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import warnings
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_type_hints
 
 import httpx
 import msgspec
@@ -20,6 +20,7 @@ from referencing.jsonschema import DRAFT202012 as DRAFT_2020_12
 
 from events.asyncapi import document
 from events.catalog import EventSpec, specs
+from events.container import ContainerConfig
 from events.envelope import AggregateRef, Envelope, encode_envelope
 from tests.servers import Stack
 
@@ -108,6 +109,22 @@ def _validator(name: str) -> Draft202012Validator:
     registry: Registry[Any] = Registry().with_resource("urn:gpuworker:asyncapi", resource)
     schema = {"$ref": f"urn:gpuworker:asyncapi#/components/schemas/{name}_envelope"}
     return Draft202012Validator(schema, registry=registry)
+
+
+def _from_struct(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
+    """`st.from_type` of a Struct, except that a field whose default is a factory (`{}`, `[]`) is
+    drawn from its type: hypothesis would pass msgspec's factory object itself to the class."""
+    hints = get_type_hints(cls)
+    drawn = {
+        f.name: st.from_type(hints[f.name])
+        for f in msgspec.structs.fields(cls)
+        if f.default_factory is not msgspec.NODEFAULT
+    }
+    return st.builds(cls, **drawn)
+
+
+# The value with such defaults that events embed (`from_type` of an event finds it here).
+st.register_type_strategy(ContainerConfig, _from_struct(ContainerConfig))
 
 
 def _envelopes(spec: EventSpec) -> st.SearchStrategy[bytes]:

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NatsClient
 from psycopg_pool import AsyncConnectionPool
 
 from events.catalog import version_of
+from events.container import ContainerConfig
 from events.endpoint import WorkerStarted
 from events.envelope import AggregateRef, Envelope
 from events.host import GpusAllocated, HostGpu, HostRegistered
@@ -127,16 +128,14 @@ async def customer_activity(w: Workload, user: str) -> None:
         template,
         TemplateCreated(
             name="t",
-            image_name="local/busybox:latest",
-            docker_start_cmd=None,
-            container_disk_in_gb=5,
-            volume_in_gb=0,
-            volume_mount_path="/workspace",
-            env={"HF_TOKEN": ENV_VALUE},
-            ports=[],
+            container=ContainerConfig(
+                image_name="local/busybox:latest",
+                container_disk_in_gb=5,
+                env={"HF_TOKEN": ENV_VALUE},
+                registry_auth_id=auth,
+            ),
             readme="",
             is_public=False,
-            container_registry_auth_id=auth,
         ),
         user,
         user,
@@ -202,13 +201,7 @@ async def other_activity(w: Workload, other: str) -> None:
         template,
         TemplateCreated(
             name="public",
-            image_name="local/busybox:latest",
-            docker_start_cmd=None,
-            container_disk_in_gb=5,
-            volume_in_gb=0,
-            volume_mount_path="/workspace",
-            env={},
-            ports=[],
+            container=ContainerConfig(image_name="local/busybox:latest", container_disk_in_gb=5),
             readme="",
             is_public=True,
         ),

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from events.blog import PostPublished
 from events.catalog import decode_event, version_of
+from events.container import ContainerChanges, ContainerConfig
 from events.envelope import AggregateRef, Envelope, encode_envelope
 from events.ids import new_id
 from events.registry_auth import RegistryAuthCreated, RegistryAuthDeleted
@@ -74,17 +75,23 @@ SEQUENCE_SETTINGS = settings(max_examples=80, deadline=None)
 SMALL_SETTINGS = settings(max_examples=60, deadline=None)
 MAX_STEPS = 25
 
-TEMPLATE_FIELDS = (
-    "name",
-    "image_name",
-    "docker_start_cmd",
-    "container_disk_in_gb",
-    "volume_in_gb",
-    "volume_mount_path",
-    "env",
-    "ports",
-    "readme",
-)
+
+def template_record(state: TemplateState) -> dict[str, Any]:
+    """What a template's owner can change, as one flat record (the model the checks compare)."""
+    return {"name": state.name, "readme": state.readme, **msgspec.structs.asdict(state.container)}
+
+
+def asked_of(command: UpdateTemplate) -> dict[str, Any]:
+    """The fields an update sets, flat."""
+    container = msgspec.structs.asdict(command.container) if command.container else {}
+    asked = {"name": command.name, "readme": command.readme, **container}
+    return {k: v for k, v in asked.items() if v is not None}
+
+
+def carried_by(event: TemplateUpdated) -> dict[str, Any]:
+    container = event.container.set_fields() if event.container else {}
+    carried = {"name": event.name, "readme": event.readme, **container}
+    return {k: v for k, v in carried.items() if v is not None}
 
 
 # --- the runner, without the store ----------------------------------------------------------------
@@ -210,8 +217,8 @@ def template_invariant_holds(run: Run) -> None:
     assert not any(isinstance(e.data, TemplateCreated) for e in run.events[1:])
     assert state.id == run.aggregate_id
     assert state.name.strip()
-    assert 1 <= state.container_disk_in_gb <= MAX_DISK_GB
-    assert 0 <= state.volume_in_gb <= MAX_DISK_GB
+    assert 1 <= state.container.container_disk_in_gb <= MAX_DISK_GB
+    assert 0 <= state.container.volume_in_gb <= MAX_DISK_GB
     assert state.version == len(run.events)
     assert state.owner_id == created.actor
     assert state.created_at == created.occurred_at
@@ -242,12 +249,20 @@ def check_template_step(
             elif command.is_public and not is_system(command.actor):
                 expect_refusal(outcome, Forbidden)
             elif not template_values_ok(
-                command.name, command.container_disk_in_gb, command.volume_in_gb
+                command.name,
+                command.container.container_disk_in_gb,
+                command.container.volume_in_gb,
             ):
                 expect_refusal(outcome, BadRequest)
             else:
-                fields = {f: getattr(command, f) for f in TEMPLATE_FIELDS}
-                assert outcome == [TemplateCreated(**fields, is_public=command.is_public)]
+                assert outcome == [
+                    TemplateCreated(
+                        name=command.name,
+                        container=command.container,
+                        readme=command.readme,
+                        is_public=command.is_public,
+                    )
+                ]
                 assert new.owner_id == command.actor
                 assert new.version == 1
                 assert not new.deleted
@@ -265,32 +280,36 @@ def check_template_step(
                     prev, deleted=True, updated_at=command.at, version=prev.version + 1
                 )
             elif not template_values_ok(
-                command.name, command.container_disk_in_gb, command.volume_in_gb
+                command.name,
+                command.container.container_disk_in_gb if command.container else None,
+                command.container.volume_in_gb if command.container else None,
             ):
                 expect_refusal(outcome, BadRequest)
             else:
-                wanted = {
-                    f: getattr(command, f)
-                    for f in TEMPLATE_FIELDS
-                    if getattr(command, f) is not None
-                }
-                expected = msgspec.structs.replace(prev, **wanted)
-                if expected == prev:
+                before = template_record(prev)
+                expected = {**before, **asked_of(command)}
+                if expected == before:
                     assert outcome == []
                     assert new is prev
                 else:
                     assert isinstance(outcome, list)
                     assert len(outcome) == 1
                     assert isinstance(outcome[0], TemplateUpdated)
-                    carried = {
-                        k: v for k, v in msgspec.structs.asdict(outcome[0]).items() if v is not None
+                    # Only what changed is carried, and all of it.
+                    assert carried_by(outcome[0]) == {
+                        k: v for k, v in expected.items() if before[k] != v
                     }
-                    # Only what changed is carried.
-                    assert carried
-                    assert all(getattr(prev, k) != v for k, v in carried.items())
-                    assert new == msgspec.structs.replace(
-                        expected, updated_at=command.at, version=prev.version + 1
+                    assert template_record(new) == expected
+                    untouched = msgspec.structs.replace(
+                        new,
+                        name=prev.name,
+                        readme=prev.readme,
+                        container=prev.container,
+                        updated_at=prev.updated_at,
+                        version=prev.version,
                     )
+                    assert untouched == prev
+                    assert (new.updated_at, new.version) == (command.at, prev.version + 1)
         case _:
             raise AssertionError(f"unexpected command {command!r}")
     if prev is not None:
@@ -824,24 +843,26 @@ def test_template_created_v1_is_upcast_on_read(
         }
     ).encode()
     envelope = decode_event(raw, sequence=7)
-    assert envelope.version == version_of(envelope.data) == 2
+    assert envelope.version == version_of(envelope.data) == 3
     assert envelope.sequence == 7
     assert envelope.causation_id is None
     assert envelope.data == TemplateCreated(
         name=name,
-        image_name=image,
-        docker_start_cmd=start_cmd,
-        container_disk_in_gb=disk,
-        volume_in_gb=volume,
-        volume_mount_path="/workspace",
-        env={},
-        ports=[],
+        container=ContainerConfig(
+            image_name=image,
+            docker_start_cmd=start_cmd,
+            container_disk_in_gb=disk,
+            volume_in_gb=volume,
+            volume_mount_path="/workspace",
+            env={},
+            ports=[],
+        ),
         readme=readme,
         is_public=False,
     )
     state = TEMPLATE.evolve(None, envelope)
-    assert state.env == {}
-    assert state.ports == []
+    assert state.container.env == {}
+    assert state.container.ports == []
     assert state.owner_id == ds.OWNER
     assert state.created_at == at
     assert state.version == 1
@@ -849,6 +870,6 @@ def test_template_created_v1_is_upcast_on_read(
     rewritten = decode_event(encode_envelope(envelope), sequence=7)
     assert rewritten == envelope
     # And the upcast state takes part in the current decider like any other.
-    update = UpdateTemplate(actor=ds.OWNER, at=at, ports=["22/tcp"])
+    update = UpdateTemplate(actor=ds.OWNER, at=at, container=ContainerChanges(ports=["22/tcp"]))
     updated = TEMPLATE.decide(state, update)
-    assert updated == [TemplateUpdated(ports=["22/tcp"])]
+    assert updated == [TemplateUpdated(container=ContainerChanges(ports=["22/tcp"]))]

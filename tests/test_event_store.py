@@ -11,7 +11,8 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from events.catalog import decode_event
+from events.catalog import decode_event, version_of
+from events.container import ContainerChanges, ContainerConfig
 from events.envelope import AggregateRef, Envelope, encode_envelope
 from events.ids import new_id
 from events.store import Append, JetStreamEventStore, WrongExpectedSequence
@@ -28,11 +29,11 @@ from tests.servers import connect_as
 AT = datetime(2026, 11, 29, tzinfo=UTC)
 
 
-def envelope(ref: AggregateRef, data: msgspec.Struct, version: int = 1) -> Envelope:
+def envelope(ref: AggregateRef, data: msgspec.Struct) -> Envelope:
     return Envelope(
         id=new_id(),
         type=type(data).__name__,
-        version=version,
+        version=version_of(data),
         aggregate=ref,
         occurred_at=AT,
         recorded_at=AT,
@@ -45,13 +46,7 @@ def envelope(ref: AggregateRef, data: msgspec.Struct, version: int = 1) -> Envel
 def created(name: str = "t") -> TemplateCreated:
     return TemplateCreated(
         name=name,
-        image_name="img:1",
-        docker_start_cmd=None,
-        container_disk_in_gb=20,
-        volume_in_gb=0,
-        volume_mount_path="/workspace",
-        env={},
-        ports=[],
+        container=ContainerConfig(image_name="img:1"),
         readme="",
         is_public=False,
     )
@@ -148,16 +143,18 @@ async def test_events_are_stored_as_versioned_json_and_upcast(
     js = nc.jetstream()
     await js.publish(f"ev.template.{ref.id}.TemplateCreated", msgspec.json.encode(v1))
     (event,) = await store.load(ref)
-    assert event.version == 2
+    assert event.version == 3
     assert event.data == TemplateCreated(
         name="old",
-        image_name="img:0",
-        docker_start_cmd=None,
-        container_disk_in_gb=10,
-        volume_in_gb=0,
-        volume_mount_path="/workspace",
-        env={},
-        ports=[],
+        container=ContainerConfig(
+            image_name="img:0",
+            docker_start_cmd=None,
+            container_disk_in_gb=10,
+            volume_in_gb=0,
+            volume_mount_path="/workspace",
+            env={},
+            ports=[],
+        ),
         readme="",
         is_public=False,
     )
@@ -165,7 +162,7 @@ async def test_events_are_stored_as_versioned_json_and_upcast(
     raw = await operator_nc.jetstream().get_msg(STREAM, event.sequence)
     assert raw.data is not None
     assert msgspec.json.decode(raw.data)["version"] == 1, "stored events are never rewritten"
-    assert decode_event(raw.data).data.env == {}
+    assert decode_event(raw.data).data.container.env == {}
 
 
 def command(aggregate_id: str, cmd: msgspec.Struct) -> CommandEnvelope:
@@ -186,7 +183,12 @@ async def test_two_runners_racing_on_one_aggregate_lose_no_update(
     second = DeciderRunner(store, DECIDERS)
     created_reply = await first.handle(
         "template",
-        command(template_id, CreateTemplate(actor=owner, at=AT, name="t", image_name="i:1")),
+        command(
+            template_id,
+            CreateTemplate(
+                actor=owner, at=AT, name="t", container=ContainerConfig(image_name="i:1")
+            ),
+        ),
     )
     assert created_reply.error is None
     # Both runners now hold the aggregate at the same sequence in their caches.
@@ -207,7 +209,12 @@ async def test_two_runners_racing_on_one_aggregate_lose_no_update(
         ),
         second.handle(
             "template",
-            command(template_id, UpdateTemplate(actor=owner, at=AT, image_name="from-b:1")),
+            command(
+                template_id,
+                UpdateTemplate(
+                    actor=owner, at=AT, container=ContainerChanges(image_name="from-b:1")
+                ),
+            ),
         ),
     )
     assert a.error is None and b.error is None
@@ -216,7 +223,7 @@ async def test_two_runners_racing_on_one_aggregate_lose_no_update(
     )
     final = DECIDERS["template"].fold(None, await store.load(AggregateRef("template", template_id)))
     assert isinstance(final, TemplateState)
-    assert final.name == "from-a" and final.image_name == "from-b:1", "no lost update"
+    assert final.name == "from-a" and final.container.image_name == "from-b:1", "no lost update"
     assert final.version == 5
     # Each runner's answer is the state it appended, at the sequence that holds it.
     states = [msgspec.json.decode(r.state, type=TemplateState) for r in (a, b)]

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 from nats.aio.client import Client as NatsClient
 
+from events.container import ContainerConfig
 from events.host import HostGpu
 from events.ids import new_id
 from events.store import JetStreamEventStore
@@ -86,13 +87,7 @@ async def test_sweeper_frees_only_orphaned_old_leases(nc: NatsClient) -> None:
             gpu_uuids=live_gpus,
             lease_id=live_lease,
             template_id="busybox-smoke",
-            image_name="local/busybox:latest",
-            docker_start_cmd=None,
-            env={},
-            ports=[],
-            container_disk_in_gb=1,
-            volume_in_gb=0,
-            volume_mount_path="/workspace",
+            container=ContainerConfig(image_name="local/busybox:latest", container_disk_in_gb=1),
             network_volume_id=None,
             price_per_hour_micros=690_000,
             rate_card_version="2026-11-01",

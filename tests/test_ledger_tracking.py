@@ -12,6 +12,7 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
+from events.container import CONTAINER_FIELDS, ContainerChanges
 from events.envelope import AggregateRef, Envelope
 from events.instance import (
     InstanceCreated,
@@ -33,6 +34,13 @@ def price_of(usage: Usage, at: datetime) -> Price:
 
 
 def created(**over: Any) -> InstanceCreated:
+    """`over` replaces the defaults, the container's fields among them."""
+    container: dict[str, Any] = {
+        "image_name": "i",
+        "container_disk_in_gb": 20,
+        "volume_in_gb": 50,
+        **{k: over.pop(k) for k in CONTAINER_FIELDS if k in over},
+    }
     fields: dict[str, Any] = {
         "name": "box",
         "gpu_type_id": "NVIDIA GeForce RTX 4090",
@@ -43,13 +51,7 @@ def created(**over: Any) -> InstanceCreated:
         "gpu_uuids": ["a", "b"],
         "lease_id": "l",
         "template_id": "t",
-        "image_name": "i",
-        "docker_start_cmd": None,
-        "env": {},
-        "ports": [],
-        "container_disk_in_gb": 20,
-        "volume_in_gb": 50,
-        "volume_mount_path": "/workspace",
+        "container": container,
         "network_volume_id": None,
         "price_per_hour_micros": 690_000,
         "rate_card_version": "v",
@@ -109,7 +111,7 @@ def run(steps: list[tuple[str, int]]) -> tuple[list[Action], dict[str, float]]:
                 "running": InstanceRunning(),
                 "stopped": InstanceStopped(lease_id="l"),
                 "exited": InstanceExited(exit_code=1, reason="x", lease_id="l"),
-                "grow": InstanceReconfigured(container_disk_in_gb=40),
+                "grow": InstanceReconfigured(container=ContainerChanges(container_disk_in_gb=40)),
                 "terminated": InstanceTerminated(lease_id="l"),
             }[kind]
             result, more = step(tracked, envelope(n, at, data), price_of)

@@ -16,6 +16,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from psycopg_pool import AsyncConnectionPool
 
+from events.container import ContainerChanges, ContainerConfig
 from events.ids import new_id
 from events.store import JetStreamEventStore
 from projections import checkpoints
@@ -101,7 +102,11 @@ async def test_a_crash_after_a_commit_has_no_second_effect(
     projector_nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner
 ) -> None:
     template_id = new_id()
-    await send(runner, template_id, CreateTemplate(actor="u", at=AT, name="t", image_name="i:1"))
+    await send(
+        runner,
+        template_id,
+        CreateTemplate(actor="u", at=AT, name="t", container=ContainerConfig(image_name="i:1")),
+    )
     last = await send(runner, template_id, UpdateTemplate(actor="u", at=AT, name="t2"))
 
     # This projector "dies" right after every commit and starts again from its checkpoint.
@@ -134,7 +139,9 @@ async def test_projector_killed_at_random_points_loses_nothing(
 
     async def write(template_id: str, n: int) -> int:
         if n == 0:
-            command: msgspec.Struct = CreateTemplate(actor="u", at=AT, name="t", image_name="i")
+            command: msgspec.Struct = CreateTemplate(
+                actor="u", at=AT, name="t", container=ContainerConfig(image_name="i")
+            )
         else:
             command = UpdateTemplate(actor="u", at=AT, name=f"t{n}")
         return await send(runner, template_id, command)
@@ -173,10 +180,19 @@ async def test_rebuild_reproduces_the_tables_byte_for_byte(
         await send(
             runner,
             template_id,
-            CreateTemplate(actor=owner, at=AT, name=f"t{i}", image_name="i:1", env={"K": str(i)}),
+            CreateTemplate(
+                actor=owner,
+                at=AT,
+                name=f"t{i}",
+                container=ContainerConfig(image_name="i:1", env={"K": str(i)}),
+            ),
         )
         last = await send(
-            runner, template_id, UpdateTemplate(actor=owner, at=AT, ports=[f"{8000 + i}/http"])
+            runner,
+            template_id,
+            UpdateTemplate(
+                actor=owner, at=AT, container=ContainerChanges(ports=[f"{8000 + i}/http"])
+            ),
         )
         if i % 4 == 0:
             last = await send(runner, template_id, DeleteTemplate(actor=owner, at=AT))
@@ -215,7 +231,13 @@ def test_rebuild_command_line(tmp_path: Any, database_url: str, nats_server: Emb
         await store.ensure_stream()
         r = DeciderRunner(store, DECIDERS)
         for i in range(3):
-            await send(r, new_id(), CreateTemplate(actor="u", at=AT, name=f"t{i}", image_name="i"))
+            await send(
+                r,
+                new_id(),
+                CreateTemplate(
+                    actor="u", at=AT, name=f"t{i}", container=ContainerConfig(image_name="i")
+                ),
+            )
         await client.close()
 
     asyncio.run(seed())
@@ -279,7 +301,9 @@ async def test_projector_resumes_after_nats_restart(
     try:
         first = new_id()
         seq = await send(
-            deciders, first, CreateTemplate(actor="u", at=AT, name="a", image_name="i")
+            deciders,
+            first,
+            CreateTemplate(actor="u", at=AT, name="a", container=ContainerConfig(image_name="i")),
         )
         await wait_for_checkpoint(pool, "templates", seq)
 
@@ -294,7 +318,9 @@ async def test_projector_resumes_after_nats_restart(
 
         second = new_id()
         seq2 = await send(
-            deciders, second, CreateTemplate(actor="u", at=AT, name="b", image_name="i")
+            deciders,
+            second,
+            CreateTemplate(actor="u", at=AT, name="b", container=ContainerConfig(image_name="i")),
         )
         await wait_for_checkpoint(pool, "templates", seq2)
         assert (await template_row(pool, second)).name == "b"
@@ -319,7 +345,11 @@ async def test_two_projector_replicas_lose_nothing(
 
         async def create(template_id: str) -> int:
             return await send(
-                runner, template_id, CreateTemplate(actor="u", at=AT, name="t", image_name="i:1")
+                runner,
+                template_id,
+                CreateTemplate(
+                    actor="u", at=AT, name="t", container=ContainerConfig(image_name="i:1")
+                ),
             )
 
         for start in range(0, len(ids), 50):
@@ -342,9 +372,17 @@ async def test_an_event_that_cannot_be_applied_halts_the_projection_loudly(
     runner: DeciderRunner,
 ) -> None:
     good = new_id()
-    before = await send(runner, good, CreateTemplate(actor="u", at=AT, name="a", image_name="i"))
+    before = await send(
+        runner,
+        good,
+        CreateTemplate(actor="u", at=AT, name="a", container=ContainerConfig(image_name="i")),
+    )
     ack = await nc.jetstream().publish(f"ev.template.{new_id()}.TemplateCreated", b"{not json")
-    after = await send(runner, new_id(), CreateTemplate(actor="u", at=AT, name="b", image_name="i"))
+    after = await send(
+        runner,
+        new_id(),
+        CreateTemplate(actor="u", at=AT, name="b", container=ContainerConfig(image_name="i")),
+    )
     projector = ProjectionRunner(projector_nc, pool, [TEMPLATES])
     await projector.start()
     try:

@@ -68,11 +68,11 @@ def over_disk(
     reasons: dict[str, str] = {}
     for state in running:
         used = usage.containers.get(state.id, 0)
-        if used > state.container_disk_in_gb * GIB:
+        if used > state.container.container_disk_in_gb * GIB:
             reasons[state.id] = _over(
                 "its container disk (containerDiskInGb)",
                 used,
-                state.container_disk_in_gb,
+                state.container.container_disk_in_gb,
                 "free space outside the volume or grow containerDiskInGb",
             )
             continue
@@ -84,16 +84,16 @@ def over_disk(
             volume = volumes.get(state.network_volume_id)
             if volume is not None and used > volume.size_gb * GIB:
                 reasons[state.id] = _over(
-                    f"network volume {volume.id} at {state.volume_mount_path}",
+                    f"network volume {volume.id} at {state.container.volume_mount_path}",
                     used,
                     volume.size_gb,
                     "free space on it or grow the volume",
                 )
-        elif used > state.volume_in_gb * GIB:
+        elif used > state.container.volume_in_gb * GIB:
             reasons[state.id] = _over(
-                f"its volume at {state.volume_mount_path} (volumeInGb)",
+                f"its volume at {state.container.volume_mount_path} (volumeInGb)",
                 used,
-                state.volume_in_gb,
+                state.container.volume_in_gb,
                 "free space on it or grow volumeInGb",
             )
     return reasons

@@ -81,7 +81,7 @@ def instance_volume_name(state: InstanceState) -> str | None:
     """A network volume replaces the instance's own disk at the mount path."""
     if state.network_volume_id:
         return network_volume_name(state.network_volume_id)
-    return own_disk_name(state.id) if state.volume_in_gb > 0 else None
+    return own_disk_name(state.id) if state.container.volume_in_gb > 0 else None
 
 
 def disk_to_delete(state: InstanceState | None, instance_id: str) -> str | None:
@@ -95,14 +95,15 @@ def disk_to_delete(state: InstanceState | None, instance_id: str) -> str | None:
 def container_spec(
     state: InstanceState, real_gpus: bool, auth: RegistryCredentials | None = None
 ) -> ContainerSpec:
+    container = state.container
     return ContainerSpec(
         instance_id=state.id,
-        image=state.image_name,
+        image=container.image_name,
         owner_id=state.owner_id,
         registry_auth=auth,
-        command=state.docker_start_cmd,
-        env=state.env,
-        ports=state.ports,
+        command=container.docker_start_cmd,
+        env=container.env,
+        ports=container.ports,
         # Declared (simulated) GPUs have made-up UUIDs that no driver knows.
         gpu_uuids=state.gpu_uuids if real_gpus else [],
         # What the customer rents with the GPUs (rate card, recorded at creation). Never 0:
@@ -110,7 +111,7 @@ def container_spec(
         memory_mb=1024 * (state.memory_in_gb or LEGACY_RAM_GB_PER_GPU * state.gpu_count),
         vcpus=state.vcpu_count or LEGACY_VCPU_PER_GPU * state.gpu_count,
         volume_name=instance_volume_name(state),
-        volume_mount_path=state.volume_mount_path,
+        volume_mount_path=container.volume_mount_path,
         generation=state.config_generation,
     )
 
@@ -380,9 +381,9 @@ class HostAgent:
         if self._retry_at.get(state.id, 0.0) > loop.time():
             return None
         auth = None
-        if state.registry_auth_id and self._credentials is not None:
+        if state.container.registry_auth_id and self._credentials is not None:
             auth = await self._credentials.for_pull(
-                state.registry_auth_id, state.owner_id, state.image_name
+                state.container.registry_auth_id, state.owner_id, state.container.image_name
             )
         host = self._hosts[state.host_id]
         spec = container_spec(state, real_gpus=host.inventory_source == "nvml", auth=auth)

@@ -7,9 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import msgspec
 from litestar import Litestar
-from litestar.connection import ASGIConnection
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
@@ -18,8 +16,11 @@ from litestar.security.jwt import JWTAuth, Token
 from psycopg_pool import AsyncConnectionPool
 
 from services.api.account import balance, me, update_me
+from services.api.api_key_lookup import ApiKeyLookup
+from services.api.api_keys import ApiKeyController
 from services.api.audit import audit_trail
 from services.api.auth import AuthController
+from services.api.authentication import ApiKeyOrJwtMiddleware, AuthUser, user_from_token
 from services.api.billing import (
     billing_export,
     instance_billing,
@@ -50,6 +51,7 @@ from services.api.write_locks import WriteLocks
 from services.config import Settings
 from services.nats_connection import connect_role
 from services.nats_permissions import API_USER
+from services.security.api_keys import ApiKeyHasher
 from services.security.secret_box import SecretBox
 
 log = logging.getLogger("gpuworker.api")
@@ -57,28 +59,15 @@ log = logging.getLogger("gpuworker.api")
 PUBLIC_PATHS = ["^/health", "^/auth/", "^/blog/", "^/docs", "^/metrics"]
 
 
-class AuthUser(msgspec.Struct, frozen=True):
-    id: str
-
-
-async def _user_from_token(
-    token: Token, connection: ASGIConnection[Any, Any, Any, Any]
-) -> AuthUser | None:
-    # Litestar's JWT middleware takes the last word of the header whatever the scheme: insist on
-    # "Bearer", so a token sent as "Basic …" or bare is refused (None -> 401).
-    scheme, _, _rest = connection.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    # Access tokens are short-lived and self-contained: no database round trip per request.
-    return AuthUser(id=token.sub)
-
-
 def create_app(settings: Settings) -> Litestar:
     jwt_auth = JWTAuth[AuthUser, Token](
-        retrieve_user_handler=_user_from_token,
+        retrieve_user_handler=user_from_token,
+        # An API key (`Authorization: Bearer gpw_…`) is tried first, then the JWT.
+        authentication_middleware_class=ApiKeyOrJwtMiddleware,
         token_secret=settings.jwt_secret,
         exclude=PUBLIC_PATHS,
         openapi_security_scheme_name="BearerToken",
+        description="An access token from /auth/login (a JWT), or an API key from POST /api-keys",
     )
 
     @asynccontextmanager
@@ -111,6 +100,7 @@ def create_app(settings: Settings) -> Litestar:
             cache=ReadCache[ListPage](watcher, lambda page: len(page.body)),
             quotas=QuotaGuard(locks, Quotas.from_env()),
             storage=StorageGuard(locks, StorageRules.from_env()),
+            api_keys=ApiKeyLookup(pool, watcher, ApiKeyHasher(settings.secret_key)),
         )
         try:
             yield
@@ -133,6 +123,7 @@ def create_app(settings: Settings) -> Litestar:
             billing_export,
             TemplateController,
             RegistryAuthController,
+            ApiKeyController,
             gpu_types,
             datacenters,
             InstanceController,

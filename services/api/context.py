@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from events.ids import new_id
 from projections.aggregate_table import AggregateTable
+from services.api.api_key_lookup import ApiKeyLookup
 from services.api.command_bus import CommandBus
 from services.api.consistency import CheckpointWatcher
 from services.api.login_throttle import LoginThrottle
@@ -39,6 +40,7 @@ class ApiContext:
     cache: ReadCache[ListPage]
     quotas: QuotaGuard
     storage: StorageGuard
+    api_keys: ApiKeyLookup
 
     async def execute(
         self,

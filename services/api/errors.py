@@ -63,7 +63,8 @@ def on_http_exception(_request: Request[Any, Any, Any], exc: HTTPException) -> R
         message = _validation_message(exc)
     elif isinstance(exc, NotAuthorizedException):
         message = (
-            f"{exc.detail}; send `Authorization: Bearer <access_token>` from /auth/login"
+            f"{exc.detail}; send `Authorization: Bearer <access_token>` from /auth/login,"
+            " or `Authorization: Bearer <API key>`"
             if exc.detail
             else "authentication required"
         )

@@ -15,23 +15,23 @@ from ledger.rate_card import first_resources, gpu_type_ids, in_force
 from ledger.usage import instance_usage
 from projections.catalog import PROJECTIONS
 from services.api import read_models
+from services.api.container_fields import (
+    ContainerDisk,
+    ContainerFieldsOut,
+    ContainerFieldsPatch,
+    Env,
+    MountPath,
+    Ports,
+    VolumeDisk,
+    check_container_input,
+    check_image_name,
+    container_fields_out,
+)
 from services.api.context import context_of
 from services.api.pagination import Page
 from services.api.request_ids import is_retry, new_resource_id
 from services.api.spending import costs_to_date, ensure_affordable, hourly_cost
-from services.api.templates import (
-    TEMPLATES,
-    ContainerDisk,
-    Env,
-    Image,
-    MountPath,
-    Name,
-    Ports,
-    StartCmd,
-    VolumeDisk,
-    check_container_input,
-    check_image_name,
-)
+from services.api.templates import TEMPLATES, Name
 from services.datacenters import DATACENTERS
 from services.deciders.host import HostState
 from services.deciders.instance import (
@@ -61,6 +61,7 @@ class InstanceIn(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_
     template_id: Annotated[str, Meta(min_length=1, max_length=128)]
     cloud_type: CloudType = "SECURE"
     gpu_count: GpuCount = 1
+    # Overrides of the template's container (env is merged into the template's).
     env: Env | None = None
     ports: Ports | None = None
     container_disk_in_gb: ContainerDisk | None = None
@@ -73,20 +74,11 @@ class InstanceIn(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_
         check_container_input(self.volume_mount_path, self.ports)
 
 
-class InstancePatch(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+class InstancePatch(ContainerFieldsPatch, kw_only=True):
     name: Name | None = None
-    image_name: Image | None = None
-    docker_start_cmd: StartCmd | None = None
-    env: Env | None = None
-    ports: Ports | None = None
-    container_disk_in_gb: ContainerDisk | None = None
-    volume_in_gb: VolumeDisk | None = None
-
-    def __post_init__(self) -> None:
-        check_container_input(None, self.ports)
 
 
-class InstanceOut(msgspec.Struct, rename="camel", kw_only=True):
+class InstanceOut(ContainerFieldsOut, kw_only=True):
     id: str
     name: str
     status: str
@@ -101,13 +93,6 @@ class InstanceOut(msgspec.Struct, rename="camel", kw_only=True):
     data_center_id: str
     host_id: str
     template_id: str
-    image_name: str
-    docker_start_cmd: str | None
-    env: dict[str, str]
-    ports: list[str]
-    container_disk_in_gb: int
-    volume_in_gb: int
-    volume_mount_path: str
     network_volume_id: str | None
     # Its GPUs, per hour (at the price it was created with).
     cost_per_hr: float
@@ -137,8 +122,8 @@ def disk_cost_per_hour(state: InstanceState) -> int:
             gpu_type_id=state.gpu_type_id,
             gpu_count=0,
             cloud_type=state.cloud_type,
-            container_disk_gb=state.container_disk_in_gb,
-            volume_gb=state.volume_in_gb,
+            container_disk_gb=state.container.container_disk_in_gb,
+            volume_gb=state.container.volume_in_gb,
             network_volume=state.network_volume_id is not None,
         ),
         state.created_at,
@@ -167,13 +152,6 @@ def view(state: InstanceState, host_down: bool = False, cost_to_date: int = 0) -
         data_center_id=state.datacenter_id,
         host_id=state.host_id,
         template_id=state.template_id,
-        image_name=state.image_name,
-        docker_start_cmd=state.docker_start_cmd,
-        env=state.env,
-        ports=state.ports,
-        container_disk_in_gb=state.container_disk_in_gb,
-        volume_in_gb=state.volume_in_gb,
-        volume_mount_path=state.volume_mount_path,
         network_volume_id=state.network_volume_id,
         cost_per_hr=cost / MICROS_PER_USD,
         cost_per_hr_micros=cost,
@@ -188,6 +166,7 @@ def view(state: InstanceState, host_down: bool = False, cost_to_date: int = 0) -
         stop_reason=state.stop_reason,
         exit_code=state.exit_code,
         host_lost=state.host_lost or host_down,
+        **container_fields_out(state.container),
     )
 
 
@@ -296,10 +275,21 @@ class InstanceController(Controller):
             or not (template.is_public or template.owner_id == request.user.id)
         ):
             raise BadRequest(f"field `templateId`: no template {data.template_id!r}")
-        container_disk = data.container_disk_in_gb or template.container_disk_in_gb
-        volume_in_gb = data.volume_in_gb if data.volume_in_gb is not None else template.volume_in_gb
+        made = template.container
+        # The template's container (its image, command and registry credential included), with
+        # the body's overrides.
+        container = msgspec.structs.replace(
+            made,
+            env={**made.env, **(data.env or {})},
+            ports=data.ports if data.ports is not None else made.ports,
+            container_disk_in_gb=data.container_disk_in_gb or made.container_disk_in_gb,
+            volume_in_gb=data.volume_in_gb if data.volume_in_gb is not None else made.volume_in_gb,
+            volume_mount_path=data.volume_mount_path or made.volume_mount_path,
+        )
         # The instance's own disks (a network volume replaces its volume) must fit its host.
-        need_gb = container_disk + (0 if data.network_volume_id else volume_in_gb)
+        need_gb = container.container_disk_in_gb + (
+            0 if data.network_volume_id else container.volume_in_gb
+        )
         hosts: list[HostState] = await read_models.list_visible(ctx.pool, HOSTS, None)
         without_room = await ctx.storage.hosts_without_room(hosts, need_gb)
         command = PlaceInstance(
@@ -311,17 +301,10 @@ class InstanceController(Controller):
             cloud_type=data.cloud_type,
             datacenter_id=data.data_center_id,
             template_id=template.id,
-            image_name=template.image_name,
-            docker_start_cmd=template.docker_start_cmd,
-            env={**template.env, **(data.env or {})},
-            ports=data.ports if data.ports is not None else template.ports,
-            container_disk_in_gb=container_disk,
-            volume_in_gb=volume_in_gb,
-            volume_mount_path=data.volume_mount_path or template.volume_mount_path,
+            container=container,
             network_volume_id=data.network_volume_id,
             price_per_hour_micros=gpu.per_hour(data.cloud_type),
             rate_card_version=card.id,
-            registry_auth_id=template.container_registry_auth_id,
             vcpu_count=resources.vcpu_per_gpu * data.gpu_count,
             memory_in_gb=resources.ram_gb_per_gpu * data.gpu_count,
             hosts_without_disk=without_room,
@@ -342,8 +325,8 @@ class InstanceController(Controller):
                     gpu_type_id=gpu.id,
                     gpu_count=0,
                     cloud_type=data.cloud_type,
-                    container_disk_gb=command.container_disk_in_gb,
-                    volume_gb=command.volume_in_gb,
+                    container_disk_gb=container.container_disk_in_gb,
+                    volume_gb=container.volume_in_gb,
                     network_volume=command.network_volume_id is not None,
                 ),
                 now,
@@ -368,8 +351,12 @@ class InstanceController(Controller):
     ) -> InstanceOut:
         ctx = context_of(request)
         check_image_name(data.image_name)
-        changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
-        command = UpdateInstance(actor=request.user.id, at=datetime.now(UTC), **changes)
+        command = UpdateInstance(
+            actor=request.user.id,
+            at=datetime.now(UTC),
+            name=data.name,
+            container=data.container_changes(),
+        )
         return view(
             await ctx.execute(
                 INSTANCES, read_models.checked_id(instance_id, "instance"), command, request

@@ -1,13 +1,14 @@
-"""Per-user quotas: GPUs held at once, network volumes (how many and how many GB), templates.
+"""Per-user quotas: GPUs held at once, network volumes (how many and how many GB), templates, API
+keys.
 
 One user could otherwise hold every GPU of the fleet or create resources without end. The limits
 come from configuration (`Quotas.from_env`); a create over one is a 409 that names the quota and
 its limit.
 
 A check and the write it admits must not interleave with another of the same user's: two creates
-that each see room for one more would both pass. So GPU and volume checks and their writes run
-under the user's lock (`write_locks`): one user's such writes run one at a time; different users'
-run in parallel.
+that each see room for one more would both pass. So GPU, volume and API key checks and their writes
+run under the user's lock (`write_locks`): one user's such writes run one at a time; different
+users' run in parallel.
 
 Templates cost us nothing to hold and are created in bursts (imports, benchmarks), so their quota
 is checked without the lock: concurrent creates of one user may pass it by as many as are in
@@ -38,6 +39,7 @@ class Quotas:
     volumes: int = 10
     volume_gb: int = 10_000
     templates: int = 200
+    api_keys: int = 50
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Quotas:
@@ -47,8 +49,12 @@ class Quotas:
             volumes=int(env.get("GPUWORKER_QUOTA_VOLUMES", default.volumes)),
             volume_gb=int(env.get("GPUWORKER_QUOTA_VOLUME_GB", default.volume_gb)),
             templates=int(env.get("GPUWORKER_QUOTA_TEMPLATES", default.templates)),
+            api_keys=int(env.get("GPUWORKER_QUOTA_API_KEYS", default.api_keys)),
         )
-        if min(quotas.gpus, quotas.volumes, quotas.volume_gb, quotas.templates) < 0:
+        if (
+            min(quotas.gpus, quotas.volumes, quotas.volume_gb, quotas.templates, quotas.api_keys)
+            < 0
+        ):
             raise ValueError("GPUWORKER_QUOTA_* must be 0 (no limit) or more")
         return quotas
 
@@ -114,6 +120,24 @@ class Usage:
             raise Conflict(
                 f"template quota: you have {count} templates; the limit is {limit} templates."
                 " Delete one first, or ask for a higher quota"
+            )
+
+    async def check_api_keys(self, key_id: str) -> None:
+        """Room for key `key_id`: a retry of its own create (the key made already) is not counted
+        against itself."""
+        limit = self._quotas.api_keys
+        if limit <= 0:
+            return
+        cur = await self._conn.execute(
+            "SELECT count(*) FROM api_keys WHERE owner_id = %s AND NOT deleted AND id <> %s",
+            (self._user_id, key_id),
+        )
+        row = await cur.fetchone()
+        count = int(row[0]) if row else 0
+        if _over(limit, count, 1):
+            raise Conflict(
+                f"API key quota: you have {count} API keys; the limit is {limit} keys."
+                " Revoke one first (`DELETE /api-keys/{id}`), or ask for a higher quota"
             )
 
 

@@ -119,14 +119,30 @@ async def list_page(
     )
 
 
-async def user_with_email(pool: AsyncConnectionPool[Any], table: AggregateTable, email: str) -> Any:
-    """The account holding `email` (normalised), oldest first if ever more than one; or None."""
+async def _first_with(
+    pool: AsyncConnectionPool[Any], table: AggregateTable, field: str, value: str, live: bool
+) -> Any | None:
+    """The oldest row whose state's `field` is `value` (only live ones if `live`), or None."""
+    query = sql.SQL(
+        "SELECT doc::text FROM {} WHERE doc->>{} = %s{} ORDER BY created_at, id LIMIT 1"
+    ).format(
+        sql.Identifier(table.name),
+        sql.Literal(field),
+        sql.SQL(" AND NOT deleted" if live else ""),
+    )
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            sql.SQL(
-                "SELECT doc::text FROM {} WHERE doc->>'email' = %s ORDER BY created_at, id LIMIT 1"
-            ).format(sql.Identifier(table.name)),
-            (email,),
-        )
+        cur = await conn.execute(query, (value,))
         row = await cur.fetchone()
     return table.decode_state(row[0]) if row else None
+
+
+async def user_with_email(pool: AsyncConnectionPool[Any], table: AggregateTable, email: str) -> Any:
+    """The account holding `email` (normalised), oldest first if ever more than one; or None."""
+    return await _first_with(pool, table, "email", email, live=False)
+
+
+async def live_with_hash(
+    pool: AsyncConnectionPool[Any], table: AggregateTable, key_hash: str
+) -> Any | None:
+    """The live (not revoked) API key whose stored hash is `key_hash`, or None."""
+    return await _first_with(pool, table, "key_hash", key_hash, live=True)

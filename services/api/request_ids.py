@@ -18,7 +18,8 @@ SEED = "idempotency_seed"
 RETRY = "idempotency_retry"
 
 
-def _seed(request: Request[Any, Any, Any] | None) -> str | None:
+def seed_of(request: Request[Any, Any, Any] | None) -> str | None:
+    """The request's idempotency seed: None without an Idempotency-Key."""
     if request is None:
         return None
     seed: str | None = request.scope.get("state", {}).get(SEED)
@@ -28,12 +29,12 @@ def _seed(request: Request[Any, Any, Any] | None) -> str | None:
 def new_resource_id(request: Request[Any, Any, Any]) -> str:
     """The id of the resource this request creates (a UUIDv7 made when its key was first seen, so
     ids still sort by creation)."""
-    return _seed(request) or new_id()
+    return seed_of(request) or new_id()
 
 
 def derived(request: Request[Any, Any, Any] | None, *parts: str) -> str:
     """Another id of this request's, named by `parts` (a command, a token family, …)."""
-    seed = _seed(request)
+    seed = seed_of(request)
     return derived_id(seed, *parts) if seed else new_id()
 
 

@@ -30,9 +30,9 @@ _COMMITTED = """
 SELECT doc->>'host_id', sum((doc->>'size_gb')::bigint)
   FROM volumes WHERE NOT deleted AND doc->>'status' <> 'FAILED' GROUP BY 1
 UNION ALL
-SELECT doc->>'host_id', sum((doc->>'container_disk_in_gb')::bigint
+SELECT doc->>'host_id', sum((doc->'container'->>'container_disk_in_gb')::bigint
          + CASE WHEN doc->>'network_volume_id' IS NULL
-                THEN (doc->>'volume_in_gb')::bigint ELSE 0 END)
+                THEN (doc->'container'->>'volume_in_gb')::bigint ELSE 0 END)
   FROM instances WHERE NOT deleted GROUP BY 1
 """
 

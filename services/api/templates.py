@@ -5,108 +5,58 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from msgspec import Meta
 
 from projections.catalog import PROJECTIONS
 from services.api import read_models
+from services.api.container_fields import (
+    ContainerFieldsIn,
+    ContainerFieldsOut,
+    ContainerFieldsPatch,
+    MountPath,
+    RegistryAuthId,
+    check_container_input,
+    check_image_name,
+    container_fields_out,
+)
 from services.api.context import context_of
 from services.api.pagination import ListPage, Page
 from services.api.request_ids import new_resource_id
-from services.container_input import (
-    MAX_MOUNT_PATH_LENGTH,
-    MAX_PORTS,
-    mount_path_problem,
-    ports_problem,
-)
 from services.deciders.registry_auth import RegistryAuthState
 from services.deciders.template import (
-    MAX_DISK_GB,
     CreateTemplate,
     DeleteTemplate,
     TemplateState,
     UpdateTemplate,
 )
 from services.errors import BadRequest, NotFound
-from services.images import reference
-from services.images.registry_policy import RegistryPolicy, RegistryRefused
 
 TEMPLATES = PROJECTIONS["templates"]
 
 Name = Annotated[str, Meta(min_length=1, max_length=128)]
-Image = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\s]+$")]
-StartCmd = Annotated[str, Meta(max_length=4096)]
-ContainerDisk = Annotated[int, Meta(ge=1, le=MAX_DISK_GB)]
-VolumeDisk = Annotated[int, Meta(ge=0, le=MAX_DISK_GB)]
-MountPath = Annotated[
-    str,
-    Meta(
-        min_length=1,
-        max_length=MAX_MOUNT_PATH_LENGTH,
-        description="absolute and normalised, no ':', not under a system path such as /etc",
-    ),
-]
-EnvName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-EnvValue = Annotated[str, Meta(max_length=4096)]
-Env = Annotated[dict[EnvName, EnvValue], Meta(max_length=64)]
-Port = Annotated[
-    str, Meta(min_length=1, max_length=16, description="NUMBER/PROTOCOL: 1-65535, http|tcp|udp")
-]
-Ports = Annotated[list[Port], Meta(max_length=MAX_PORTS, description="no port twice")]
 Readme = Annotated[str, Meta(max_length=65536)]
 
 
-def check_container_input(volume_mount_path: str | None, ports: list[str] | None) -> None:
-    """For the `__post_init__` of request bodies: msgspec turns the ValueError into a 400."""
-    if volume_mount_path is not None and (problem := mount_path_problem(volume_mount_path)):
-        raise ValueError(f"field `volumeMountPath`: {problem}")
-    if ports is not None and (problem := ports_problem(ports)):
-        raise ValueError(f"field `ports`: {problem}")
-
-
-class TemplateIn(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+class TemplateIn(ContainerFieldsIn, kw_only=True):
     name: Name
-    image_name: Image
-    docker_start_cmd: StartCmd | None = None
-    container_disk_in_gb: ContainerDisk = 20
-    volume_in_gb: VolumeDisk = 0
-    volume_mount_path: MountPath = "/workspace"
-    env: Env = {}
-    ports: Ports = []
     readme: Readme = ""
-    container_registry_auth_id: Annotated[str, Meta(max_length=128)] | None = None
-
-    def __post_init__(self) -> None:
-        check_container_input(self.volume_mount_path, self.ports)
+    container_registry_auth_id: RegistryAuthId | None = None
 
 
-class TemplatePatch(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+class TemplatePatch(ContainerFieldsPatch, kw_only=True):
     name: Name | None = None
-    image_name: Image | None = None
-    docker_start_cmd: StartCmd | None = None
-    container_disk_in_gb: ContainerDisk | None = None
-    volume_in_gb: VolumeDisk | None = None
     volume_mount_path: MountPath | None = None
-    env: Env | None = None
-    ports: Ports | None = None
     readme: Readme | None = None
-    container_registry_auth_id: Annotated[str, Meta(max_length=128)] | None = None
+    container_registry_auth_id: RegistryAuthId | None = None
 
     def __post_init__(self) -> None:
         check_container_input(self.volume_mount_path, self.ports)
 
 
-class TemplateOut(msgspec.Struct, rename="camel", kw_only=True):
+class TemplateOut(ContainerFieldsOut, kw_only=True):
     id: str
     name: str
-    image_name: str
-    docker_start_cmd: str | None
-    container_disk_in_gb: int
-    volume_in_gb: int
-    volume_mount_path: str
-    env: dict[str, str]
-    ports: list[str]
     readme: str
     is_public: bool
     container_registry_auth_id: str | None
@@ -118,18 +68,12 @@ def view(state: TemplateState) -> TemplateOut:
     return TemplateOut(
         id=state.id,
         name=state.name,
-        image_name=state.image_name,
-        docker_start_cmd=state.docker_start_cmd,
-        container_disk_in_gb=state.container_disk_in_gb,
-        volume_in_gb=state.volume_in_gb,
-        volume_mount_path=state.volume_mount_path,
-        env=state.env,
-        ports=state.ports,
         readme=state.readme,
         is_public=state.is_public,
-        container_registry_auth_id=state.container_registry_auth_id,
+        container_registry_auth_id=state.container.registry_auth_id,
         created_at=state.created_at,
         updated_at=state.updated_at,
+        **container_fields_out(state.container),
     )
 
 
@@ -142,16 +86,6 @@ async def check_registry_auth(request: Request[Any, Any, Any], auth_id: str | No
     )
     if state is None or state.deleted or state.owner_id != request.user.id:
         raise BadRequest(f"field `containerRegistryAuthId`: no registry credential {auth_id!r}")
-
-
-def check_image_name(image_name: str | None) -> None:
-    """An image by name (never an image ID) on a registry the hosts may contact (issue 7)."""
-    if image_name is None:
-        return
-    try:
-        RegistryPolicy.from_env().check(reference.parse(image_name))
-    except (reference.InvalidReference, RegistryRefused) as exc:
-        raise BadRequest(f"field `imageName`: {exc}") from None
 
 
 def visible_to(state: TemplateState | None, user_id: str) -> TemplateState:
@@ -189,7 +123,11 @@ class TemplateController(Controller):
         check_image_name(data.image_name)
         await check_registry_auth(request, data.container_registry_auth_id)
         command = CreateTemplate(
-            actor=request.user.id, at=datetime.now(UTC), **msgspec.structs.asdict(data)
+            actor=request.user.id,
+            at=datetime.now(UTC),
+            name=data.name,
+            container=data.container_config(data.container_registry_auth_id),
+            readme=data.readme,
         )
         await ctx.quotas.check_templates(request.user.id)
         return view(await ctx.execute(TEMPLATES, new_resource_id(request), command, request))
@@ -208,8 +146,16 @@ class TemplateController(Controller):
         read_models.checked_id(template_id, "template")
         check_image_name(data.image_name)
         await check_registry_auth(request, data.container_registry_auth_id)
-        changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
-        command = UpdateTemplate(actor=request.user.id, at=datetime.now(UTC), **changes)
+        command = UpdateTemplate(
+            actor=request.user.id,
+            at=datetime.now(UTC),
+            name=data.name,
+            container=data.container_changes(
+                volume_mount_path=data.volume_mount_path,
+                registry_auth_id=data.container_registry_auth_id,
+            ),
+            readme=data.readme,
+        )
         return view(await ctx.execute(TEMPLATES, template_id, command, request))
 
     @delete("/{template_id:str}", status_code=204, summary="Delete a template")

@@ -1,7 +1,7 @@
 """The customer's command line (like runpodctl): `gpuworker login`, `gpuworker instances …`.
 
 Talks to the HTTP API only. The access token is kept in ~/.config/gpuworker/credentials.json
-(0600); GPUWORKER_API_URL and GPUWORKER_TOKEN override it."""
+(0600); GPUWORKER_API_URL and GPUWORKER_TOKEN override it (an API key serves as GPUWORKER_TOKEN)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ VOLUME_COLUMNS = (
     ("costPerMonth", "$/MONTH"),
     ("attachedInstances", "ATTACHED"),
 )
+API_KEY_COLUMNS = (("id", "ID"), ("name", "NAME"), ("createdAt", "CREATED"))
 COLUMNS = (
     ("id", "ID"),
     ("name", "NAME"),
@@ -242,6 +243,33 @@ def volumes(action: str, args: Any) -> int:
     return 0
 
 
+def api_keys(action: str, args: Any) -> int:
+    try:
+        if action == "list":
+            _print(list_all("/api-keys"), args.json, API_KEY_COLUMNS)
+        elif action == "create":
+            created = _call("POST", "/api-keys", {"name": args.name})
+            if args.json:
+                print(json.dumps(created, indent=2))
+            else:
+                print(table([created], API_KEY_COLUMNS))
+                print(f"key: {created['key']}")
+                print(
+                    "This is the only time the key is shown; keep it somewhere safe. Send it as"
+                    " `Authorization: Bearer <key>`, or set GPUWORKER_TOKEN to it.",
+                    file=sys.stderr,
+                )
+        elif action == "revoke":
+            _call("DELETE", f"/api-keys/{args.id}")
+            print(f"API key {args.id} revoked")
+        else:
+            raise ApiError(f"unknown action {action}")
+    except ApiError as exc:
+        print(f"gpuworker: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
     login_p = sub.add_parser("login", help="log in to a GPUWorker API and keep the token")
     login_p.add_argument("email")
@@ -284,6 +312,16 @@ def add_parsers(sub: Any) -> None:
     vdelete.add_argument("id")
     vdelete.add_argument("--json", action="store_true")
 
+    keys = sub.add_parser("api-keys", help="API keys for scripts and SDKs: create, list, revoke")
+    ksub = keys.add_subparsers(dest="action", required=True)
+    kcreate = ksub.add_parser("create", help="create a key: it is printed this once, never again")
+    kcreate.add_argument("name")
+    kcreate.add_argument("--json", action="store_true")
+    klist = ksub.add_parser("list", help="your keys (never the keys themselves)")
+    klist.add_argument("--json", action="store_true")
+    krevoke = ksub.add_parser("revoke", help="revoke a key: it stops working at once")
+    krevoke.add_argument("id")
+
 
 def run(command: str, args: Any, argv: Sequence[str] | None = None) -> int:
     del argv
@@ -291,4 +329,6 @@ def run(command: str, args: Any, argv: Sequence[str] | None = None) -> int:
         return login(args.url, args.email, args.password)
     if command == "volumes":
         return volumes(args.action, args)
+    if command == "api-keys":
+        return api_keys(args.action, args)
     return instances(args.action, args)

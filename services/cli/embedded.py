@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -136,10 +137,15 @@ class EmbeddedNats:
         """Mint (or keep) the user of `host_id`'s agent; a running server takes it at once."""
         current = self.credentials()
         updated = current.with_agent(host_id, fleet)
+        login = None
         if updated is not current:
             nats_credentials.save(self.credentials_path, updated)
-            self.reload()
-        return self.login(agent_user(host_id))
+            login = self.login(agent_user(host_id))
+            if self.reload():
+                # SIGHUP returns before the server has read its users: wait until it has, so the
+                # agent's first login is not refused.
+                self._await_login(login)
+        return login or self.login(agent_user(host_id))
 
     def reload(self) -> bool:
         """Re-render the users and have the running server (this one's, or another process's,
@@ -150,6 +156,27 @@ class EmbeddedNats:
             return False
         os.kill(pid, signal.SIGHUP)
         return True
+
+    def _await_login(self, login: NatsLogin, timeout_s: float = 10.0) -> None:
+        """Until the server accepts `login` (the NATS protocol's CONNECT, then PING/PONG)."""
+        deadline = time.monotonic() + timeout_s
+        # The port of the server that runs (maybe another process's): its configuration says.
+        listen = re.search(r'listen: "127\.0\.0\.1:(\d+)"', self.config_path.read_text())
+        port = int(listen.group(1)) if listen else self.port
+        connect = json.dumps(
+            {"user": login.user, "pass": login.password, "verbose": False, "pedantic": False}
+        )
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.recv(4096)  # INFO
+                    s.sendall(f"CONNECT {connect}\r\nPING\r\n".encode())
+                    if s.recv(4096).startswith(b"PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"nats-server did not take user {login.user} within {timeout_s}s")
 
     def is_running(self) -> bool:
         return self._running_pid() is not None

@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("login", "instances", "volumes"):
+    if args.command in ("login", "instances", "volumes", "api-keys"):
         return client.run(args.command, args)
     if args.command == "billing" and args.action != "credit":
         return billing.run(args)

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from services.deciders.api_key import API_KEY
 from services.deciders.blog import BLOG_POST
 from services.deciders.decider import Decider
 from services.deciders.email_claim import EMAIL_CLAIM
@@ -14,5 +15,15 @@ from services.deciders.volume import VOLUME
 
 DECIDERS: dict[str, Decider[Any]] = {
     d.aggregate_type: d
-    for d in (USER, EMAIL_CLAIM, TEMPLATE, REGISTRY_AUTH, BLOG_POST, HOST, INSTANCE, VOLUME)
+    for d in (
+        USER,
+        EMAIL_CLAIM,
+        TEMPLATE,
+        REGISTRY_AUTH,
+        BLOG_POST,
+        HOST,
+        INSTANCE,
+        VOLUME,
+        API_KEY,
+    )
 }

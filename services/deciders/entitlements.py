@@ -27,7 +27,16 @@ BILLING_ACTOR = "system:billing"
 
 # Aggregates (and services such as placement) users command through the api.
 API_TARGETS = frozenset(
-    {"user", "email_claim", "template", "registry_auth", "instance", "volume", "placement"}
+    {
+        "user",
+        "email_claim",
+        "template",
+        "registry_auth",
+        "instance",
+        "volume",
+        "placement",
+        "api_key",
+    }
 )
 # What an agent reports, by aggregate type: command type names (the wire's tag).
 AGENT_COMMANDS = {

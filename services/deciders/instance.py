@@ -11,6 +11,7 @@ from typing import Literal
 
 import msgspec
 
+from events.container import ContainerChanges, ContainerConfig
 from events.envelope import Envelope
 from events.instance import (
     InstanceCreated,
@@ -64,17 +65,10 @@ class InstanceState(msgspec.Struct, kw_only=True, frozen=True):
     gpu_uuids: list[str]
     lease_id: str | None
     template_id: str
-    image_name: str
-    docker_start_cmd: str | None
-    env: dict[str, str]
-    ports: list[str]
-    container_disk_in_gb: int
-    volume_in_gb: int
-    volume_mount_path: str
+    container: ContainerConfig
     network_volume_id: str | None
     price_per_hour_micros: int
     rate_card_version: str
-    registry_auth_id: str | None = None
     # The container's CPU and memory limits (0 only in read-model rows folded before they existed).
     vcpu_count: int = 0
     memory_in_gb: int = 0
@@ -118,17 +112,10 @@ class CreateInstance(Command, frozen=True, kw_only=True):
     gpu_uuids: list[str]
     lease_id: str
     template_id: str
-    image_name: str
-    docker_start_cmd: str | None
-    env: dict[str, str]
-    ports: list[str]
-    container_disk_in_gb: int
-    volume_in_gb: int
-    volume_mount_path: str
+    container: ContainerConfig
     network_volume_id: str | None
     price_per_hour_micros: int
     rate_card_version: str
-    registry_auth_id: str | None = None
     vcpu_count: int
     memory_in_gb: int
 
@@ -155,12 +142,8 @@ class TerminateInstance(Command, frozen=True, kw_only=True):
 
 class UpdateInstance(Command, frozen=True, kw_only=True):
     name: str | None = None
-    image_name: str | None = None
-    docker_start_cmd: str | None = None
-    env: dict[str, str] | None = None
-    ports: list[str] | None = None
-    container_disk_in_gb: int | None = None
-    volume_in_gb: int | None = None
+    # Not the mount path nor the registry credential: those stay what the instance was made with.
+    container: ContainerChanges | None = None
 
 
 Observation = Literal[
@@ -301,25 +284,17 @@ def _update(state: InstanceState, command: UpdateInstance) -> list[msgspec.Struc
         if not command.name.strip():
             raise BadRequest("name must not be empty")
         events.append(InstanceRenamed(command.name))
+    asked = command.container or ContainerChanges()
+    if asked.volume_mount_path is not None or asked.registry_auth_id is not None:
+        # The api offers neither: they stay what the instance was made with.
+        raise BadRequest("an instance's volumeMountPath and registry credential cannot change")
     for field in ("container_disk_in_gb", "volume_in_gb"):
-        new, old = getattr(command, field), getattr(state, field)
+        new, old = getattr(asked, field), getattr(state.container, field)
         if new is not None and new < old:
             camel = "containerDiskInGb" if field == "container_disk_in_gb" else "volumeInGb"
             raise BadRequest(f"{camel} may only grow: it is {old} GB, asked for {new} GB")
-    changes = {
-        field: getattr(command, field)
-        for field in (
-            "image_name",
-            "docker_start_cmd",
-            "env",
-            "ports",
-            "container_disk_in_gb",
-            "volume_in_gb",
-        )
-        if getattr(command, field) is not None and getattr(command, field) != getattr(state, field)
-    }
-    if changes:
-        events.append(InstanceReconfigured(**changes))
+    if (changes := asked.differing_from(state.container)) is not None:
+        events.append(InstanceReconfigured(container=changes))
     return events
 
 
@@ -376,12 +351,11 @@ def evolve(state: InstanceState | None, event: Envelope) -> InstanceState:
         case InstanceRenamed():
             return msgspec.structs.replace(state, name=data.name, version=state.version + 1)
         case InstanceReconfigured():
-            changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
             return msgspec.structs.replace(
                 state,
+                container=data.container.apply(state.container),
                 config_generation=state.config_generation + 1,
                 version=state.version + 1,
-                **changes,
             )
         case InstanceProvisioning():
             return _status(state, "PROVISIONING", event, host_lost=False)

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from events.container import ContainerChanges, ContainerConfig
 from events.envelope import Envelope
 from events.template import TemplateCreated, TemplateDeleted, TemplateUpdated
 from services.deciders.decider import Command, Decider, is_system
@@ -19,16 +20,9 @@ class TemplateState(msgspec.Struct, kw_only=True, frozen=True):
     id: str
     owner_id: str
     name: str
-    image_name: str
-    docker_start_cmd: str | None
-    container_disk_in_gb: int
-    volume_in_gb: int
-    volume_mount_path: str
-    env: dict[str, str]
-    ports: list[str]
+    container: ContainerConfig
     readme: str
     is_public: bool
-    container_registry_auth_id: str | None = None
     created_at: datetime
     updated_at: datetime
     deleted: bool = False
@@ -37,29 +31,15 @@ class TemplateState(msgspec.Struct, kw_only=True, frozen=True):
 
 class CreateTemplate(Command, frozen=True, kw_only=True):
     name: str
-    image_name: str
-    docker_start_cmd: str | None = None
-    container_disk_in_gb: int = 20
-    volume_in_gb: int = 0
-    volume_mount_path: str = "/workspace"
-    env: dict[str, str] = {}
-    ports: list[str] = []
+    container: ContainerConfig
     readme: str = ""
     is_public: bool = False
-    container_registry_auth_id: str | None = None
 
 
 class UpdateTemplate(Command, frozen=True, kw_only=True):
     name: str | None = None
-    image_name: str | None = None
-    docker_start_cmd: str | None = None
-    container_disk_in_gb: int | None = None
-    volume_in_gb: int | None = None
-    volume_mount_path: str | None = None
-    env: dict[str, str] | None = None
-    ports: list[str] | None = None
+    container: ContainerChanges | None = None
     readme: str | None = None
-    container_registry_auth_id: str | None = None
 
 
 class DeleteTemplate(Command, frozen=True, kw_only=True):
@@ -67,19 +47,6 @@ class DeleteTemplate(Command, frozen=True, kw_only=True):
 
 
 TemplateCommand = CreateTemplate | UpdateTemplate | DeleteTemplate
-
-_CHANGEABLE = (
-    "name",
-    "image_name",
-    "docker_start_cmd",
-    "container_disk_in_gb",
-    "volume_in_gb",
-    "volume_mount_path",
-    "env",
-    "ports",
-    "readme",
-    "container_registry_auth_id",
-)
 
 
 def _check_values(name: str | None, container_disk: int | None, volume: int | None) -> None:
@@ -115,31 +82,27 @@ def decide(state: TemplateState | None, command: TemplateCommand) -> list[msgspe
                 raise Conflict("a template with this id already exists")
             if command.is_public and not is_system(command.actor):
                 raise Forbidden("only built-in templates are public")
-            _check_values(command.name, command.container_disk_in_gb, command.volume_in_gb)
+            container = command.container
+            _check_values(command.name, container.container_disk_in_gb, container.volume_in_gb)
             return [
                 TemplateCreated(
                     name=command.name,
-                    image_name=command.image_name,
-                    docker_start_cmd=command.docker_start_cmd,
-                    container_disk_in_gb=command.container_disk_in_gb,
-                    volume_in_gb=command.volume_in_gb,
-                    volume_mount_path=command.volume_mount_path,
-                    env=command.env,
-                    ports=command.ports,
+                    container=container,
                     readme=command.readme,
                     is_public=command.is_public,
-                    container_registry_auth_id=command.container_registry_auth_id,
                 )
             ]
         case UpdateTemplate():
             current = _writable(state, command.actor)
-            _check_values(command.name, command.container_disk_in_gb, command.volume_in_gb)
+            asked = command.container or ContainerChanges()
+            _check_values(command.name, asked.container_disk_in_gb, asked.volume_in_gb)
             changes: dict[str, Any] = {
                 field: getattr(command, field)
-                for field in _CHANGEABLE
-                if getattr(command, field) is not None
-                and getattr(command, field) != getattr(current, field)
+                for field in ("name", "readme")
+                if getattr(command, field) not in (None, getattr(current, field))
             }
+            if (container_changes := asked.differing_from(current.container)) is not None:
+                changes["container"] = container_changes
             return [TemplateUpdated(**changes)] if changes else []
         case DeleteTemplate():
             _writable(state, command.actor)
@@ -160,9 +123,14 @@ def evolve(state: TemplateState | None, event: Envelope) -> TemplateState:
         )
     assert state is not None, f"{event.type} before TemplateCreated"
     if isinstance(data, TemplateUpdated):
-        changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
+        changes: dict[str, Any] = {"name": data.name, "readme": data.readme}
+        if data.container is not None:
+            changes["container"] = data.container.apply(state.container)
         return msgspec.structs.replace(
-            state, **changes, updated_at=event.occurred_at, version=state.version + 1
+            state,
+            **{k: v for k, v in changes.items() if v is not None},
+            updated_at=event.occurred_at,
+            version=state.version + 1,
         )
     if isinstance(data, TemplateDeleted):
         return msgspec.structs.replace(

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from events.container import ContainerConfig
 from events.envelope import AggregateRef
 from events.ids import derived_id
 from services.command_wire import CommandEnvelope, Reply
@@ -45,17 +46,10 @@ class PlaceInstance(Command, frozen=True, kw_only=True):
     cloud_type: str
     datacenter_id: str | None
     template_id: str
-    image_name: str
-    docker_start_cmd: str | None
-    env: dict[str, str]
-    ports: list[str]
-    container_disk_in_gb: int
-    volume_in_gb: int
-    volume_mount_path: str
+    container: ContainerConfig
     network_volume_id: str | None
     price_per_hour_micros: int
     rate_card_version: str
-    registry_auth_id: str | None = None
     vcpu_count: int
     memory_in_gb: int
     # Hosts the api found without free disk for the instance's own disks: not tried.

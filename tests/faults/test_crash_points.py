@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
 from psycopg_pool import AsyncConnectionPool
 
+from events.container import ContainerConfig
 from events.envelope import AggregateRef, Envelope
 from events.ids import new_id
 from events.store import Append, AppendOutcomeUnknown, JetStreamEventStore
@@ -92,7 +93,7 @@ async def test_any_crash_point_ends_with_every_command_applied_once(
             template_id = ids[which]
             if kind == "create":
                 command: msgspec.Struct = CreateTemplate(
-                    actor="u", at=AT, name=f"t{n}", image_name="i:1"
+                    actor="u", at=AT, name=f"t{n}", container=ContainerConfig(image_name="i:1")
                 )
             else:
                 command = UpdateTemplate(actor="u", at=AT, name=f"renamed-{n}")

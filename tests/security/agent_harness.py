@@ -17,8 +17,10 @@ from typing import Any
 
 import docker
 import docker.errors
+import msgspec
 from nats.aio.client import Client as NatsClient
 
+from events.container import CONTAINER_FIELDS, ContainerConfig
 from events.host import HostGpu
 from events.ids import new_id
 from events.store import JetStreamEventStore
@@ -93,8 +95,18 @@ async def create_instance(
     runner: DeciderRunner, host: str, owner: str = "user-1", **fields: Any
 ) -> str:
     """An instance on `host` as placement would create it (GPU index 0), written to the deciders
-    without the API's checks; `fields` replace the defaults."""
+    without the API's checks; `fields` replace the defaults (the container's among them)."""
     instance_id = new_id()
+    container: dict[str, Any] = {
+        "image_name": "local/busybox:latest",
+        "docker_start_cmd": "sleep 3600",
+        "env": {},
+        "ports": [],
+        "container_disk_in_gb": 1,
+        "volume_in_gb": 0,
+        "volume_mount_path": "/workspace",
+    }
+    container.update({k: fields.pop(k) for k in CONTAINER_FIELDS if k in fields})
     command: dict[str, Any] = {
         "actor": owner,
         "at": datetime.now(UTC),
@@ -107,13 +119,7 @@ async def create_instance(
         "gpu_uuids": [f"GPU-{host}-0"],
         "lease_id": new_id(),
         "template_id": "busybox-smoke",
-        "image_name": "local/busybox:latest",
-        "docker_start_cmd": "sleep 3600",
-        "env": {},
-        "ports": [],
-        "container_disk_in_gb": 1,
-        "volume_in_gb": 0,
-        "volume_mount_path": "/workspace",
+        "container": msgspec.convert(container, ContainerConfig),
         "network_volume_id": None,
         "price_per_hour_micros": 690_000,
         "rate_card_version": "2026-11-30",

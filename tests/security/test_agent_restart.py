@@ -14,6 +14,7 @@ import docker
 import docker.errors
 from nats.aio.client import Client as NatsClient
 
+from events.container import ContainerChanges
 from services.agent.docker_runtime import DockerRuntime, container_name
 from services.agent.host_agent import HostAgent
 from services.agent.runtime import LABEL_GENERATION
@@ -52,7 +53,9 @@ async def test_a_change_made_while_the_agent_was_down_is_applied_when_it_returns
         assert before.labels[LABEL_GENERATION] == "0"
         # The agent process dies; its container keeps running, as Docker's do.
         await first.stop()
-        change = UpdateInstance(actor="user-1", at=datetime.now(UTC), env={"NEW": "1"})
+        change = UpdateInstance(
+            actor="user-1", at=datetime.now(UTC), container=ContainerChanges(env={"NEW": "1"})
+        )
         reply = await runner.run("instance", instance_id, change, "t")
         assert reply.error is None, reply.error
 

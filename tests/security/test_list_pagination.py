@@ -89,6 +89,8 @@ def test_every_list_pages_through_link_headers(
                 "/registry-auth", json={"name": "r", "username": "u", "password": "p"}
             )
             assert created.status_code == 201, created.text
+            key = client.post("/api-keys", json={"name": "k"})
+            assert key.status_code == 201, key.text
             create_volume(client)
         for _ in range(2):
             create_instance(client)
@@ -98,6 +100,7 @@ def test_every_list_pages_through_link_headers(
         for path in (
             "/templates",
             "/registry-auth",
+            "/api-keys",
             "/volumes",
             "/instances",
             "/blog/posts",

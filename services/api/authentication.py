@@ -1,0 +1,60 @@
+"""Who a request acts for: `Authorization: Bearer <credential>`, where the credential is an access
+token from /auth/login (a JWT) or an API key (`gpw_…`, see services/security/api_keys.py).
+
+Litestar's JWT middleware decodes whatever follows the header's first space as a JWT, so an API key
+would fail there before any handler could look at it. The middleware below is that same
+middleware (same excluded paths, same OpenAPI security scheme, same 401s in the seed's shape
+through the app's exception handlers) with one step in front: a Bearer credential that starts with
+the API key prefix is looked up as a key and never decoded as a JWT; anything else goes on to the
+JWT exactly as before. Either way the request's user is an `AuthUser` whose `id` is the user's,
+so routes and the idempotency layer cannot tell the two apart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException
+from litestar.middleware.authentication import AuthenticationResult
+from litestar.security.jwt import JWTAuthenticationMiddleware, Token
+
+from services.api.api_key_lookup import ApiKeyLookup
+from services.security.api_keys import PREFIX
+
+INVALID_KEY = "API key is not valid (malformed, revoked or never issued)"
+
+
+class AuthUser(msgspec.Struct, frozen=True):
+    id: str
+
+
+def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The credential of an `Authorization: Bearer …` header; None under any other scheme."""
+    scheme, _, credential = connection.headers.get("authorization", "").partition(" ")
+    return credential.strip() if scheme.lower() == "bearer" else None
+
+
+async def user_from_token(
+    token: Token, connection: ASGIConnection[Any, Any, Any, Any]
+) -> AuthUser | None:
+    # Litestar's JWT middleware takes the last word of the header whatever the scheme: insist on
+    # "Bearer", so a token sent as "Basic …" or bare is refused (None -> 401).
+    if _bearer(connection) is None:
+        return None
+    # Access tokens are short-lived and self-contained: no database round trip per request.
+    return AuthUser(id=token.sub)
+
+
+class ApiKeyOrJwtMiddleware(JWTAuthenticationMiddleware):
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        credential = _bearer(connection)
+        if credential is None or not credential.startswith(PREFIX):
+            return await super().authenticate_request(connection)
+        lookup: ApiKeyLookup = connection.app.state.ctx.api_keys
+        holder = await lookup.holder_of(credential)
+        if holder is None:
+            raise NotAuthorizedException(INVALID_KEY)
+        return AuthenticationResult(user=AuthUser(id=holder.user_id), auth=holder)
