@@ -679,9 +679,7 @@ async def test_logs_show_what_the_container_printed_and_follow_new_lines(
 
     everything = await asyncio.wait_for(lines(tail=100, since=None, follow=False), 10)
     assert everything[-2:] == [f"{marker} one", f"{marker} two"], everything
-    assert await asyncio.wait_for(lines(tail=1, since=None, follow=False), 10) == [
-        f"{marker} two"
-    ]
+    assert await asyncio.wait_for(lines(tail=1, since=None, follow=False), 10) == [f"{marker} two"]
     stamped = [
         line async for line in runtime.logs(spec.instance_id, tail=1, since=None, follow=False)
     ]
@@ -696,15 +694,15 @@ async def test_logs_show_what_the_container_printed_and_follow_new_lines(
     assert not waiting.done()
     await backend.print_line(spec.instance_id, f"{marker} later")
     assert (await asyncio.wait_for(waiting, 10)).text == f"{marker} later"
-    await follow.aclose()  # type: ignore[attr-defined]
+    await follow.aclose()
 
     # A follower's stream ends when the container stops.
-    follow = runtime.logs(spec.instance_id, tail=0, since=None, follow=True)
-    waiting = asyncio.ensure_future(anext(follow, None))
+    ending = runtime.logs(spec.instance_id, tail=0, since=None, follow=True)
+    last = asyncio.ensure_future(anext(ending, None))
     await asyncio.sleep(0.3)
     await runtime.stop(spec.instance_id, timeout_s=STOP_TIMEOUT_S)
-    rest = [await asyncio.wait_for(waiting, 10)]
-    rest += [line async for line in follow]
+    rest = [await asyncio.wait_for(last, 10)]
+    rest += [line async for line in ending]
     assert all(line is None or marker not in line.text for line in rest)
 
 

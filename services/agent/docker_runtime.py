@@ -26,7 +26,7 @@ import shutil
 import tarfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -738,7 +738,7 @@ class DockerRuntime:
 
     async def logs(
         self, instance_id: str, *, tail: int, since: datetime | None, follow: bool
-    ) -> AsyncIterator[LogLine]:
+    ) -> AsyncGenerator[LogLine, None]:
         container = await asyncio.to_thread(self._require, instance_id)
         stream = await asyncio.to_thread(
             self._client.api.logs,

@@ -4,7 +4,7 @@ Both implement `Runtime` and pass one shared test suite (tests/test_runtime_suit
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -186,7 +186,7 @@ class Runtime(Protocol):
 
     def logs(
         self, instance_id: str, *, tail: int, since: datetime | None, follow: bool
-    ) -> AsyncIterator[LogLine]:
+    ) -> AsyncGenerator[LogLine, None]:
         """The container's last `tail` lines (since `since`, if given), oldest first; with
         `follow`, then each new line as it is written, until the container stops or the iterator
         is closed (`aclose`). Raises ContainerNotFound when there is no container. The reader

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -272,7 +272,7 @@ class SimulatedRuntime:
 
     async def logs(
         self, instance_id: str, *, tail: int, since: datetime | None, follow: bool
-    ) -> AsyncIterator[LogLine]:
+    ) -> AsyncGenerator[LogLine, None]:
         container = self._require(instance_id)
         lines = [
             line

@@ -261,9 +261,7 @@ def evolve(state: UserState | None, event: Envelope) -> UserState:
             version=state.version + 1,
         )
     elif isinstance(data, SshPublicKeysSet):
-        return msgspec.structs.replace(
-            state, ssh_public_keys=data.keys, version=state.version + 1
-        )
+        return msgspec.structs.replace(state, ssh_public_keys=data.keys, version=state.version + 1)
     elif isinstance(data, SpendControlsChanged):
         return msgspec.structs.replace(
             state,
