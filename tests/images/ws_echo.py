@@ -44,8 +44,8 @@ def serve(conn: socket.socket) -> None:
     lines = request.split(b"\r\n")
     headers = {}
     for line in lines[1:]:
-        key, _, value = line.partition(b":")
-        headers[key.strip().lower()] = value.strip()
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
     key = headers.get(b"sec-websocket-key")
     if key is None:
         body = b"not a websocket request\n"
