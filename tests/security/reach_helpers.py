@@ -15,7 +15,8 @@ import httpx
 from tests.instance_helpers import RTX_4090, create_instance, terminate, wait_status
 
 UP_S = 40.0
-# busybox httpd on 8080 serving /www (index.html and a CGI that prints its environment), and a
+# busybox httpd on 8080 serving /www (index.html, a CGI that prints its environment and one that
+# echoes the request body), and a
 # TCP server on 2222 that answers "pong"; it prints a line first (for the logs tests).
 HTTPD_COMMAND = (
     "echo hello-logs-$HOSTNAME"
@@ -23,7 +24,9 @@ HTTPD_COMMAND = (
     " && echo hello-from-httpd > /www/index.html"
     " && busybox printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nbusybox env\\n'"
     " > /www/cgi-bin/env"
-    " && busybox chmod +x /www/cgi-bin/env"
+    " && busybox printf '#!/bin/sh\necho Content-Type: text/plain\necho\n"
+    "busybox head -c $CONTENT_LENGTH\n' > /www/cgi-bin/echo"
+    " && busybox chmod +x /www/cgi-bin/env /www/cgi-bin/echo"
     " && (busybox nc -ll -p 2222 -e busybox echo pong &)"
     " && exec busybox httpd -f -p 8080 -h /www"
 )

@@ -173,6 +173,19 @@ def test_the_callers_credential_never_reaches_the_container(
     assert env["HTTP_X_FORWARDED_PROTO"] == "http"
 
 
+def test_a_request_body_streams_to_the_instance_and_back(
+    owner: tuple[httpx.Client, str], httpd: dict[str, Any]
+) -> None:
+    client, _ = owner
+    _served(client, _proxied(client, httpd["id"], "/"))
+    body = bytes(range(256)) * 400
+
+    echoed = client.post(_proxied(client, httpd["id"], "/cgi-bin/echo"), content=body)
+
+    assert echoed.status_code == 200, echoed.text
+    assert echoed.content == body
+
+
 def test_a_body_over_the_limit_is_refused_before_it_is_sent(
     security_stack: SecurityStack, owner: tuple[httpx.Client, str], httpd: dict[str, Any]
 ) -> None:

@@ -1,11 +1,11 @@
-"""HTTP through the proxy: the request streamed to the instance's port with httpx, the response
-streamed back as it comes (server-sent events and long downloads included), neither held whole.
+"""HTTP through the proxy: the request streamed to the instance's port (services/api/
+instance_proxy/upstream.py), the response streamed back as it comes (server-sent events and long
+downloads included), neither held whole.
 
 Limits: a body over `max_body_bytes` is refused (413; by its Content-Length before anything is
 sent, else as soon as it passes the limit); an upstream silent for `idle_timeout_s` ends the
 exchange (504 before the response started); a client that goes away ends it at once. Redirects
-are the client's to follow, and environment proxy settings are ignored: the only address ever
-contacted is the one `targets` gave."""
+are the client's to follow: the only address ever contacted is the one `targets` gave."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-import httpx
 from litestar.types import HTTPScope, Receive, Send
 
 from services.api.instance_proxy.headers import downstream_headers, upstream_headers
@@ -21,6 +20,12 @@ from services.api.instance_proxy.meter import InstanceMeter
 from services.api.instance_proxy.routing import ProxyRoute
 from services.api.instance_proxy.settings import ProxySettings
 from services.api.instance_proxy.targets import BadGateway, Upstream
+from services.api.instance_proxy.upstream import (
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from services.errors import GpuWorkerError
 
 log = logging.getLogger("gpuworker.proxy")
@@ -45,8 +50,12 @@ def _content_length(scope: HTTPScope) -> int | None:
     return None
 
 
+def _chunked(scope: HTTPScope) -> bool:
+    return any(k.lower() == b"transfer-encoding" for k, _ in scope["headers"])
+
+
 def _has_body(scope: HTTPScope) -> bool:
-    if any(k.lower() == b"transfer-encoding" for k, _ in scope["headers"]):
+    if _chunked(scope):
         return True
     length = _content_length(scope)
     return length is not None and length != 0
@@ -60,17 +69,10 @@ async def _until_disconnect(receive: Receive) -> None:
 class HttpRelay:
     def __init__(self, settings: ProxySettings) -> None:
         self._settings = settings
-        self._client = httpx.AsyncClient(
-            trust_env=False,
-            follow_redirects=False,
-            timeout=httpx.Timeout(settings.idle_timeout_s, connect=settings.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=None, max_keepalive_connections=256, keepalive_expiry=30
-            ),
-        )
+        self._pool = UpstreamPool(settings.connect_timeout_s, settings.idle_timeout_s)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._pool.close()
 
     async def relay(
         self,
@@ -107,23 +109,33 @@ class HttpRelay:
                     return
 
         client = scope.get("client")
-        request = self._client.build_request(
-            scope["method"],
-            httpx.URL(scheme="http", host=upstream.host, port=upstream.port, raw_path=route.path),
-            headers=upstream_headers(
-                list(scope["headers"]), client[0] if client else None, scope["scheme"], route.prefix
-            ),
-            content=body() if _has_body(scope) else None,
+        headers = upstream_headers(
+            list(scope["headers"]), client[0] if client else None, scope["scheme"], route.prefix
         )
+        # The body's framing is the proxy's to state: a length uvicorn has checked, else chunks
+        # (never the client's Content-Length beside a Transfer-Encoding: no smuggling).
+        headers = [(k, v) for k, v in headers if k != b"content-length"]
+        has_body = _has_body(scope)
+        chunked = has_body and (length is None or _chunked(scope))
+        if has_body and not chunked:
+            headers.append((b"content-length", str(length).encode()))
         try:
-            response = await self._client.send(request, stream=True)
+            response = await self._pool.request(
+                upstream.host,
+                upstream.port,
+                scope["method"],
+                route.path,
+                headers,
+                body() if has_body else None,
+                chunked=chunked,
+            )
         except _ClientGone:
             return
-        except httpx.TimeoutException:
+        except UpstreamTimeout:
             raise GatewayTimeout(
                 f"port {route.port} of instance {route.instance_id} did not answer in time"
             ) from None
-        except (httpx.TransportError, httpx.StreamError):
+        except UpstreamError:
             raise BadGateway(
                 f"nothing answers on port {route.port} of instance {route.instance_id}: is its"
                 f" server running and listening on 0.0.0.0:{route.port} in the container?"
@@ -132,8 +144,8 @@ class HttpRelay:
             await send(
                 {
                     "type": "http.response.start",
-                    "status": response.status_code,
-                    "headers": downstream_headers(response.headers.raw),
+                    "status": response.status,
+                    "headers": downstream_headers(response.headers),
                 }
             )
             # The body goes on until it ends or the client leaves, whichever is first.
@@ -146,13 +158,13 @@ class HttpRelay:
         finally:
             await response.aclose()
 
-    async def _stream(self, response: httpx.Response, send: Send, meter: InstanceMeter) -> None:
+    async def _stream(self, response: UpstreamResponse, send: Send, meter: InstanceMeter) -> None:
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in response.body():
                 meter.from_instance(len(chunk))
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (httpx.TransportError, httpx.StreamError) as exc:
+        except UpstreamError as exc:
             # The instance stopped talking mid-response (or went silent past the idle limit):
             # nothing better to tell the client than the end of the body.
-            log.info("proxied response ended early: %s", type(exc).__name__)
+            log.info("proxied response ended early: %s", exc)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
