@@ -15,6 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ed25519, rsa
 
+from events.catalog import decode_event
+from events.instance import InstanceCreated, InstanceStartRequested
 from services.ssh_keys import MAX_SSH_KEYS, InvalidSshKey, fingerprint, normalised_ssh_key
 from tests.api_helpers import assert_error
 from tests.docker_fixtures import build_image, docker_client  # noqa: F401
@@ -156,3 +158,48 @@ def test_an_image_without_sshd_gets_the_keys_in_its_environment_only(
             instance_id = running["id"]
             assert _exec(docker_client, instance_id, 'echo "$PUBLIC_KEY"') == key + "\n"
             assert _exec(docker_client, instance_id, "ls -a /root 2>&1 || true").find(".ssh") < 0
+
+
+def test_instance_events_written_before_keys_read_back_with_none() -> None:
+    """InstanceCreated v3 and InstanceStartRequested v1 are lifted on read, never rewritten."""
+
+    def raw(event_type: str, version: int, data: dict[str, object]) -> bytes:
+        import json
+
+        return json.dumps(
+            {
+                "id": "0190f1e2-0000-7000-8000-0000000000e1",
+                "type": event_type,
+                "version": version,
+                "aggregate": {"type": "instance", "id": "i-1"},
+                "occurred_at": "2026-11-02T10:00:00Z",
+                "recorded_at": "2026-11-02T10:00:00Z",
+                "actor": "0190f1e2-0000-7000-8000-00000000000a",
+                "correlation_id": "c",
+                "data": data,
+            }
+        ).encode()
+
+    created_v3 = {
+        "name": "old",
+        "gpu_type_id": "NVIDIA GeForce RTX 4090",
+        "gpu_count": 1,
+        "cloud_type": "SECURE",
+        "datacenter_id": "US-TX-3",
+        "host_id": "h",
+        "gpu_uuids": ["GPU-1"],
+        "lease_id": "l",
+        "template_id": "t",
+        "container": {"image_name": "x"},
+        "network_volume_id": None,
+        "price_per_hour_micros": 1,
+        "rate_card_version": "v1",
+        "vcpu_count": 1,
+        "memory_in_gb": 1,
+    }
+    created = decode_event(raw("InstanceCreated", 3, created_v3)).data
+    assert isinstance(created, InstanceCreated) and created.ssh_public_keys == []
+    started = decode_event(
+        raw("InstanceStartRequested", 1, {"gpu_uuids": ["GPU-1"], "lease_id": "l2"})
+    ).data
+    assert isinstance(started, InstanceStartRequested) and started.ssh_public_keys == []
