@@ -67,7 +67,7 @@ class InstanceCreated(msgspec.Struct, frozen=True, kw_only=True):
     # The owner's SSH public keys (OpenSSH lines) when it was created: its container gets them as
     # PUBLIC_KEY (and in root's authorized_keys when the image has sshd). Public data, recorded
     # so the agent needs no user events (which hold password hashes) to know them.
-    ssh_public_keys: list[str]
+    ssh_public_keys: list[str] = []
 
 
 @register(version=2, upcasters={1: upcast_with_no_ssh_keys})
@@ -76,7 +76,7 @@ class InstanceStartRequested(msgspec.Struct, frozen=True, kw_only=True):
     lease_id: str
     # The owner's SSH public keys at this start (a change since the last one makes the host
     # recreate the container, on the same disk, so the new keys are in its environment).
-    ssh_public_keys: list[str]
+    ssh_public_keys: list[str] = []
 
 
 @register()

@@ -9,6 +9,7 @@ asks); this side only makes sure a request cannot reach another host's or nobody
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -100,7 +101,10 @@ class ContainerLogService:
 
     async def stop(self) -> None:
         for subscription in self._subscriptions:
-            await subscription.unsubscribe()
+            # Gone already when the connection closed first: nothing to undo.
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
+        self._subscriptions.clear()
         for task in list(self._streams):
             task.cancel()
         await asyncio.gather(*self._streams, return_exceptions=True)
