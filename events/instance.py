@@ -32,7 +32,19 @@ def upcast_instance_created_v2_v3(payload: dict[str, Any]) -> dict[str, Any]:
     return nest_container(payload)
 
 
-@register(version=3, upcasters={1: upcast_instance_created_v1_v2, 2: upcast_instance_created_v2_v3})
+def upcast_with_no_ssh_keys(payload: dict[str, Any]) -> dict[str, Any]:
+    """Instances created (or started) before accounts had SSH keys got none."""
+    return {**payload, "ssh_public_keys": []}
+
+
+@register(
+    version=4,
+    upcasters={
+        1: upcast_instance_created_v1_v2,
+        2: upcast_instance_created_v2_v3,
+        3: upcast_with_no_ssh_keys,
+    },
+)
 class InstanceCreated(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     gpu_type_id: str
@@ -52,12 +64,19 @@ class InstanceCreated(msgspec.Struct, frozen=True, kw_only=True):
     # container's CPU and memory limits.
     vcpu_count: int
     memory_in_gb: int
+    # The owner's SSH public keys (OpenSSH lines) when it was created: its container gets them as
+    # PUBLIC_KEY (and in root's authorized_keys when the image has sshd). Public data, recorded
+    # so the agent needs no user events (which hold password hashes) to know them.
+    ssh_public_keys: list[str] = []
 
 
-@register()
+@register(version=2, upcasters={1: upcast_with_no_ssh_keys})
 class InstanceStartRequested(msgspec.Struct, frozen=True, kw_only=True):
     gpu_uuids: list[str]
     lease_id: str
+    # The owner's SSH public keys at this start (a change since the last one makes the host
+    # recreate the container, on the same disk, so the new keys are in its environment).
+    ssh_public_keys: list[str] = []
 
 
 @register()
@@ -104,6 +123,29 @@ class InstanceProvisioning(msgspec.Struct, frozen=True):
 @register()
 class InstanceRunning(msgspec.Struct, frozen=True):
     pass
+
+
+class PublishedPort(msgspec.Struct, frozen=True, kw_only=True):
+    """One declared port of the instance's container as its host published it."""
+
+    # As declared: "8888/http", "22/tcp".
+    port: str
+    # The host address it is published on: a tcp/udp port on the host's public side, an http
+    # port on the address the api's proxy reaches (never the public one: the proxy checks who
+    # asks, a public port would not).
+    host_ip: str
+    host_port: int
+
+
+@register()
+class InstancePortsPublished(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the host published the declared ports of the container it runs now (reported with
+    "running", and again whenever a new container got other host ports). A fact of its own, not
+    a field of InstanceRunning, which the ledger reads as the start of a billed session."""
+
+    # What customers connect to for the tcp/udp ports (None: the host advertises none).
+    public_ip: str | None
+    ports: list[PublishedPort]
 
 
 # The four below end a GPU lease: `lease_id` names it, so the host's allocation can be released

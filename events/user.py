@@ -55,3 +55,11 @@ class SpendControlsChanged(msgspec.Struct, frozen=True, kw_only=True):
 
     spend_limit_per_hour_micros: int
     monthly_budget_micros: int | None
+
+
+@register()
+class SshPublicKeysSet(msgspec.Struct, frozen=True, kw_only=True):
+    """The account's SSH public keys now (OpenSSH lines, validated and normalised): the whole
+    list, so removing one is setting the others. Instances get them at their next start."""
+
+    keys: list[str]

@@ -30,7 +30,9 @@ ERROR_TYPES: dict[int, str] = {
     415: "unsupported_media_type",
     422: "unprocessable_entity",
     429: "too_many_requests",
+    431: "request_header_fields_too_large",
     500: "internal_error",
+    502: "bad_gateway",
     503: "service_unavailable",
     504: "gateway_timeout",
 }

@@ -25,6 +25,7 @@ from events.subjects import (
     STREAM,
     check_host_id,
 )
+from services.container_logs import LOGS_ROOT
 from services.processes.gpu_releaser import DURABLE as RELEASER_DURABLE
 
 API_USER = "api"
@@ -98,8 +99,14 @@ def _durable(name: str) -> tuple[str, ...]:
 def role_permissions(user: str) -> Permissions:
     inbox = (f"{inbox_prefix(user)}.>",)
     if user == API_USER:
-        # Users' commands, and the stream's state for /health.
-        return Permissions(publish=(f"{COMMANDS_ROOT}.*", STREAM_INFO), subscribe=inbox)
+        # Users' commands, and the stream's state for /health; asks hosts for container logs
+        # and reads (acknowledging each chunk) the streams it asked for
+        # (services/container_logs.py).
+        return Permissions(
+            publish=(f"{COMMANDS_ROOT}.*", STREAM_INFO, f"{LOGS_ROOT}.req.>"),
+            subscribe=(*inbox, f"{LOGS_ROOT}.out.>"),
+            allow_responses=True,
+        )
     if user == DECIDERS_USER:
         return Permissions(
             publish=(
@@ -147,12 +154,16 @@ def role_permissions(user: str) -> Permissions:
 
 
 def agent_permissions(host_id: str, fleet: bool = False) -> Permissions:
-    """One host's agent: its reports and heartbeat, and reading the stream. A fleet credential
-    (one process simulating hosts `<host_id>.<n>`) covers every host id under its own."""
+    """One host's agent: its reports and heartbeat, reading the stream, and the log requests of
+    its own host (answered, with its lines on that host's log streams). A fleet credential (one
+    process simulating hosts `<host_id>.<n>`) covers every host id under its own."""
     check_host_id(host_id)
     own = "*" if not fleet else ">"
     heartbeats = (f"{HEARTBEATS_ROOT}.{host_id}",) + (
         (f"{HEARTBEATS_ROOT}.{host_id}.>",) if fleet else ()
+    )
+    log_requests = (f"{LOGS_ROOT}.req.{host_id}",) + (
+        (f"{LOGS_ROOT}.req.{host_id}.>",) if fleet else ()
     )
     return Permissions(
         publish=(
@@ -161,8 +172,10 @@ def agent_permissions(host_id: str, fleet: bool = False) -> Permissions:
             STREAM_INFO,
             DIRECT_GET,
             *FOLLOW,
+            f"{LOGS_ROOT}.out.{host_id}.{'*' if not fleet else '>'}",
         ),
-        subscribe=(f"{inbox_prefix(agent_user(host_id))}.>",),
+        subscribe=(f"{inbox_prefix(agent_user(host_id))}.>", *log_requests),
+        allow_responses=True,
     )
 
 

@@ -40,7 +40,9 @@ def test_signup_returns_tokens_and_me_returns_profile(stack: Stack) -> None:
         "spendLimitPerHourMicros",
         "monthlyBudget",
         "monthlyBudgetMicros",
+        "sshPublicKeys",
     }
+    assert me["sshPublicKeys"] == []
     assert me["spendLimitPerHour"] == 80.0 and me["monthlyBudget"] is None
     assert me["name"] == "Ada Lovelace"
     assert me["email"] == email

@@ -70,6 +70,9 @@ INSTANCE_FIELDS = {
     "stopReason",
     "exitCode",
     "hostLost",
+    "urls",
+    "publicIp",
+    "portMappings",
 }
 
 

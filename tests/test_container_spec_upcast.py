@@ -131,7 +131,8 @@ def test_the_replaced_versions_are_the_ones_upcast() -> None:
     } == {
         "TemplateCreated": 3,
         "TemplateUpdated": 2,
-        "InstanceCreated": 3,
+        # v4 (issue 11) added the owner's SSH keys; v2 still reads through v3.
+        "InstanceCreated": 4,
         "InstanceReconfigured": 2,
     }
 
@@ -171,7 +172,7 @@ def test_template_updated_v1_carries_only_what_changed() -> None:
 
 def test_instance_created_v2_nests_its_container() -> None:
     event = decoded("instance", "InstanceCreated", 2, INSTANCE_CREATED_V2)
-    assert event.version == 3
+    assert event.version == spec_for("InstanceCreated").version
     assert isinstance(event.data, InstanceCreated)
     assert event.data.container == INSTANCE_CONTAINER
     assert (event.data.vcpu_count, event.data.memory_in_gb) == (16, 62)
@@ -290,8 +291,11 @@ async def test_the_migration_rebuilds_old_rows_from_old_events(
                 (table, last),
             )
 
-    # The upgrade applies the container-spec migration (and any later ones).
-    assert CONTAINER_SPEC_MIGRATION in await migrate(database_url)
+    # This one first, then any later migration (0015 api_keys came after it).
+    applied = await migrate(database_url)
+    assert applied[0] == CONTAINER_SPEC_MIGRATION and all(
+        m > CONTAINER_SPEC_MIGRATION for m in applied[1:]
+    )
 
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(database_url, min_size=1, open=False)
     await pool.open()

@@ -13,7 +13,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +37,7 @@ from services.agent.runtime import (
     LABEL_MANAGED,
     ContainerNotFound,
     ContainerSpec,
+    HostPort,
     ImagePullFailed,
     Runtime,
     RuntimeEvent,
@@ -79,6 +80,10 @@ class Backend(Protocol):
 
     async def image_id(self) -> str:
         """The image ID ("sha256:…") of `image` on this backend."""
+        ...
+
+    async def print_line(self, instance_id: str, text: str) -> None:
+        """Like the container's main process printing `text` (what its logs show)."""
         ...
 
     async def hostile_image(self, labels: dict[str, str], volumes: list[str]) -> str:
@@ -157,6 +162,10 @@ class DockerBackend:
         image = await asyncio.to_thread(self.client.images.get, self.image)
         return str(image.id)
 
+    async def print_line(self, instance_id: str, text: str) -> None:
+        # PID 1's stdout is what Docker logs.
+        await self._exec(instance_id, f"echo '{text}' > /proc/1/fd/1")
+
     async def hostile_image(self, labels: dict[str, str], volumes: list[str]) -> str:
         tag = f"local/hostile-{uuid.uuid4().hex[:10]}:1"
         instructions = [f"LABEL {k}={v}" for k, v in labels.items()]
@@ -226,6 +235,9 @@ class SimulatedBackend:
 
     async def image_id(self) -> str:
         return "sha256:" + "5e" * 32
+
+    async def print_line(self, instance_id: str, text: str) -> None:
+        self._owner(instance_id).write_log(instance_id, text)
 
     async def hostile_image(self, labels: dict[str, str], volumes: list[str]) -> str:
         return self.image
@@ -297,6 +309,14 @@ async def next_event(
         raise AssertionError("the watch ended without the event")
 
     return await asyncio.wait_for(find(), EVENT_TIMEOUT_S)
+
+
+def _free_port() -> int:
+    """A host port in the agent's range that nothing holds now."""
+    from services.agent.host_ports import DEFAULT_HOST_PORTS, can_bind
+
+    first, last = DEFAULT_HOST_PORTS
+    return next(p for p in range(last, first, -1) if can_bind("127.0.0.1", p, "tcp"))
 
 
 # -- the shared suite ---------------------------------------------------------------------------
@@ -612,6 +632,84 @@ async def test_operations_on_a_missing_container_say_so(runtime: Runtime) -> Non
     with pytest.raises(ContainerNotFound):
         await runtime.restart(missing, timeout_s=STOP_TIMEOUT_S)
     await runtime.remove(missing)
+
+
+async def test_ports_are_published_where_asked_and_stay_across_stop_and_start(
+    runtime: Runtime, backend: Backend
+) -> None:
+    """Each declared port gets a host port of its own on the address the spec names, and keeps
+    it when the container is stopped and started (an SSH address must not move)."""
+    free = _free_port()
+    spec = new_spec(
+        backend,
+        ports=["8888/http", "2222/tcp"],
+        publish={
+            "8888/http": HostPort(host_ip="127.0.0.1"),
+            "2222/tcp": HostPort(host_ip="127.0.0.1", host_port=free),
+        },
+    )
+    started = await runtime.create_and_start(spec)
+
+    assert set(started.ports) == {"8888/tcp", "2222/tcp"}
+    assert started.ports["2222/tcp"] == HostPort(host_ip="127.0.0.1", host_port=free)
+    http = started.ports["8888/tcp"]
+    assert http.host_ip == "127.0.0.1" and 1024 <= http.host_port <= 65535
+    assert http.host_port != free
+
+    await runtime.stop(spec.instance_id, timeout_s=STOP_TIMEOUT_S)
+    assert (await runtime.inspect(spec.instance_id)).ports == started.ports
+    again = await runtime.start(spec.instance_id)
+
+    assert again.ports == started.ports
+    (listed,) = [s for s in await runtime.list_managed() if s.instance_id == spec.instance_id]
+    assert listed.ports == started.ports
+
+
+async def test_logs_show_what_the_container_printed_and_follow_new_lines(
+    runtime: Runtime, backend: Backend
+) -> None:
+    spec = new_spec(backend)
+    await runtime.create_and_start(spec)
+    marker = f"hello-{uuid.uuid4().hex[:8]}"
+    await backend.print_line(spec.instance_id, f"{marker} one")
+    await backend.print_line(spec.instance_id, f"{marker} two")
+
+    async def lines(**options: Any) -> list[str]:
+        return [line.text async for line in runtime.logs(spec.instance_id, **options)]
+
+    everything = await asyncio.wait_for(lines(tail=100, since=None, follow=False), 10)
+    assert everything[-2:] == [f"{marker} one", f"{marker} two"], everything
+    assert await asyncio.wait_for(lines(tail=1, since=None, follow=False), 10) == [f"{marker} two"]
+    stamped = [
+        line async for line in runtime.logs(spec.instance_id, tail=1, since=None, follow=False)
+    ]
+    assert stamped[0].at is not None and stamped[0].at.tzinfo is not None
+    future = datetime.now(UTC) + timedelta(hours=1)
+    assert await asyncio.wait_for(lines(tail=100, since=future, follow=False), 10) == []
+
+    # Follow: a line printed after the reading began arrives, then closing ends the stream.
+    follow = runtime.logs(spec.instance_id, tail=0, since=None, follow=True)
+    waiting = asyncio.ensure_future(anext(follow))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()
+    await backend.print_line(spec.instance_id, f"{marker} later")
+    assert (await asyncio.wait_for(waiting, 10)).text == f"{marker} later"
+    await follow.aclose()
+
+    # A follower's stream ends when the container stops.
+    ending = runtime.logs(spec.instance_id, tail=0, since=None, follow=True)
+    last = asyncio.ensure_future(anext(ending, None))
+    await asyncio.sleep(0.3)
+    await runtime.stop(spec.instance_id, timeout_s=STOP_TIMEOUT_S)
+    rest = [await asyncio.wait_for(last, 10)]
+    rest += [line async for line in ending]
+    assert all(line is None or marker not in line.text for line in rest)
+
+
+async def test_logs_of_a_missing_container_say_so(runtime: Runtime) -> None:
+    with pytest.raises(ContainerNotFound):
+        async for _line in runtime.logs("i-missing", tail=10, since=None, follow=False):
+            pass
 
 
 async def test_close_ends_every_watch(runtime: Runtime) -> None:

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import math
 import shutil
+import tarfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,6 +45,14 @@ from services.agent.container_limits import (
     tenant_network,
 )
 from services.agent.disk_watch import allocated_bytes
+from services.agent.host_ports import (
+    DEFAULT_HOST_PORTS,
+    LABEL_PORTS,
+    NoFreeHostPort,
+    choose_host_ports,
+    ports_label,
+    reserved_in,
+)
 from services.agent.image_access import (
     NOT_FOUND_OR_DENIED,
     ImageAccess,
@@ -60,7 +70,9 @@ from services.agent.runtime import (
     ContainerState,
     ContainerStatus,
     DiskUsage,
+    HostPort,
     InvalidContainerSpec,
+    LogLine,
     RegistryCredentials,
     RuntimeEvent,
     check_spec,
@@ -76,6 +88,10 @@ CONTAINER_PREFIX = "gpuworker-"
 _ZERO_TIME_PREFIX = "0001-01-01"
 # How long `remove` waits for Docker to really let go of a container or volume.
 _GONE_TIMEOUT_S = 30.0
+# Where an image keeps its SSH server, if it has one: root's authorized_keys are written then.
+SSHD_PATHS = ("/usr/sbin/sshd", "/usr/bin/sshd", "/usr/sbin/dropbear", "/usr/bin/dropbear")
+# Log frames read ahead of the reader, at most (then Docker's stream waits).
+_LOG_READ_AHEAD = 64
 DEFAULT_LIMITS = ContainerLimits()
 
 
@@ -92,14 +108,18 @@ def container_labels(
     host_id: str,
     image_labels: Mapping[str, str] | None = None,
     generation: int = 0,
+    host_ports: Mapping[str, HostPort] | None = None,
 ) -> dict[str, str]:
     """Ours, over every `gpuworker.*` label the image brings (blanked: Docker cannot drop an
     inherited label, but ours override it), so no image can speak for the runtime."""
     blanked = {k: "" for k in image_labels or {} if k.startswith(LABEL_PREFIX)}
+    held = ports_label(host_ports or {})
     return {
         **blanked,
         **managed_labels(instance_id, host_id),
         LABEL_GENERATION: str(generation),
+        # The host ports it holds, running or not (services/agent/host_ports.py).
+        **({LABEL_PORTS: held} if held else {}),
     }
 
 
@@ -125,6 +145,13 @@ def _docker_port(port: str) -> str:
     return f"{key[0]}/{key[1]}"
 
 
+def wanted_host_ports(spec: ContainerSpec, publish_host_ip: str) -> dict[str, HostPort]:
+    """Where each declared port should be published, by Docker's key: as the spec says, else on
+    `publish_host_ip` at any host port."""
+    default = HostPort(host_ip=publish_host_ip)
+    return {_docker_port(p): spec.publish.get(p, default) for p in spec.ports}
+
+
 def container_create_kwargs(
     spec: ContainerSpec,
     host_id: str,
@@ -132,23 +159,31 @@ def container_create_kwargs(
     image_labels: Mapping[str, str] | None = None,
     limits: ContainerLimits = DEFAULT_LIMITS,
     host_cpus: int | None = None,
+    host_ports: Mapping[str, HostPort] | None = None,
 ) -> dict[str, Any]:
-    """The keyword arguments for `client.containers.create` that realise `spec` (pure).
+    """The keyword arguments for `client.containers.create` that realise `spec` (pure), with its
+    ports published where `host_ports` says (by Docker's key; see services/agent/host_ports.py),
+    or, without it, where the spec asks (a host port of 0: Docker picks one at each start).
     Raises InvalidContainerSpec for a spec no container may have."""
     check_spec(spec)
+    bindings = dict(host_ports) if host_ports else wanted_host_ports(spec, publish_host_ip)
     kwargs: dict[str, Any] = {
         "image": spec.image,
         "name": container_name(spec.instance_id),
-        "labels": container_labels(spec.instance_id, host_id, image_labels, spec.generation),
+        "labels": container_labels(
+            spec.instance_id, host_id, image_labels, spec.generation, bindings
+        ),
         "environment": dict(spec.env),
         "detach": True,
         **contained(spec.memory_mb, spec.vcpus, spec.owner_id, host_id, limits, host_cpus),
     }
     if spec.command:
         kwargs["command"] = ["sh", "-c", spec.command]
-    if spec.ports:
-        # Each exposed port goes to a random free host port on `publish_host_ip`.
-        kwargs["ports"] = {_docker_port(p): (publish_host_ip,) for p in spec.ports}
+    if bindings:
+        kwargs["ports"] = {
+            key: (port.host_ip, port.host_port) if port.host_port else (port.host_ip,)
+            for key, port in bindings.items()
+        }
     if spec.volume_name:
         kwargs["volumes"] = {spec.volume_name: {"bind": spec.volume_mount_path, "mode": "rw"}}
     if spec.gpu_uuids:
@@ -206,6 +241,7 @@ def state_from_attrs(instance_id: str, attrs: dict[str, Any]) -> ContainerState:
         reason = str(state["Error"])
     generation = ((attrs.get("Config") or {}).get("Labels") or {}).get(LABEL_GENERATION, "")
     return ContainerState(
+        ports=published_ports(attrs),
         instance_id=instance_id,
         status=status,
         exit_code=exit_code,
@@ -214,6 +250,53 @@ def state_from_attrs(instance_id: str, attrs: dict[str, Any]) -> ContainerState:
         finished_at=parse_docker_time(state.get("FinishedAt")),
         generation=int(generation) if generation.isdigit() else None,
     )
+
+
+def published_ports(attrs: dict[str, Any]) -> dict[str, HostPort]:
+    """Where a container's ports are published: while it runs, what Docker bound; else the
+    fixed host ports of its bindings (a binding without one has no port while stopped)."""
+    live = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+    fixed = (attrs.get("HostConfig") or {}).get("PortBindings") or {}
+    found: dict[str, HostPort] = {}
+    for key, bindings in {**fixed, **{k: v for k, v in live.items() if v}}.items():
+        for binding in bindings or []:
+            port = str(binding.get("HostPort") or "")
+            if port.isdigit() and int(port) > 0:
+                found[key] = HostPort(host_ip=str(binding.get("HostIp") or ""), host_port=int(port))
+                break
+    return found
+
+
+def parse_log_line(raw: bytes) -> LogLine:
+    """A frame of `docker logs --timestamps`: "<RFC 3339 time> <text>"."""
+    text = raw.decode("utf-8", errors="replace").rstrip("\n")
+    stamp, sep, rest = text.partition(" ")
+    at = None
+    if sep and stamp[:1].isdigit():
+        with contextlib.suppress(ValueError):
+            at = parse_docker_time(stamp)
+    return LogLine(at=at, text=rest if at is not None else text)
+
+
+def _port_taken(exc: docker.errors.APIError) -> bool:
+    """A start refused because a published host port is in use (by something else now)."""
+    text = _explain(exc).lower()
+    return "port is already allocated" in text or "address already in use" in text
+
+
+def authorized_keys_archive(keys: list[str]) -> bytes:
+    """A tar of root/.ssh (0700) and root/.ssh/authorized_keys (0600), owned by root, to unpack
+    at the container's "/"."""
+    content = "".join(f"{key}\n" for key in keys).encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        folder = tarfile.TarInfo("root/.ssh")
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o700
+        tar.addfile(folder)
+        file = tarfile.TarInfo("root/.ssh/authorized_keys")
+        file.mode, file.size = 0o600, len(content)
+        tar.addfile(file, io.BytesIO(content))
+    return buffer.getvalue()
 
 
 def _auth_config(auth: RegistryCredentials | None) -> dict[str, str]:
@@ -248,8 +331,10 @@ class DockerRuntime:
         publish_host_ip: str = "127.0.0.1",
         images: ImageAccess | None = None,
         limits: ContainerLimits = DEFAULT_LIMITS,
+        host_ports: tuple[int, int] = DEFAULT_HOST_PORTS,
     ) -> None:
         self.host_id = host_id
+        self._host_port_range = host_ports
         self._images = images if images is not None else ImageAccess()
         self._limits = limits
         self._host_cpus: int | None = None
@@ -349,31 +434,82 @@ class DockerRuntime:
     def _create_and_start(self, spec: ContainerSpec, image: str) -> ContainerState:
         container = self._get(spec.instance_id)
         if container is None:
-            image_labels = self._client.images.get(image).labels
-            kwargs = container_create_kwargs(
-                msgspec.structs.replace(spec, image=image),
-                self.host_id,
-                self._publish_host_ip,
-                image_labels,
-                self._limits,
-                self._host_cpus,
+            container = self._create(spec, image, keep_wanted_ports=True)
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            if not _port_taken(exc):
+                raise
+            # Its host port went to something else while it was stopped (or between choosing
+            # and starting): made anew on free ports. Its own disk is a named volume and stays.
+            log.warning(
+                "instance %s: a host port is taken (%s); recreating it on free ports",
+                spec.instance_id,
+                _explain(exc),
             )
-            if spec.volume_name:
-                self._client.volumes.create(
-                    name=spec.volume_name, labels=managed_labels(spec.instance_id, self.host_id)
-                )
-            try:
-                with self._network_lock:
-                    if spec.owner_id:
-                        self._ensure_network(spec.owner_id)
-                    container = self._client.containers.create(**kwargs)
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:  # 409: someone created it meanwhile; use that one
-                    raise
-                container = self._await_created(spec.instance_id)
-        container.start()
+            container.remove(force=True, v=True)
+            self._wait_gone(lambda: self._get(spec.instance_id) is None, "container")
+            container = self._create(spec, image, keep_wanted_ports=False)
+            container.start()
         container.reload()
         return state_from_attrs(spec.instance_id, container.attrs)
+
+    def _create(self, spec: ContainerSpec, image: str, keep_wanted_ports: bool) -> Any:
+        image_labels = self._client.images.get(image).labels
+        if spec.volume_name:
+            self._client.volumes.create(
+                name=spec.volume_name, labels=managed_labels(spec.instance_id, self.host_id)
+            )
+        try:
+            # One create at a time: the host ports chosen are reserved (on the container's
+            # label) once it exists; and a tenant's network is never removed meanwhile.
+            with self._network_lock:
+                kwargs = container_create_kwargs(
+                    msgspec.structs.replace(spec, image=image),
+                    self.host_id,
+                    self._publish_host_ip,
+                    image_labels,
+                    self._limits,
+                    self._host_cpus,
+                    self._host_ports(spec, keep_wanted_ports),
+                )
+                if spec.owner_id:
+                    self._ensure_network(spec.owner_id)
+                container = self._client.containers.create(**kwargs)
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: someone created it meanwhile; use that one
+                raise
+            return self._await_created(spec.instance_id)
+        self._install_authorized_keys(container, spec.authorized_keys)
+        return container
+
+    def _host_ports(self, spec: ContainerSpec, keep_wanted: bool) -> dict[str, HostPort]:
+        """A fixed, free host port for each declared port (see services/agent/host_ports.py)."""
+        wanted = wanted_host_ports(spec, self._publish_host_ip)
+        if not wanted:
+            return {}
+        if not keep_wanted:
+            wanted = {key: HostPort(host_ip=port.host_ip) for key, port in wanted.items()}
+        # Every engine-wide container we (or another agent on this engine) made holds its ports,
+        # running or not.
+        listed = self._client.api.containers(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+        reserved = reserved_in(c.get("Labels") or {} for c in listed)
+        try:
+            return choose_host_ports(wanted, reserved, self._host_port_range)
+        except NoFreeHostPort as exc:
+            raise InvalidContainerSpec(f"field `ports`: {exc}") from None
+
+    def _install_authorized_keys(self, container: Any, keys: list[str]) -> None:
+        """Root's authorized_keys, before the first start, when the image has an SSH server."""
+        if not keys or not any(self._has_path(container, path) for path in SSHD_PATHS):
+            return
+        container.put_archive("/", authorized_keys_archive(keys))
+
+    def _has_path(self, container: Any, path: str) -> bool:
+        # HEAD /containers/{id}/archive: the path's stat, without copying the file.
+        url = self._client.api._url("/containers/{0}/archive", container.id)
+        response = self._client.api.head(url, params={"path": path})
+        return bool(response.status_code == 200)
 
     def _await_created(self, instance_id: str) -> Any:
         """The container a concurrent create is making: Docker reserves the name a moment
@@ -600,6 +736,29 @@ class DockerRuntime:
                 states.append(state_from_attrs(instance_id, c.attrs))
         return states
 
+    async def logs(
+        self, instance_id: str, *, tail: int, since: datetime | None, follow: bool
+    ) -> AsyncGenerator[LogLine, None]:
+        container = await asyncio.to_thread(self._require, instance_id)
+        stream = await asyncio.to_thread(
+            self._client.api.logs,
+            container.id,
+            stdout=True,
+            stderr=True,
+            stream=True,
+            follow=follow,
+            tail=tail,
+            since=since,
+            timestamps=True,
+        )
+        reader = _LogReader(stream, asyncio.get_running_loop())
+        try:
+            while (frame := await reader.next()) is not None:
+                for piece in frame.splitlines():
+                    yield parse_log_line(piece)
+        finally:
+            reader.close()
+
     def watch(self) -> AsyncIterator[RuntimeEvent]:
         """Events from the moment of this call on (Docker replays from then, so none is lost
         between this call and the first `anext`)."""
@@ -638,6 +797,51 @@ class DockerRuntime:
 
 
 _END = object()
+
+
+class _LogReader:
+    """One `docker logs` stream, read by a thread of its own (a follow may wait for hours: never
+    on asyncio's shared thread pool, which the runtime's other calls need), at most
+    _LOG_READ_AHEAD frames ahead of the reader. `close` ends the stream and the thread."""
+
+    def __init__(self, stream: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._stream = stream
+        self._loop = loop
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._slots = threading.Semaphore(_LOG_READ_AHEAD)
+        self._closed = threading.Event()
+        threading.Thread(target=self._run, name="docker-logs", daemon=True).start()
+
+    def _post(self, item: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is reading
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def _run(self) -> None:
+        try:
+            for frame in self._stream:
+                while not self._slots.acquire(timeout=0.5):
+                    if self._closed.is_set():
+                        return
+                if self._closed.is_set():
+                    return
+                self._post(frame)
+        except Exception as exc:  # the daemon went away: the stream simply ends
+            log.debug("docker logs stream ended: %s", exc)
+        finally:
+            self._post(_END)
+
+    async def next(self) -> bytes | None:
+        item = await self._queue.get()
+        if item is _END:
+            return None
+        self._slots.release()
+        assert isinstance(item, bytes)
+        return item
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(Exception):
+            self._stream.close()
 
 
 class _DockerWatch(AsyncIterator[RuntimeEvent]):

@@ -19,6 +19,8 @@ from events.host import HostGpu
 from events.instance import LEGACY_RAM_GB_PER_GPU, LEGACY_VCPU_PER_GPU
 from events.subjects import agent_command_subject, heartbeat_subject
 from services.agent.disk_watch import DISK_CHECK_S, over_disk
+from services.agent.log_service import ContainerLogService
+from services.agent.port_publishing import HostAddresses
 from services.agent.registry_credentials import RegistryCredentialStore
 from services.agent.runtime import (
     ContainerSpec,
@@ -92,18 +94,37 @@ def disk_to_delete(state: InstanceState | None, instance_id: str) -> str | None:
     return own_disk_name(instance_id)
 
 
+# RunPod's convention, which images built for it read at start (into authorized_keys).
+PUBLIC_KEY_ENV = "PUBLIC_KEY"
+
+
+def container_env(state: InstanceState) -> dict[str, str]:
+    """The instance's env, with the owner's SSH keys as PUBLIC_KEY (one per line) unless the
+    instance sets PUBLIC_KEY itself."""
+    keys = state.ssh_public_keys
+    if not keys:
+        return state.container.env
+    return {PUBLIC_KEY_ENV: "\n".join(keys), **state.container.env}
+
+
 def container_spec(
-    state: InstanceState, real_gpus: bool, auth: RegistryCredentials | None = None
+    state: InstanceState,
+    real_gpus: bool,
+    auth: RegistryCredentials | None = None,
+    addresses: HostAddresses | None = None,
 ) -> ContainerSpec:
     container = state.container
+    where = addresses or HostAddresses()
     return ContainerSpec(
         instance_id=state.id,
         image=container.image_name,
         owner_id=state.owner_id,
         registry_auth=auth,
         command=container.docker_start_cmd,
-        env=container.env,
+        env=container_env(state),
         ports=container.ports,
+        publish=where.publish(container.ports, state.published_ports),
+        authorized_keys=state.ssh_public_keys,
         # Declared (simulated) GPUs have made-up UUIDs that no driver knows.
         gpu_uuids=state.gpu_uuids if real_gpus else [],
         # What the customer rents with the GPUs (rate card, recorded at creation). Never 0:
@@ -114,6 +135,10 @@ def container_spec(
         volume_mount_path=container.volume_mount_path,
         generation=state.config_generation,
     )
+
+
+def _outdated(state: InstanceState, actual: ContainerState) -> bool:
+    return actual.generation is not None and actual.generation != state.config_generation
 
 
 class HostAgent:
@@ -131,7 +156,9 @@ class HostAgent:
         create_attempts: int = CREATE_ATTEMPTS,
         create_backoff_s: float = CREATE_BACKOFF_S,
         disk_check_s: float = DISK_CHECK_S,
+        addresses: HostAddresses | None = None,
     ) -> None:
+        self._addresses = addresses or HostAddresses()
         self._disk_check_s = disk_check_s
         self._credentials = credentials
         self._create_attempts = create_attempts
@@ -158,6 +185,8 @@ class HostAgent:
             keep=lambda s: s.host_id in self._hosts,
             on_change=lambda s, _seq: self._schedule(VOLUME_KEY + s.id),
         )
+        # Answers the api's log requests for this agent's instances (services/container_logs.py).
+        self._logs = ContainerLogService(nc, list(self._hosts), runtime, self._instances.get)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -180,6 +209,7 @@ class HostAgent:
         await self._instances.follow(self._nc)
         await self._volumes.follow(self._nc)
         await self._reconcile_leftovers()
+        await self._logs.start()
         self._tasks += [asyncio.create_task(self._work()) for _ in range(self._workers)]
         self._tasks.append(asyncio.create_task(self._heartbeat()))
         self._tasks.append(asyncio.create_task(self._watch()))
@@ -197,6 +227,7 @@ class HostAgent:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._logs.stop()
         await self._instances.stop()
         await self._volumes.stop()
         await self._runtime.close()
@@ -309,7 +340,15 @@ class HostAgent:
         at: datetime | None = None,
         exit_code: int | None = None,
         reason: str | None = None,
+        container: ContainerState | None = None,
     ) -> None:
+        """`container`, with "running": the container it runs in now, whose published ports
+        the report carries."""
+        ports = (
+            self._addresses.published(state.container.ports, container)
+            if container is not None
+            else None
+        )
         reply = await self._bus.send_on(
             agent_command_subject(state.host_id, "instance"),
             state.id,
@@ -322,6 +361,8 @@ class HostAgent:
                 # What this report is about: the run under this lease (a late report about an
                 # earlier run is ignored by the decider).
                 lease_id=state.lease_id,
+                public_ip=self._addresses.public_ip if ports is not None else None,
+                ports=ports,
             ),
             correlation_id=f"agent:{state.id}",
         )
@@ -344,17 +385,19 @@ class HostAgent:
                 running = created
             else:
                 running = await self._runtime.restart(instance_id)
-            await self._report(state, "running", running.started_at)
+            await self._report(state, "running", running.started_at, container=running)
         elif status == "RUNNING":
             if actual.status in ("exited", "missing"):
                 reason = actual.reason or (
                     "the container disappeared" if actual.status == "missing" else None
                 )
                 await self._report(state, "exited", actual.finished_at, actual.exit_code, reason)
-            elif actual.generation is not None and actual.generation != state.config_generation:
+            elif _outdated(state, actual):
                 # Made for an older configuration (recorded on the container, so a restart of
                 # this agent does not forget a change it had not applied yet).
                 await self._recreate(state)
+            elif self._ports_moved(state, actual):
+                await self._report(state, "running", actual.started_at, container=actual)
         elif status == "STOPPING":
             if actual.status in ("running", "created"):
                 actual = await self._runtime.stop(instance_id)
@@ -386,7 +429,9 @@ class HostAgent:
                 state.container.registry_auth_id, state.owner_id, state.container.image_name
             )
         host = self._hosts[state.host_id]
-        spec = container_spec(state, real_gpus=host.inventory_source == "nvml", auth=auth)
+        spec = container_spec(
+            state, real_gpus=host.inventory_source == "nvml", auth=auth, addresses=self._addresses
+        )
         try:
             created = await self._runtime.create_and_start(spec)
         except ImagePullFailed as exc:
@@ -425,25 +470,42 @@ class HostAgent:
         self._retry_at.pop(state.id, None)
         await self._report(state, "failed", reason=reason)
 
+    def _ports_moved(self, state: InstanceState, actual: ContainerState) -> bool:
+        """Its container's ports are not where the instance says they are (made anew, or
+        reported before ports were)."""
+        published = self._addresses.published(state.container.ports, actual)
+        public_ip = self._addresses.public_ip if published else state.public_ip
+        return published != state.published_ports or (
+            bool(published) and public_ip != state.public_ip
+        )
+
     async def _bring_up(self, state: InstanceState, actual: ContainerState) -> None:
+        if actual.status != "missing" and _outdated(state, actual):
+            # A stopped container of an older configuration (new env, new SSH keys): made anew
+            # on the same disk rather than started as it was.
+            await self._runtime.remove(state.id)
+            actual = ContainerState(instance_id=state.id, status="missing")
         if actual.status == "running":
-            await self._report(state, "running", actual.started_at)
+            await self._report(state, "running", actual.started_at, container=actual)
             return
         if state.status == "PENDING":
             await self._report(state, "provisioning")
         if (running := await self._create(state)) is None:
             return
         if running.status == "running":
-            await self._report(state, "running", running.started_at)
+            await self._report(state, "running", running.started_at, container=running)
         else:
             await self._report(
                 state, "exited", running.finished_at, running.exit_code, running.reason
             )
 
     async def _recreate(self, state: InstanceState) -> None:
-        """Image, command, env or ports changed: a new container on the same disk."""
+        """Image, command, env or ports changed: a new container on the same disk (at the host
+        ports the instance had, where they are still free)."""
         await self._runtime.remove(state.id)
-        await self._create(state)
+        created = await self._create(state)
+        if created is not None and created.status == "running":
+            await self._report(state, "running", created.started_at, container=created)
 
     async def _reconcile_leftovers(self) -> None:
         """After a restart: containers with no live instance behind them are removed; instances

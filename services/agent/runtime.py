@@ -4,7 +4,7 @@ Both implement `Runtime` and pass one shared test suite (tests/test_runtime_suit
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -30,6 +30,22 @@ class RegistryCredentials(msgspec.Struct, frozen=True):
     registry: str | None = None
 
 
+class HostPort(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the host publishes one of a container's ports."""
+
+    host_ip: str
+    # In a spec: the host port wanted (0: any free one the runtime chooses; a wanted port that
+    # is taken is replaced by a free one). In a state: the one it has.
+    host_port: int = 0
+
+
+class LogLine(msgspec.Struct, frozen=True, kw_only=True):
+    """One line a container wrote (stdout or stderr), with when the runtime recorded it."""
+
+    at: datetime | None
+    text: str
+
+
 class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
     instance_id: str
     # The customer's image reference, by name: the runtime checks this tenant may use it (with
@@ -42,6 +58,12 @@ class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
     env: dict[str, str] = {}
     # "8888/http", "22/tcp": exposed container ports.
     ports: list[str] = []
+    # Where each of `ports` is published on the host (by the declared port); a port left out is
+    # published on the runtime's default address, at any free host port.
+    publish: dict[str, HostPort] = {}
+    # OpenSSH public key lines for root's ~/.ssh/authorized_keys, written before the container
+    # first starts when its image has an sshd (the keys are in `env` as PUBLIC_KEY as well).
+    authorized_keys: list[str] = []
     gpu_uuids: list[str] = []
     memory_mb: int = 1024
     # CPU limit in whole vCPUs; 0: none.
@@ -67,6 +89,9 @@ class ContainerState(msgspec.Struct, frozen=True, kw_only=True):
     generation: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Where its ports are published, by Docker's key ("8888/tcp", "53/udp"); stable across stop
+    # and start of the same container.
+    ports: dict[str, HostPort] = {}
 
 
 class RuntimeEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -157,6 +182,15 @@ class Runtime(Protocol):
     async def disk_usage(self, volumes: list[str]) -> DiskUsage:
         """What this host's managed containers and the named volumes hold now (a volume that
         does not exist is left out)."""
+        ...
+
+    def logs(
+        self, instance_id: str, *, tail: int, since: datetime | None, follow: bool
+    ) -> AsyncGenerator[LogLine, None]:
+        """The container's last `tail` lines (since `since`, if given), oldest first; with
+        `follow`, then each new line as it is written, until the container stops or the iterator
+        is closed (`aclose`). Raises ContainerNotFound when there is no container. The reader
+        sets the pace: nothing is read ahead of what it takes."""
         ...
 
     def watch(self) -> AsyncIterator[RuntimeEvent]:

@@ -11,6 +11,11 @@ Each instance is an in-memory state machine that changes on timers and shows wha
   failure) and takes every other name as pulled.
 - `watch()` reports every death ("exited") and removal ("missing"), the ones this runtime caused
   included, as Docker's event stream does.
+- Declared ports are "published" where the spec asks, at the host port asked for or else one
+  derived from the instance id and port (stable across stop/start, as the Docker runtime's are);
+  nothing listens there.
+- `logs` holds what `write_log` (a test hook, like a process printing) and the simulation itself
+  wrote ("started", "stopped"), in memory only.
 
 Given a `state_file`, the simulated containers and volumes outlive the agent process, as Docker's
 do: an agent that restarts finds its instances as they were (running ones still running) instead
@@ -22,14 +27,16 @@ which keeps the volume)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
+from services.agent.host_ports import DEFAULT_HOST_PORTS
 from services.agent.image_access import NOT_FOUND_OR_DENIED, ImageAccess, pull_failed
 from services.agent.runtime import (
     ContainerNotFound,
@@ -37,9 +44,12 @@ from services.agent.runtime import (
     ContainerState,
     ContainerStatus,
     DiskUsage,
+    HostPort,
+    LogLine,
     RuntimeEvent,
     check_spec,
 )
+from services.container_input import port_key
 
 UNPULLABLE_MARKER = "does-not-exist"
 SIGTERM_EXIT_CODE = 143
@@ -60,9 +70,13 @@ class _Container:
     finished_at: datetime | None = None
     # One start/stop at a time per container, as Docker serialises them.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # What it "printed", and a wake-up for followers.
+    output: list[LogLine] = field(default_factory=list)
+    printed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def state(self) -> ContainerState:
         return ContainerState(
+            ports=simulated_ports(self.spec),
             generation=self.spec.generation,
             instance_id=self.spec.instance_id,
             status=self.status,
@@ -71,6 +85,25 @@ class _Container:
             started_at=self.started_at,
             finished_at=self.finished_at,
         )
+
+
+def simulated_ports(spec: ContainerSpec) -> dict[str, HostPort]:
+    """Where the spec's ports would be published: as asked, else a host port derived from the
+    instance id and the port, so it is the same every time."""
+    first, last = DEFAULT_HOST_PORTS
+    found: dict[str, HostPort] = {}
+    for port in spec.ports:
+        key = port_key(port)
+        if key is None:
+            continue
+        docker_key = f"{key[0]}/{key[1]}"
+        want = spec.publish.get(port, HostPort(host_ip="127.0.0.1"))
+        number = want.host_port
+        if not number:
+            digest = hashlib.sha256(f"{spec.instance_id}/{docker_key}".encode()).digest()
+            number = first + int.from_bytes(digest[:4], "big") % (last - first + 1)
+        found[docker_key] = HostPort(host_ip=want.host_ip, host_port=number)
+    return found
 
 
 class _Saved(msgspec.Struct, kw_only=True):
@@ -181,6 +214,7 @@ class SimulatedRuntime:
                 container.reason = None
                 container.started_at = self._clock()
                 self._save()
+                self.write_log(instance_id, "simulated container started")
         return self._state(instance_id)
 
     async def stop(self, instance_id: str, timeout_s: float = 10) -> ContainerState:
@@ -236,6 +270,28 @@ class SimulatedRuntime:
     async def list_managed(self) -> list[ContainerState]:
         return [c.state() for c in self._containers.values()]
 
+    async def logs(
+        self, instance_id: str, *, tail: int, since: datetime | None, follow: bool
+    ) -> AsyncGenerator[LogLine, None]:
+        container = self._require(instance_id)
+        lines = [
+            line
+            for line in container.output
+            if since is None or (line.at is not None and line.at >= since)
+        ]
+        seen = len(container.output)
+        for line in lines[-tail:] if tail > 0 else []:
+            yield line
+        while follow and self._containers.get(instance_id) is container:
+            if container.status != "running" and seen == len(container.output):
+                return
+            container.printed.clear()
+            if seen == len(container.output):
+                await container.printed.wait()
+            for line in container.output[seen:]:
+                yield line
+            seen = len(container.output)
+
     def watch(self) -> AsyncIterator[RuntimeEvent]:
         """Events from the moment of this call on."""
         watch = _Watch(self._watches)
@@ -247,6 +303,12 @@ class SimulatedRuntime:
             await watch.aclose()
 
     # -- test hooks: what an operator could do to a real container behind the agent's back ----
+
+    def write_log(self, instance_id: str, text: str) -> None:
+        """Like the container's process printing a line."""
+        container = self._require(instance_id)
+        container.output.append(LogLine(at=self._clock(), text=text))
+        container.printed.set()
 
     def fill(self, name: str, size: int) -> None:
         """Like writing `size` bytes into a container (by instance id) or a volume (by name)."""
@@ -283,6 +345,7 @@ class SimulatedRuntime:
         container.exit_code = exit_code
         container.reason = f"exited with code {exit_code}"
         container.finished_at = now
+        container.printed.set()  # a follower's stream ends with the container
         self._save()
         self._emit(
             RuntimeEvent(

@@ -1,9 +1,13 @@
-"""/me and /billing/balance: the signed-in customer's profile, spend controls and money.
+"""/me and /billing/balance: the signed-in customer's profile, spend controls, SSH keys and money.
 
 Spend controls are the customer's own (`PATCH /me`): `spendLimitPerHour` (USD per hour across
 everything running, default 80, as RunPod) and an optional `monthlyBudget` (USD). A create that
 would break either, or that comes with an empty balance, is refused with 402; when the balance or
-the budget runs out, the ledger stops what runs (see `ledger.spend_control`)."""
+the budget runs out, the ledger stops what runs (see `ledger.spend_control`).
+
+SSH public keys are the customer's too (`PATCH /me` with `sshPublicKeys`, the whole list: leave
+one out to remove it). Each must be an OpenSSH public key line (services/ssh_keys.py); instances
+get them at their next start as `PUBLIC_KEY`."""
 
 from __future__ import annotations
 
@@ -20,13 +24,17 @@ from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of
 from services.api.spending import spending
-from services.deciders.user import SetSpendControls, UserState
+from services.deciders.user import SetSpendControls, SetSshPublicKeys, UserState
 from services.errors import BadRequest, Unauthorized
+from services.ssh_keys import MAX_SSH_KEY_LENGTH, MAX_SSH_KEYS, InvalidSshKey, normalised_ssh_key
 
 USERS = PROJECTIONS["users"]
 # USD as a JSON number. Read as a float only to be turned at once into exact micro-dollars by its
 # shortest decimal form (exact for up to 15 significant digits; money here has at most 13).
 Usd = Annotated[float, Meta(ge=0, le=1_000_000)]
+SshKeys = Annotated[
+    list[Annotated[str, Meta(max_length=MAX_SSH_KEY_LENGTH)]], Meta(max_length=MAX_SSH_KEYS)
+]
 
 
 class UserOut(msgspec.Struct, rename="camel", kw_only=True):
@@ -38,12 +46,16 @@ class UserOut(msgspec.Struct, rename="camel", kw_only=True):
     spend_limit_per_hour_micros: int
     monthly_budget: float | None
     monthly_budget_micros: int | None
+    # OpenSSH public key lines, as stored (normalised).
+    ssh_public_keys: list[str]
 
 
 class UserPatch(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
     spend_limit_per_hour: Usd | msgspec.UnsetType = msgspec.UNSET
     # null removes the budget.
     monthly_budget: Usd | msgspec.UnsetType | None = msgspec.UNSET
+    # The whole list; [] removes every key.
+    ssh_public_keys: SshKeys | msgspec.UnsetType = msgspec.UNSET
 
 
 class BalanceOut(msgspec.Struct, rename="camel", kw_only=True):
@@ -82,7 +94,18 @@ def view(user: UserState) -> UserOut:
         spend_limit_per_hour_micros=user.spend_limit_per_hour_micros,
         monthly_budget=_usd(user.monthly_budget_micros),
         monthly_budget_micros=user.monthly_budget_micros,
+        ssh_public_keys=user.ssh_public_keys,
     )
+
+
+def _ssh_keys(keys: list[str]) -> list[str]:
+    normalised = []
+    for index, key in enumerate(keys):
+        try:
+            normalised.append(normalised_ssh_key(key))
+        except InvalidSshKey as exc:
+            raise BadRequest(f"field `sshPublicKeys`: key {index + 1}: {exc}") from None
+    return normalised
 
 
 async def current_user(request: Request[Any, Any, Any]) -> UserState:
@@ -97,10 +120,19 @@ async def me(request: Request[Any, Any, Any]) -> UserOut:
     return view(await current_user(request))
 
 
-@patch("/me", tags=["account"], summary="Set your spend limit per hour and monthly budget")
+@patch(
+    "/me",
+    tags=["account"],
+    summary="Set your spend limit per hour, monthly budget and SSH public keys",
+)
 async def update_me(request: Request[Any, Any, Any], data: UserPatch) -> UserOut:
     ctx = context_of(request)
     user = await current_user(request)
+    keys = (
+        None
+        if isinstance(data.ssh_public_keys, msgspec.UnsetType)
+        else _ssh_keys(data.ssh_public_keys)
+    )
     limit = user.spend_limit_per_hour_micros
     budget = user.monthly_budget_micros
     if not isinstance(data.spend_limit_per_hour, msgspec.UnsetType):
@@ -115,7 +147,11 @@ async def update_me(request: Request[Any, Any, Any], data: UserPatch) -> UserOut
         spend_limit_per_hour_micros=limit,
         monthly_budget_micros=budget,
     )
-    return view(await ctx.execute(USERS, user.id, command, request))
+    user = await ctx.execute(USERS, user.id, command, request)
+    if keys is not None:
+        keys_command = SetSshPublicKeys(actor=user.id, at=datetime.now(UTC), keys=keys)
+        user = await ctx.execute(USERS, user.id, keys_command, request)
+    return view(user)
 
 
 @get("/billing/balance", tags=["billing"], summary="Balance, spend per hour and this month")

@@ -31,12 +31,15 @@ from services.api.blog import BlogController
 from services.api.body_limit import MAX_BODY_BYTES
 from services.api.catalog import datacenters, gpu_types
 from services.api.command_bus import CommandBus
+from services.api.connection_limits import log_stream_limiter
 from services.api.consistency import CheckpointWatcher
 from services.api.context import ApiContext
 from services.api.errors import EXCEPTION_HANDLERS
 from services.api.event_catalog import asyncapi
 from services.api.health import health
 from services.api.idempotency import IdempotencyMiddleware
+from services.api.instance_logs import LogReader, instance_logs
+from services.api.instance_proxy.front import instance_proxy
 from services.api.instances import InstanceController
 from services.api.json_body import JsonBodyRequest
 from services.api.login_throttle import LoginThrottle
@@ -102,9 +105,15 @@ def create_app(settings: Settings) -> Litestar:
             storage=StorageGuard(locks, StorageRules.from_env()),
             api_keys=ApiKeyLookup(pool, watcher, ApiKeyHasher(settings.secret_key)),
         )
+        # Reaching into instances: their container logs (from their hosts' agents) and the
+        # proxy to their HTTP ports (served in front of this app: services/roles/api.py).
+        app.state.log_reader = LogReader(nc, settings.request_timeout_s)
+        app.state.log_streams = log_stream_limiter()
+        app.state.instance_proxy = instance_proxy(app.state.ctx)
         try:
             yield
         finally:
+            await app.state.instance_proxy.close()
             await locks.close()
             await watcher.stop()
             await nc.close()
@@ -127,6 +136,7 @@ def create_app(settings: Settings) -> Litestar:
             gpu_types,
             datacenters,
             InstanceController,
+            instance_logs,
             VolumeController,
             BlogController,
             audit_trail,

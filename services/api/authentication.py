@@ -11,13 +11,14 @@ so routes and the idempotency layer cannot tell the two apart."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.middleware.authentication import AuthenticationResult
-from litestar.security.jwt import JWTAuthenticationMiddleware, Token
+from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 from services.api.api_key_lookup import ApiKeyLookup
 from services.security.api_keys import PREFIX
@@ -58,3 +59,39 @@ class ApiKeyOrJwtMiddleware(JWTAuthenticationMiddleware):
         if holder is None:
             raise NotAuthorizedException(INVALID_KEY)
         return AuthenticationResult(user=AuthUser(id=holder.user_id), auth=holder)
+
+
+async def user_of_headers(
+    ctx: Any, headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]]
+) -> AuthUser | None:
+    """Whose request this is, for routes outside Litestar's authentication (the instance proxy):
+    an API key or an access token in `Authorization: Bearer …`, checked exactly as the
+    middleware checks them; None when there is no valid one. The one place a browser session
+    (a cookie) will be read once there is one."""
+    if isinstance(headers, Mapping):
+        value = headers.get("authorization", "")
+    else:
+        value = next((v.decode("latin-1") for k, v in headers if k == b"authorization"), "")
+    scheme, _, credential = value.partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        return None
+    if credential.startswith(PREFIX):
+        holder = await ctx.api_keys.holder_of(credential)
+        return AuthUser(id=holder.user_id) if holder is not None else None
+    jwt: JWTAuth[Any, Token] = ctx.jwt
+    try:
+        token = jwt.token_cls.decode(
+            encoded_token=credential,
+            secret=jwt.token_secret,
+            algorithm=jwt.algorithm,
+            audience=jwt.accepted_audiences,
+            issuer=jwt.accepted_issuers,
+            require_claims=jwt.require_claims,
+            verify_exp=jwt.verify_expiry,
+            verify_nbf=jwt.verify_not_before,
+            strict_audience=jwt.strict_audience,
+        )
+    except NotAuthorizedException:
+        return None
+    return AuthUser(id=token.sub)

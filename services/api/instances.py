@@ -15,6 +15,7 @@ from ledger.rate_card import first_resources, gpu_type_ids, in_force
 from ledger.usage import instance_usage
 from projections.catalog import PROJECTIONS
 from services.api import read_models
+from services.api.account import current_user
 from services.api.container_fields import (
     ContainerDisk,
     ContainerFieldsOut,
@@ -28,6 +29,7 @@ from services.api.container_fields import (
     container_fields_out,
 )
 from services.api.context import context_of
+from services.api.instance_proxy.routing import proxy_urls
 from services.api.pagination import Page
 from services.api.request_ids import is_retry, new_resource_id
 from services.api.spending import costs_to_date, ensure_affordable, hourly_cost
@@ -110,6 +112,39 @@ class InstanceOut(ContainerFieldsOut, kw_only=True):
     stop_reason: str | None
     exit_code: int | None
     host_lost: bool
+    # How to reach it: each `N/http` port through the api's proxy (only its owner gets
+    # through, and only while it is RUNNING) ...
+    urls: list[str]
+    # ... and, while it runs, the host's public address with the host port of each `N/tcp` port
+    # (`{"22": 41022}`; a udp port as "53/udp"), as RunPod's API shows them.
+    public_ip: str | None
+    port_mappings: dict[str, int] | None
+
+
+def _base_url(request: Request[Any, Any, Any] | None) -> str:
+    """Where the client reached the api (the proxy's URLs start there): GPUWORKER_PUBLIC_URL
+    when the operator set it, else the request's own scheme and host."""
+    if request is None:
+        return ""
+    proxy = getattr(request.app.state, "instance_proxy", None)
+    configured = proxy.settings.public_url if proxy else None
+    return configured or str(request.base_url)
+
+
+def _reach(
+    state: InstanceState, request: Request[Any, Any, Any] | None
+) -> tuple[list[str], str | None, dict[str, int] | None]:
+    proxy = getattr(request.app.state, "instance_proxy", None) if request else None
+    http = [int(p.partition("/")[0]) for p in state.container.ports if p.endswith("/http")]
+    urls = proxy_urls(state.id, http, _base_url(request), proxy.settings.domain if proxy else None)
+    if state.status != "RUNNING":
+        return urls, None, None
+    mappings = {
+        p.port.removesuffix("/tcp"): p.host_port
+        for p in state.published_ports
+        if not p.port.endswith("/http")
+    }
+    return urls, state.public_ip if mappings else None, mappings
 
 
 def disk_cost_per_hour(state: InstanceState) -> int:
@@ -135,10 +170,19 @@ def running_cost_per_hour(state: InstanceState) -> int:
     return state.price_per_hour_micros * state.gpu_count + disk_cost_per_hour(state)
 
 
-def view(state: InstanceState, host_down: bool = False, cost_to_date: int = 0) -> InstanceOut:
+def view(
+    state: InstanceState,
+    request: Request[Any, Any, Any] | None = None,
+    host_down: bool = False,
+    cost_to_date: int = 0,
+) -> InstanceOut:
     cost = state.price_per_hour_micros * state.gpu_count
     disks = disk_cost_per_hour(state)
+    urls, public_ip, port_mappings = _reach(state, request)
     return InstanceOut(
+        urls=urls,
+        public_ip=public_ip,
+        port_mappings=port_mappings,
         id=state.id,
         name=state.name,
         status=state.status,
@@ -180,6 +224,7 @@ async def views(request: Request[Any, Any, Any], states: list[InstanceState]) ->
     return [
         view(
             s,
+            request,
             host_down=s.host_id in hosts and not hosts[s.host_id].available,
             cost_to_date=costs.get(s.id, 0),
         )
@@ -308,10 +353,11 @@ class InstanceController(Controller):
             vcpu_count=resources.vcpu_per_gpu * data.gpu_count,
             memory_in_gb=resources.ram_gb_per_gpu * data.gpu_count,
             hosts_without_disk=without_room,
+            ssh_public_keys=(await current_user(request)).ssh_public_keys,
         )
         instance_id = new_resource_id(request)
         if is_retry(request) and (done := await _created_before(request, instance_id)):
-            return view(done)
+            return view(done, request)
         gpus = command.price_per_hour_micros * command.gpu_count
         await ensure_affordable(
             ctx.pool,
@@ -337,7 +383,7 @@ class InstanceController(Controller):
             state = await ctx.execute(INSTANCES, instance_id, command, request, via="placement")
         if state.network_volume_id:
             await _until_attached(request, state.network_volume_id, state.id)
-        return view(state)
+        return view(state, request)
 
     @get("/{instance_id:str}", summary="Get an instance")
     async def get_instance(self, request: Request[Any, Any, Any], instance_id: str) -> InstanceOut:
@@ -360,7 +406,8 @@ class InstanceController(Controller):
         return view(
             await ctx.execute(
                 INSTANCES, read_models.checked_id(instance_id, "instance"), command, request
-            )
+            ),
+            request,
         )
 
     @delete("/{instance_id:str}", status_code=204, summary="Terminate an instance")
@@ -376,7 +423,12 @@ class InstanceController(Controller):
         self, request: Request[Any, Any, Any], instance_id: str
     ) -> InstanceOut:
         ctx = context_of(request)
-        command = StartPlacedInstance(actor=request.user.id, at=datetime.now(UTC))
+        command = StartPlacedInstance(
+            actor=request.user.id,
+            at=datetime.now(UTC),
+            # The account's keys as they are now: a change since the last start reaches it.
+            ssh_public_keys=(await current_user(request)).ssh_public_keys,
+        )
         instance_id = read_models.checked_id(instance_id, "instance")
         async with ctx.quotas.held(request.user.id) as usage:
             current = _mine(
@@ -388,7 +440,7 @@ class InstanceController(Controller):
                 # Its own volume disk is already billed (at the stopped rate) while it is stopped.
                 await ensure_affordable(ctx.pool, request.user.id, running_cost_per_hour(current))
             state = await ctx.execute(INSTANCES, instance_id, command, request, via="placement")
-        return view(state)
+        return view(state, request)
 
     @post("/{instance_id:str}/stop", status_code=200, summary="Stop a running instance")
     async def stop_instance(self, request: Request[Any, Any, Any], instance_id: str) -> InstanceOut:
@@ -397,7 +449,8 @@ class InstanceController(Controller):
         return view(
             await ctx.execute(
                 INSTANCES, read_models.checked_id(instance_id, "instance"), command, request
-            )
+            ),
+            request,
         )
 
     @post("/{instance_id:str}/restart", status_code=200, summary="Restart a running instance")
@@ -409,5 +462,6 @@ class InstanceController(Controller):
         return view(
             await ctx.execute(
                 INSTANCES, read_models.checked_id(instance_id, "instance"), command, request
-            )
+            ),
+            request,
         )

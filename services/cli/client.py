@@ -207,6 +207,10 @@ def instances(action: str, args: Any) -> int:
             result = _call("POST", "/instances", body)
         elif action in ("start", "stop", "restart"):
             result = _call("POST", f"/instances/{args.id}/{action}")
+        elif action == "connect":
+            from services.cli.connect_commands import connect
+
+            return connect(args.id, args.json)
         elif action == "delete":
             _call("DELETE", f"/instances/{args.id}")
             print(f"instance {args.id} is terminating")
@@ -281,7 +285,7 @@ def add_parsers(sub: Any) -> None:
     for name in ("list",):
         p = isub.add_parser(name)
         p.add_argument("--json", action="store_true")
-    for name in ("get", "start", "stop", "restart", "delete"):
+    for name in ("get", "start", "stop", "restart", "delete", "connect"):
         p = isub.add_parser(name)
         p.add_argument("id")
         p.add_argument("--json", action="store_true")

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.cli import billing, client
+from services.cli import billing, client, connect_commands
 from services.config import ConfigurationError, Settings
 from services.roles.lifecycle import configure_logging
 
@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     rebuild.add_argument("name", nargs="?", help="one projection (default: all)")
 
     client.add_parsers(sub)
+    connect_commands.add_parsers(sub)
 
     nats_cmd = sub.add_parser("nats", help="NATS users and permissions")
     nsub = nats_cmd.add_subparsers(dest="action", required=True)
@@ -115,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return client.run(args.command, args)
     if args.command == "billing" and args.action != "credit":
         return billing.run(args)
+    if args.command in ("logs", "ssh", "ssh-keys"):
+        return connect_commands.run(args.command, args)
     configure_logging()
     if args.command == "up":
         from services.cli.up import up

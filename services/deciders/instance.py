@@ -6,6 +6,7 @@ TERMINATING -> TERMINATED, FAILED, and EXITED (the container ended on its own; s
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime
 from typing import Literal
 
@@ -18,6 +19,7 @@ from events.instance import (
     InstanceExited,
     InstanceFailed,
     InstanceHostLost,
+    InstancePortsPublished,
     InstanceProvisioning,
     InstanceReconfigured,
     InstanceRenamed,
@@ -28,7 +30,9 @@ from events.instance import (
     InstanceStopRequested,
     InstanceTerminated,
     InstanceTerminateRequested,
+    PublishedPort,
 )
+from services.container_input import port_key
 from services.deciders.decider import Command, Decider, is_system, reports_for
 from services.errors import BadRequest, Conflict, NotFound
 
@@ -79,8 +83,15 @@ class InstanceState(msgspec.Struct, kw_only=True, frozen=True):
     stop_reason: str | None = None
     exit_code: int | None = None
     host_lost: bool = False
-    # Bumped when the container must be recreated (image, command, env or ports changed).
+    # Bumped when the container must be recreated (image, command, env, ports or, at a start,
+    # the owner's SSH keys changed).
     config_generation: int = 0
+    # The owner's SSH public keys as of its creation or last start.
+    ssh_public_keys: list[str] = []
+    # Where its host published its declared ports, as last reported (kept while it is stopped:
+    # the host asks for the same host ports again, so addresses stay stable across stop/start).
+    public_ip: str | None = None
+    published_ports: list[PublishedPort] = []
     created_at: datetime
     last_status_change: datetime
     version: int = 0
@@ -118,6 +129,7 @@ class CreateInstance(Command, frozen=True, kw_only=True):
     rate_card_version: str
     vcpu_count: int
     memory_in_gb: int
+    ssh_public_keys: list[str] = []
 
 
 class StartInstance(Command, frozen=True, kw_only=True):
@@ -125,6 +137,7 @@ class StartInstance(Command, frozen=True, kw_only=True):
 
     gpu_uuids: list[str]
     lease_id: str
+    ssh_public_keys: list[str] = []
 
 
 class StopInstance(Command, frozen=True, kw_only=True):
@@ -159,6 +172,9 @@ class ReportObservation(Command, frozen=True, kw_only=True):
     reason: str | None = None
     # The lease of the run the host saw this happen to (None from older agents: not checked).
     lease_id: str | None = None
+    # With "running": where the host published the declared ports (None: not said).
+    public_ip: str | None = None
+    ports: list[PublishedPort] | None = None
 
 
 InstanceCommand = (
@@ -208,9 +224,12 @@ def _observe(state: InstanceState, command: ReportObservation) -> list[msgspec.S
             # Only an instance coming up starts running. A stop or terminate already asked for
             # wins over a late "running"; after an exit or a failure the lease is released (its
             # GPUs may be someone else's now) and only a start, with a new lease, brings it back.
+            # A running one's report can still say its container's ports moved (made anew).
+            if state.status == "RUNNING":
+                return _ports_published(state, command)
             if state.status not in ("PENDING", "PROVISIONING", "RESTARTING"):
                 return []
-            return [InstanceRunning()]
+            return [InstanceRunning(), *_ports_published(state, command)]
         case "exited":
             # A restart or terminate kills the container on purpose: that death is expected.
             if state.status in ("STOPPED", "EXITED", "FAILED", "RESTARTING", "TERMINATING"):
@@ -238,6 +257,38 @@ def _observe(state: InstanceState, command: ReportObservation) -> list[msgspec.S
     raise BadRequest(f"unknown observation {command.observed}")
 
 
+def _ports_published(state: InstanceState, command: ReportObservation) -> list[msgspec.Struct]:
+    """The ports a host reported, if they are news: only the instance's declared ports, on a
+    host address and port that can be; anything else in the report is left out (the api's proxy
+    connects where these say, so they must name nothing but the declared ports)."""
+    if command.ports is None:
+        return []
+    declared = set(state.container.ports)
+    ports = sorted(
+        (
+            p
+            for p in command.ports
+            if p.port in declared
+            and port_key(p.port) is not None
+            and 1 <= p.host_port <= 65535
+            and _is_ip(p.host_ip)
+        ),
+        key=lambda p: p.port,
+    )
+    public_ip = command.public_ip if command.public_ip and _is_ip(command.public_ip) else None
+    if public_ip == state.public_ip and ports == state.published_ports:
+        return []
+    return [InstancePortsPublished(public_ip=public_ip, ports=ports)]
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def decide(state: InstanceState | None, command: InstanceCommand) -> list[msgspec.Struct]:
     if isinstance(command, CreateInstance):
         if state is not None:
@@ -258,7 +309,13 @@ def decide(state: InstanceState | None, command: InstanceCommand) -> list[msgspe
         case StartInstance():
             if current.status not in STARTABLE:
                 raise _refuse(current, "start", "start needs STOPPED, EXITED or FAILED")
-            return [InstanceStartRequested(gpu_uuids=command.gpu_uuids, lease_id=command.lease_id)]
+            return [
+                InstanceStartRequested(
+                    gpu_uuids=command.gpu_uuids,
+                    lease_id=command.lease_id,
+                    ssh_public_keys=command.ssh_public_keys,
+                )
+            ]
         case StopInstance():
             if current.status not in STOPPABLE:
                 raise _refuse(current, "stop", "only a running or starting instance stops")
@@ -339,6 +396,10 @@ def evolve(state: InstanceState | None, event: Envelope) -> InstanceState:
                 failure_reason=None,
                 stop_reason=None,
                 exit_code=None,
+                ssh_public_keys=data.ssh_public_keys,
+                # New keys reach the container's environment only in a new container.
+                config_generation=state.config_generation
+                + (data.ssh_public_keys != state.ssh_public_keys),
             )
         case InstanceStopRequested():
             return _status(
@@ -378,6 +439,13 @@ def evolve(state: InstanceState | None, event: Envelope) -> InstanceState:
             return _status(state, "TERMINATED", event, **released)
         case InstanceHostLost():
             return msgspec.structs.replace(state, host_lost=True, version=state.version + 1)
+        case InstancePortsPublished():
+            return msgspec.structs.replace(
+                state,
+                public_ip=data.public_ip,
+                published_ports=data.ports,
+                version=state.version + 1,
+            )
     raise TypeError(f"instance cannot apply {event.type}")
 
 

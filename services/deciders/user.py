@@ -18,10 +18,12 @@ from events.user import (
     RefreshTokenIssued,
     RefreshTokenRotated,
     SpendControlsChanged,
+    SshPublicKeysSet,
     UserSignedUp,
 )
 from services.deciders.decider import Command, Decider, is_system
 from services.errors import BadRequest, Conflict, NotFound, Unauthorized
+from services.ssh_keys import key_problem
 
 ACCOUNT_EXISTS = "an account with this email already exists; log in instead"
 # RunPod's default: a runaway bill is what GPU-cloud customers fear most.
@@ -47,6 +49,8 @@ class UserState(msgspec.Struct, kw_only=True, frozen=True):
     monthly_budget_micros: int | None = None
     # Every credit granted, for the account's own history; the balance lives in the ledger.
     credited_micros: int = 0
+    # OpenSSH public key lines (services/ssh_keys.py), given to instances at start.
+    ssh_public_keys: list[str] = []
     version: int = 0
 
     def family_of(self, token_hash: str) -> tuple[str, RefreshFamily] | None:
@@ -80,6 +84,12 @@ class SetSpendControls(Command, frozen=True, kw_only=True):
     monthly_budget_micros: int | None
 
 
+class SetSshPublicKeys(Command, frozen=True, kw_only=True):
+    """The whole list: the api has normalised each key (services/ssh_keys.py)."""
+
+    keys: list[str]
+
+
 class StartSession(Command, frozen=True, kw_only=True):
     """Issued by the api after it has verified the password."""
 
@@ -94,7 +104,9 @@ class RotateRefreshToken(Command, frozen=True, kw_only=True):
     expires_at: datetime
 
 
-UserCommand = SignUp | StartSession | RotateRefreshToken | GrantCredit | SetSpendControls
+UserCommand = (
+    SignUp | StartSession | RotateRefreshToken | GrantCredit | SetSpendControls | SetSshPublicKeys
+)
 
 
 def _refuse_known_hash(state: UserState, token_hash: str) -> None:
@@ -166,6 +178,14 @@ def decide(state: UserState | None, command: UserCommand) -> list[msgspec.Struct
                     monthly_budget_micros=command.monthly_budget_micros,
                 )
             ]
+        case SetSshPublicKeys():
+            if state is None or state.id != command.actor:
+                raise NotFound("user not found")
+            if problem := key_problem(command.keys):
+                raise BadRequest(f"field `sshPublicKeys`: {problem}")
+            if command.keys == state.ssh_public_keys:
+                return []
+            return [SshPublicKeysSet(keys=command.keys)]
         case StartSession():
             if state is None:
                 raise NotFound("user not found")
@@ -240,6 +260,8 @@ def evolve(state: UserState | None, event: Envelope) -> UserState:
             credited_micros=state.credited_micros + data.amount_micros,
             version=state.version + 1,
         )
+    elif isinstance(data, SshPublicKeysSet):
+        return msgspec.structs.replace(state, ssh_public_keys=data.keys, version=state.version + 1)
     elif isinstance(data, SpendControlsChanged):
         return msgspec.structs.replace(
             state,

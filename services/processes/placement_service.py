@@ -54,10 +54,12 @@ class PlaceInstance(Command, frozen=True, kw_only=True):
     memory_in_gb: int
     # Hosts the api found without free disk for the instance's own disks: not tried.
     hosts_without_disk: list[str] = []
+    # The owner's SSH public keys (the api read them from the account).
+    ssh_public_keys: list[str] = []
 
 
 class StartPlacedInstance(Command, frozen=True, kw_only=True):
-    pass
+    ssh_public_keys: list[str] = []
 
 
 PlacementCommand = PlaceInstance | StartPlacedInstance
@@ -322,7 +324,11 @@ class PlacementService:
                 "instance",
                 instance_id,
                 StartInstance(
-                    actor=command.actor, at=command.at, gpu_uuids=held, lease_id=lease_id
+                    actor=command.actor,
+                    at=command.at,
+                    gpu_uuids=held,
+                    lease_id=lease_id,
+                    ssh_public_keys=command.ssh_public_keys,
                 ),
             )
 

@@ -12,6 +12,7 @@ from services.agent.declared_inventory import DeclaredInventory
 from services.agent.host_agent import HostAgent, HostSpec
 from services.agent.inventory import GpuInventory
 from services.agent.inventory_detect import detect_inventory
+from services.agent.port_publishing import HostAddresses
 from services.agent.registry_credentials import RegistryCredentialStore
 from services.agent.runtime import Runtime
 from services.agent.simulated_runtime import SimulatedRuntime
@@ -52,8 +53,14 @@ def choose_runtime(requested: str | None, host_id: str) -> Runtime:
     if requested == "docker" or (requested is None and docker_reachable()):
         from services.agent.container_limits import ContainerLimits
         from services.agent.docker_runtime import DockerRuntime
+        from services.agent.host_ports import DEFAULT_HOST_PORTS, parse_range
 
-        return DockerRuntime(host_id, limits=ContainerLimits.from_env())
+        ports = os.environ.get("GPUWORKER_HOST_PORTS")
+        return DockerRuntime(
+            host_id,
+            limits=ContainerLimits.from_env(),
+            host_ports=parse_range(ports) if ports else DEFAULT_HOST_PORTS,
+        )
     log.warning("Docker is not reachable: using the SIMULATED runtime (no containers)")
     return simulated_runtime(host_id)
 
@@ -116,6 +123,7 @@ async def run_agent(
         disk_check_s=float(os.environ.get("GPUWORKER_DISK_CHECK_INTERVAL", "60")),
         # One simulated process may stand for many hosts: give it workers to match.
         workers=min(256, max(16, 4 * len(hosts))),
+        addresses=HostAddresses.from_env(),
     )
     await agent.start()
     try:

@@ -6,12 +6,14 @@ import uvicorn
 
 from projections.migrate import migrate
 from services.api.app import create_app
+from services.api.instance_proxy.front import ProxyFront
 from services.config import Settings
 
 
 def server_config(settings: Settings, host: str, port: int) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(settings),
+        # The instance proxy takes its requests before the api's routing does.
+        ProxyFront(create_app(settings)),
         host=host,
         port=port,
         log_level="warning",
@@ -24,6 +26,8 @@ def server_config(settings: Settings, host: str, port: int) -> uvicorn.Config:
         # the proxies the operator names are believed, and none by default.
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=list(settings.trusted_proxies),
+        # WebSockets (the instance proxy's) through the `websockets` package, never guessed.
+        ws="websockets-sansio",
     )
 
 

@@ -27,6 +27,9 @@ GPUS = f"{RTX_4090}:4"
 ALICE_REPOSITORY = "alice/private"
 ALICE_PASSWORD = f"alice-{uuid.uuid4().hex}"
 SECRET = f"alice-secret-{uuid.uuid4().hex[:8]}"
+PROXY_CONNECTIONS_PER_USER = 4
+LOG_STREAMS_PER_USER = 2
+PROXY_IDLE_TIMEOUT_S = 5
 
 
 class PrivateImage:
@@ -104,6 +107,10 @@ def security_stack(
     env.setenv("GPUWORKER_HOST_ID", host_id)
     env.setenv("GPUWORKER_ALLOWED_REGISTRIES", private_image.registry.address)
     env.setenv("GPUWORKER_PRELOADED_IMAGES", "local/*")
+    # Small enough for the instance proxy's and logs' limits to be reached in a test.
+    env.setenv("GPUWORKER_PROXY_CONNECTIONS_PER_USER", str(PROXY_CONNECTIONS_PER_USER))
+    env.setenv("GPUWORKER_LOG_STREAMS_PER_USER", str(LOG_STREAMS_PER_USER))
+    env.setenv("GPUWORKER_PROXY_IDLE_TIMEOUT", str(PROXY_IDLE_TIMEOUT_S))
     try:
         with running_stack(
             tmp_path_factory.mktemp("security"), pg_base_uri, runtime="docker", gpus=GPUS

@@ -65,7 +65,9 @@ def test_instance_created_v1_is_upcast_with_the_rate_cards_resources(
 ) -> None:
     envelope = decode_event(_v1(gpu_type_id, count))
     assert isinstance(envelope.data, InstanceCreated)
-    assert envelope.version == version_of(envelope.data) == 3
+    # Lifted to the current version (v4 added SSH keys: none for these).
+    assert envelope.version == version_of(envelope.data) == 4
+    assert envelope.data.ssh_public_keys == []
     assert (envelope.data.vcpu_count, envelope.data.memory_in_gb) == (vcpus, ram_gb)
     assert envelope.data.rate_card_version == "2026-11-01", "the price version is untouched"
     state = INSTANCE.evolve(None, envelope)

@@ -297,3 +297,40 @@ def test_credentials_are_reused_across_restarts(tmp_path: Path) -> None:
     again = EmbeddedNats(first.store_dir, free_port())
     assert again.login(API_USER) == login
     assert len(login.password) >= 40
+
+
+async def test_only_the_instances_host_answers_log_requests_and_only_the_api_asks(
+    nats_server: EmbeddedNats,
+) -> None:
+    """Container logs travel over NATS (services/container_logs.py): the api asks on
+    `logs.req.<host>` and reads `logs.out.>`; an agent hears only its own host's requests and
+    writes only its own host's streams."""
+    nats_server.add_agent("h1")
+    nats_server.add_agent("h2")
+    api = await login(nats_server, API_USER)
+    agent = await login(nats_server, agent_user("h1"))
+    listener = Listener()
+    try:
+        await api.nc.subscribe("logs.out.>", cb=listener.on_message)
+        await agent.nc.subscribe("logs.req.h1", cb=listener.on_message)
+        await api.nc.flush()
+        await agent.nc.flush()
+        assert await publish_gets_through(api, listener, "logs.req.h1")
+        assert await publish_gets_through(agent, listener, "logs.out.h1.abc123")
+        # Another host's requests and streams are not h1's to hear or write.
+        assert await subscribe_is_refused(agent, "logs.req.h2")
+        assert await subscribe_is_refused(agent, "logs.req.>")
+        assert await subscribe_is_refused(agent, "logs.out.>")
+        assert await publish_is_refused(agent, listener, "logs.out.h2.abc123")
+        # Nobody but the api asks (not even for the agent's own host).
+        assert await publish_is_refused(agent, listener, "logs.req.h1.0001")
+        assert await publish_is_refused(agent, listener, "logs.req.h2")
+        projector = await login(nats_server, PROJECTOR_USER)
+        try:
+            assert await publish_is_refused(projector, listener, "logs.req.h2")
+            assert await subscribe_is_refused(projector, "logs.out.>")
+        finally:
+            await projector.nc.close()
+    finally:
+        await api.nc.close()
+        await agent.nc.close()

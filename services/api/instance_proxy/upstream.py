@@ -1,0 +1,268 @@
+"""A lean HTTP/1.1 client for the proxy's upstream side: asyncio streams and httptools' C parser
+(llhttp, the one uvicorn's server side uses), with a small pool of kept-alive connections per
+instance port.
+
+Why not httpx: per proxied request it cost more CPU than everything else the proxy does
+together (pool bookkeeping, h11 in pure Python, trace hooks), and the proxy needs none of its
+features: the address is always an IP and a port, no redirects, no cookies, no TLS, no
+environment proxies. What it must get right it does: the request's body streamed as it comes
+(chunked when its length is unknown), the response's body handed on as it is parsed (chunked
+decoded, close-delimited bodies ended by EOF), an idle limit on every read, and a connection
+reused only after a complete response the server agreed to keep alive."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+
+import httptools
+
+Headers = list[tuple[bytes, bytes]]
+READ_SIZE = 65536
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class UpstreamError(Exception):
+    """The instance's port did not give a usable answer (refused, closed, malformed)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    pass
+
+
+class _Parsed:
+    """httptools' callbacks: what has been parsed of one response so far."""
+
+    def __init__(self) -> None:
+        self.headers: Headers = []
+        self.headers_done = False
+        self.chunks: deque[bytes] = deque()
+        self.complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(bytes(body))
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class UpstreamResponse:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        target: tuple[str, int],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        parser: httptools.HttpResponseParser,
+        parsed: _Parsed,
+        bodyless: bool,
+    ) -> None:
+        self._pool = pool
+        self._target = target
+        self._reader = reader
+        self._writer = writer
+        self._parser = parser
+        self._parsed = parsed
+        self._bodyless = bodyless
+        self.status = parser.get_status_code()
+        self.headers = parsed.headers
+        self._done = bodyless or parsed.complete
+
+    async def body(self) -> AsyncIterator[bytes]:
+        parsed = self._parsed
+        while True:
+            while parsed.chunks:
+                yield parsed.chunks.popleft()
+            if self._done or parsed.complete:
+                self._done = True
+                return
+            data = await self._pool.read(self._reader)
+            if not data:
+                if _close_delimited(parsed.headers):
+                    self._done = True
+                    return
+                raise UpstreamError("the instance closed the connection mid-response")
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                raise UpstreamError(f"malformed response: {exc}") from None
+
+    async def aclose(self) -> None:
+        """Back to the pool when the exchange ended cleanly and may go on, else closed."""
+        reusable = (
+            self._done
+            and not self._bodyless
+            and self._parsed.complete
+            and self._parser.should_keep_alive()
+        )
+        if reusable:
+            self._pool.give_back(self._target, self._reader, self._writer)
+        else:
+            self._writer.close()
+
+
+def _close_delimited(headers: Headers) -> bool:
+    names = {name.lower() for name, _ in headers}
+    return b"content-length" not in names and b"transfer-encoding" not in names
+
+
+def _request_head(method: str, target: bytes, headers: Headers, chunked: bool) -> bytes:
+    if any(b <= 0x20 or b == 0x7F for b in target):
+        raise UpstreamError("the request target holds characters HTTP does not allow")
+    lines = [method.encode("ascii") + b" " + target + b" HTTP/1.1"]
+    lines += [name + b": " + value for name, value in headers]
+    if chunked:
+        lines.append(b"transfer-encoding: chunked")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class UpstreamPool:
+    def __init__(
+        self,
+        connect_timeout_s: float,
+        idle_timeout_s: float,
+        keep_per_target: int = 32,
+        keep_for_s: float = 30.0,
+    ) -> None:
+        self._connect_timeout_s = connect_timeout_s
+        self._idle_timeout_s = idle_timeout_s
+        self._keep_per_target = keep_per_target
+        self._keep_for_s = keep_for_s
+        self._idle: dict[
+            tuple[str, int], list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]]
+        ] = {}
+
+    async def read(self, reader: asyncio.StreamReader) -> bytes:
+        try:
+            return await asyncio.wait_for(reader.read(READ_SIZE), self._idle_timeout_s)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"the instance sent nothing for {self._idle_timeout_s:g} s"
+            ) from None
+        except OSError as exc:
+            raise UpstreamError(f"the connection to the instance failed: {exc}") from None
+
+    def give_back(
+        self, target: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        kept = self._idle.setdefault(target, [])
+        if len(kept) >= self._keep_per_target:
+            writer.close()
+            return
+        kept.append((time.monotonic(), reader, writer))
+
+    def _pooled(
+        self, target: tuple[str, int]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        kept = self._idle.get(target) or []
+        while kept:
+            since, reader, writer = kept.pop()
+            if time.monotonic() - since < self._keep_for_s and not (
+                reader.at_eof() or writer.is_closing()
+            ):
+                return reader, writer
+            writer.close()
+        return None
+
+    async def _connect(
+        self, target: tuple[str, int]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.wait_for(
+                asyncio.open_connection(*target, limit=READ_SIZE), self._connect_timeout_s
+            )
+        except TimeoutError:
+            raise UpstreamTimeout(
+                "the instance's port did not accept a connection in time"
+            ) from None
+        except OSError as exc:
+            raise UpstreamError(f"the instance's port refused the connection: {exc}") from None
+
+    async def request(
+        self,
+        host: str,
+        port: int,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        body: AsyncIterator[bytes] | None,
+        chunked: bool,
+    ) -> UpstreamResponse:
+        """Sends the request (streaming `body`) and reads up to the end of the response's head.
+        A kept-alive connection the instance had closed meanwhile is replaced once, when the
+        request has no body to replay."""
+        address = (host, port)
+        pooled = self._pooled(address)
+        if pooled is not None and body is None:
+            try:
+                return await self._exchange(address, *pooled, method, target, headers, None, False)
+            except UpstreamTimeout:
+                raise
+            except UpstreamError:
+                pass  # stale: closed by the instance while it waited in the pool
+        elif pooled is not None:
+            pooled[1].close()
+        reader, writer = await self._connect(address)
+        return await self._exchange(address, reader, writer, method, target, headers, body, chunked)
+
+    async def _exchange(
+        self,
+        address: tuple[str, int],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        body: AsyncIterator[bytes] | None,
+        chunked: bool,
+    ) -> UpstreamResponse:
+        parsed = _Parsed()
+        parser = httptools.HttpResponseParser(parsed)
+        # Bare LF line ends, as CGI scripts write them (busybox httpd passes them on) and every
+        # browser reads them; nothing else lenient: framing stays strict.
+        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        try:
+            writer.write(_request_head(method, target, headers, chunked))
+            if body is not None:
+                async for chunk in body:
+                    if chunked:
+                        writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    else:
+                        writer.write(chunk)
+                    await writer.drain()
+                if chunked:
+                    writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            while not parsed.headers_done:
+                data = await self.read(reader)
+                if not data:
+                    raise UpstreamError("the instance closed the connection without answering")
+                parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            writer.close()
+            raise UpstreamError(f"malformed response: {exc}") from None
+        except OSError as exc:
+            writer.close()
+            raise UpstreamError(f"the connection to the instance failed: {exc}") from None
+        except BaseException:
+            writer.close()
+            raise
+        status = parser.get_status_code()
+        bodyless = method == "HEAD" or status in _NO_BODY_STATUS or status < 200
+        return UpstreamResponse(self, address, reader, writer, parser, parsed, bodyless)
+
+    async def close(self) -> None:
+        for kept in self._idle.values():
+            for _since, _reader, writer in kept:
+                with contextlib.suppress(Exception):
+                    writer.close()
+        self._idle.clear()
