@@ -26,6 +26,7 @@ from events.subjects import (
     check_host_id,
 )
 from services.processes.gpu_releaser import DURABLE as RELEASER_DURABLE
+from services.worker_wire import WORKER_ROOT
 
 API_USER = "api"
 DECIDERS_USER = "deciders"
@@ -98,8 +99,11 @@ def _durable(name: str) -> tuple[str, ...]:
 def role_permissions(user: str) -> Permissions:
     inbox = (f"{inbox_prefix(user)}.>",)
     if user == API_USER:
-        # Users' commands, and the stream's state for /health.
-        return Permissions(publish=(f"{COMMANDS_ROOT}.*", STREAM_INFO), subscribe=inbox)
+        # Users' commands, the stream's state for /health, and the worker protocol's requests
+        # to the job dispatcher (the api has checked the worker's token for the endpoint).
+        return Permissions(
+            publish=(f"{COMMANDS_ROOT}.*", STREAM_INFO, f"{WORKER_ROOT}.>"), subscribe=inbox
+        )
     if user == DECIDERS_USER:
         return Permissions(
             publish=(
@@ -110,7 +114,12 @@ def role_permissions(user: str) -> Permissions:
                 *FOLLOW,
                 *_durable(RELEASER_DURABLE),
             ),
-            subscribe=(f"{COMMANDS_ROOT}.>", f"{HEARTBEATS_ROOT}.>", *inbox),
+            subscribe=(
+                f"{COMMANDS_ROOT}.>",
+                f"{HEARTBEATS_ROOT}.>",
+                f"{WORKER_ROOT}.>",
+                *inbox,
+            ),
             allow_responses=True,
         )
     if user == PROJECTOR_USER:
