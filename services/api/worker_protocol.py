@@ -1,0 +1,302 @@
+"""The worker protocol: RunPod's, as the runpod SDK (1.12) speaks it, under /worker/v1/:endpoint/.
+The URLs a worker is given are built by services/worker_env.py; the SDK's side of each route is
+named below.
+
+- GET  job-take/:worker (rp_job.get_job): a long poll; 204 when no job came within
+  GPUWORKER_JOB_POLL_MAX s, else `{"id", "input"}`. job-take-batch/:worker?batch_size=N answers
+  a list. `job_in_progress` (appended by the SDK) is accepted and needs nothing.
+- POST job-done/:worker/:job (rp_http.send_result): the body is JSON although the SDK labels it
+  form-encoded; `{"output"}` and/or `{"error"}`. The SDK retries a done call that failed: the same
+  result again is accepted once (200 both times); a result from a worker that no longer holds the
+  job is a 409 and changes nothing.
+- POST job-stream/:worker/:job (rp_http.stream_result): a generator handler's partial output.
+- GET  ping/:worker (rp_ping.Heartbeat): liveness of the worker and of the jobs it lists in
+  `job_id`; `status=unhealthy&check&reason` from a failed fitness check.
+- GET  job-stop/:worker (rp_job.get_stop_signals): a long poll; `{"jobsToStop": [ids]}` names
+  jobs the worker must drop (cancelled, timed out, or given to another worker), or 204.
+
+Authentication: the worker's token, sent raw in `Authorization` (RUNPOD_AI_API_KEY; `Bearer
+<token>` works too), good for the endpoint and worker the path names only. These routes are apart
+from the user API: no user token works here and a worker token works nowhere else.
+
+Nothing here holds a database connection while it waits: the long polls wait on a NATS request to
+the job dispatcher (services/processes/job_dispatcher.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+import nats.errors
+from litestar import Controller, MediaType, Request, Response, get, post
+from litestar.params import Parameter
+
+from services.api import job_payloads, read_models
+from services.api.body_limit import RESULT_BODY_BYTES
+from services.api.context import ApiContext, context_of
+from services.api.endpoint_activity import record_ping
+from services.api.jobs import WorkerResult
+from services.command_wire import Reply
+from services.deciders.job import JobState
+from services.errors import BadRequest, ServiceUnavailable, Unauthorized, from_body
+from services.worker_env import WORKER_ROUTES
+from services.worker_wire import (
+    DONE,
+    MAX_BATCH,
+    PARTIAL,
+    PING,
+    STOP,
+    TAKE,
+    DoneRequest,
+    Offer,
+    Ping,
+    StopReply,
+    StopRequest,
+    StreamRequest,
+    TakeReply,
+    TakeRequest,
+    worker_subject,
+)
+
+# How much longer than a long poll the api waits for the dispatcher's answer.
+REPLY_MARGIN_S = 5.0
+MAX_REASON = 256
+
+
+class TakenJob(msgspec.Struct, frozen=True):
+    id: str
+    input: msgspec.Raw
+
+
+class JobsToStop(msgspec.Struct, rename="camel", frozen=True):
+    jobs_to_stop: list[str]
+
+
+class Partial(msgspec.Struct):
+    output: msgspec.Raw
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    id: str
+    status: str
+
+
+def _json(value: Any) -> Response[bytes]:
+    return Response(msgspec.json.encode(value), media_type=MediaType.JSON)
+
+
+def _no_content() -> Response[bytes]:
+    return Response(b"", status_code=204)
+
+
+def _authenticated(request: Request[Any, Any, Any], endpoint_id: str, worker_id: str) -> ApiContext:
+    ctx = context_of(request)
+    token = request.headers.get("authorization", "").strip()
+    scheme, _, rest = token.partition(" ")
+    if scheme.lower() == "bearer":
+        token = rest.strip()
+    ids_ok = read_models.valid_id(endpoint_id) and read_models.valid_id(worker_id)
+    if not (token and ids_ok and ctx.worker_tokens.valid(token, endpoint_id, worker_id)):
+        raise Unauthorized(
+            "worker token is not valid for this endpoint and worker: send the RUNPOD_AI_API_KEY"
+            " the worker was started with in `Authorization`"
+        )
+    return ctx
+
+
+async def _request(ctx: ApiContext, subject: str, payload: bytes, timeout: float) -> bytes:
+    try:
+        msg = await ctx.nc.request(subject, payload, timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise ServiceUnavailable("the job dispatcher is not running; retry shortly") from None
+    except (nats.errors.TimeoutError, TimeoutError):
+        raise ServiceUnavailable("the job dispatcher did not answer; retry shortly") from None
+    data: bytes = msg.data
+    return data
+
+
+class WorkerProtocolController(Controller):
+    path = WORKER_ROUTES + "/{endpoint_id:str}"
+    tags = ["worker protocol"]
+
+    async def _take(
+        self,
+        request: Request[Any, Any, Any],
+        endpoint_id: str,
+        worker_id: str,
+        batch: int,
+        v: int | None,
+    ) -> list[tuple[str, bytes]]:
+        ctx = _authenticated(request, endpoint_id, worker_id)
+        wait_s = ctx.settings.job_poll_max_s
+        take = TakeRequest(worker_id=worker_id, batch=batch, version=v, wait_ms=int(wait_s * 1000))
+        data = await _request(
+            ctx,
+            worker_subject(endpoint_id, TAKE),
+            msgspec.json.encode(take),
+            wait_s + REPLY_MARGIN_S,
+        )
+        reply = msgspec.json.decode(data, type=TakeReply)
+        if reply.error is not None:
+            raise from_body(reply.error)
+        return await _inputs(ctx, reply.jobs)
+
+    @get("/job-take/{worker_id:str}", summary="Take a job (long poll; 204: none came)")
+    async def job_take(
+        self,
+        request: Request[Any, Any, Any],
+        endpoint_id: str,
+        worker_id: str,
+        v: int | None = None,
+        job_in_progress: str | None = None,
+    ) -> Response[bytes]:
+        del job_in_progress
+        jobs = await self._take(request, endpoint_id, worker_id, 1, v)
+        if not jobs:
+            return _no_content()
+        job_id, body = jobs[0]
+        return _json(TakenJob(job_id, msgspec.Raw(body)))
+
+    @get("/job-take-batch/{worker_id:str}", summary="Take up to batch_size jobs (long poll)")
+    async def job_take_batch(
+        self,
+        request: Request[Any, Any, Any],
+        endpoint_id: str,
+        worker_id: str,
+        v: int | None = None,
+        batch_size: Annotated[int, Parameter(ge=1, le=MAX_BATCH)] = 1,
+        job_in_progress: str | None = None,
+    ) -> Response[bytes]:
+        del job_in_progress
+        jobs = await self._take(request, endpoint_id, worker_id, batch_size, v)
+        if not jobs:
+            return _no_content()
+        return _json([TakenJob(job_id, msgspec.Raw(body)) for job_id, body in jobs])
+
+    @post(
+        "/job-done/{worker_id:str}/{job_id:str}",
+        status_code=200,
+        summary="A job's result (JSON, whatever its content type says)",
+        request_max_body_size=RESULT_BODY_BYTES,
+    )
+    async def job_done(
+        self,
+        request: Request[Any, Any, Any],
+        endpoint_id: str,
+        worker_id: str,
+        job_id: str,
+        v: int | None = None,
+        is_stream: Annotated[str | None, Parameter(query="isStream")] = None,
+    ) -> Response[bytes]:
+        del v, is_stream
+        ctx = _authenticated(request, endpoint_id, worker_id)
+        job_id = read_models.checked_id(job_id, "job")
+        body = await request.body()
+        try:
+            result = msgspec.json.decode(body, type=WorkerResult)
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"the result is not a JSON object: {exc}") from None
+        reference = await job_payloads.put(ctx.pool, job_id, body)
+        done = DoneRequest(
+            worker_id=worker_id, job_id=job_id, result=reference, failed=result.failed
+        )
+        data = await _request(
+            ctx,
+            worker_subject(endpoint_id, DONE),
+            msgspec.json.encode(done),
+            ctx.settings.request_timeout_s,
+        )
+        reply = msgspec.json.decode(data, type=Reply)
+        if reply.error is not None:
+            raise from_body(reply.error)
+        state = msgspec.json.decode(reply.state, type=JobState)
+        return _json(Accepted(state.id, state.status))
+
+    @post(
+        "/job-stream/{worker_id:str}/{job_id:str}",
+        status_code=200,
+        summary="A partial output of a job that streams",
+        request_max_body_size=RESULT_BODY_BYTES,
+    )
+    async def job_stream(
+        self,
+        request: Request[Any, Any, Any],
+        endpoint_id: str,
+        worker_id: str,
+        job_id: str,
+        v: int | None = None,
+        is_stream: Annotated[str | None, Parameter(query="isStream")] = None,
+    ) -> Response[bytes]:
+        del v, is_stream
+        ctx = _authenticated(request, endpoint_id, worker_id)
+        job_id = read_models.checked_id(job_id, "job")
+        try:
+            partial = msgspec.json.decode(await request.body(), type=Partial)
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f'the partial output is not `{{"output": …}}`: {exc}') from None
+        check = StreamRequest(worker_id=worker_id, job_id=job_id)
+        data = await _request(
+            ctx,
+            worker_subject(endpoint_id, PARTIAL),
+            msgspec.json.encode(check),
+            ctx.settings.request_timeout_s,
+        )
+        reply = msgspec.json.decode(data, type=Reply)
+        if reply.error is not None:
+            raise from_body(reply.error)
+        await job_payloads.add_partial(ctx.pool, job_id, bytes(partial.output))
+        return _json(Accepted(job_id, "IN_PROGRESS"))
+
+    @get("/ping/{worker_id:str}", summary="The worker is alive, and runs the jobs in `job_id`")
+    async def ping(
+        self,
+        request: Request[Any, Any, Any],
+        endpoint_id: str,
+        worker_id: str,
+        v: int | None = None,
+        job_id: str | None = None,
+        runpod_version: str | None = None,
+        status: str | None = None,
+        check: str | None = None,
+        reason: str | None = None,
+    ) -> Response[bytes]:
+        del runpod_version
+        ctx = _authenticated(request, endpoint_id, worker_id)
+        running = [j for j in (job_id or "").split(",") if read_models.valid_id(j)][:1000]
+        unhealthy = None
+        if status == "unhealthy":
+            unhealthy = f"{check or 'fitness check'} failed: {reason or 'no reason given'}"
+            unhealthy = unhealthy[:MAX_REASON]
+        await record_ping(ctx.pool, endpoint_id, worker_id, v, running, unhealthy)
+        ping = Ping(worker_id=worker_id, job_ids=running, version=v, unhealthy=unhealthy)
+        await ctx.nc.publish(worker_subject(endpoint_id, PING), msgspec.json.encode(ping))
+        return _json({"status": "ok"})
+
+    @get("/job-stop/{worker_id:str}", summary="Jobs the worker must drop (long poll; 204: none)")
+    async def job_stop(
+        self,
+        request: Request[Any, Any, Any],
+        endpoint_id: str,
+        worker_id: str,
+        v: int | None = None,
+    ) -> Response[bytes]:
+        del v
+        ctx = _authenticated(request, endpoint_id, worker_id)
+        wait_s = ctx.settings.job_poll_max_s
+        stop = StopRequest(worker_id=worker_id, wait_ms=int(wait_s * 1000))
+        data = await _request(
+            ctx,
+            worker_subject(endpoint_id, STOP),
+            msgspec.json.encode(stop),
+            wait_s + REPLY_MARGIN_S,
+        )
+        reply = msgspec.json.decode(data, type=StopReply)
+        if not reply.job_ids:
+            return _no_content()
+        return _json(JobsToStop(reply.job_ids))
+
+
+async def _inputs(ctx: ApiContext, offers: list[Offer]) -> list[tuple[str, bytes]]:
+    """Each offered job with its input, from the payload store."""
+    bodies = await job_payloads.get_many(ctx.pool, [(o.id, o.input) for o in offers])
+    return [(o.id, bodies.get((o.id, o.input.sha256), b"null")) for o in offers]
