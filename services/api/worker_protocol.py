@@ -35,7 +35,7 @@ from services.api import job_payloads, read_models
 from services.api.body_limit import RESULT_BODY_BYTES
 from services.api.context import ApiContext, context_of
 from services.api.endpoint_activity import record_ping
-from services.api.jobs import WorkerResult
+from services.api.jobs import JOBS, WorkerResult
 from services.command_wire import Reply
 from services.deciders.job import JobState
 from services.errors import BadRequest, ServiceUnavailable, Unauthorized, from_body
@@ -209,6 +209,8 @@ class WorkerProtocolController(Controller):
         reply = msgspec.json.decode(data, type=Reply)
         if reply.error is not None:
             raise from_body(reply.error)
+        # Like every write: a status read after this answer shows the result.
+        await ctx.watcher.wait(JOBS.name, reply.sequence, ctx.settings.read_your_writes_timeout_s)
         state = msgspec.json.decode(reply.state, type=JobState)
         return _json(Accepted(state.id, state.status))
 

@@ -62,7 +62,7 @@ from services.deciders.job import (
     TakeJob,
     TimeOutJob,
 )
-from services.errors import BadRequest, GpuWorkerError, NotFound
+from services.errors import Conflict, GpuWorkerError, NotFound
 from services.processes.job_board import EndpointQueue, Waiter, WorkerView
 from services.processes.runner import DeciderRunner
 from services.worker_wire import (
@@ -464,7 +464,7 @@ class JobDispatcher:
         if entry is None or entry[0].endpoint_id != endpoint_id:
             error = NotFound("job not found, or already finished")
         elif entry[0].status != "IN_PROGRESS" or entry[0].worker_id != request.worker_id:
-            error = BadRequest(f"job {request.job_id} is not held by this worker")
+            error = Conflict(f"job {request.job_id} is not held by this worker: output refused")
         reply = Reply(error=error.body()) if error else Reply(sequence=entry[1] if entry else 0)
         await msg.respond(msgspec.json.encode(reply))
 
