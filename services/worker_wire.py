@@ -7,7 +7,7 @@ seconds, and the deciders' command server bounds how many commands it runs at on
 there would starve every other command. The api has verified the worker's token for the endpoint
 the subject names before it sends anything here, and only the api may publish on `wk.>`.
 
-- take, stop, done, stream: requests to one dispatcher (queue group `dispatch`);
+- take, stop, done, hold: requests to one dispatcher (queue group `dispatch`);
 - ping: published to every dispatcher (no queue group), so each knows every worker is alive."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ DISPATCH_QUEUE = "dispatch"
 TAKE = "take"
 STOP = "stop"
 DONE = "done"
-PARTIAL = "stream"
+HOLD = "hold"
 PING = "ping"
 MAX_BATCH = 64
 
@@ -68,10 +68,10 @@ class DoneRequest(msgspec.Struct, frozen=True, kw_only=True):
     failed: bool = False
 
 
-class StreamRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """May this worker add a partial output to this job (does it hold it)?"""
+class HoldRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The job as the dispatcher knows it, asked before a worker's result or partial output is
+    stored: what the job would refuse is never written to the payload store."""
 
-    worker_id: str
     job_id: str
 
 

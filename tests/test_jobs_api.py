@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from events.envelope import AggregateRef
@@ -47,6 +48,15 @@ def done(
     # The SDK labels the JSON form-encoded; the api reads it as JSON all the same.
     path = worker_path(endpoint, "job-done", worker_id, job_id) + "&isStream=false"
     return worker.post(path, content=body, headers=FORM)
+
+
+def payload_rows(stack: Stack, job_id: str) -> int:
+    with psycopg.connect(stack.database_url) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM job_payloads WHERE job_id = %s", (job_id,)
+        ).fetchone()
+    assert found is not None
+    return int(found[0])
 
 
 async def completions(stack: Stack, job_id: str) -> int:
@@ -112,7 +122,9 @@ def test_worker_tokens_are_scoped_to_their_endpoint_and_worker(serverless_stack:
             partial = sibling.post(
                 worker_path(endpoint, "job-stream", "w2", job_id), json={"output": 2}
             )
-            assert_error(partial, 409, "not held by this worker")
+            assert_error(partial, 409, "not held by worker w2")
+        # What the job refuses is never stored: only its input is in the payload store.
+        assert payload_rows(serverless_stack, job_id) == 1
         assert done(worker, endpoint, "w1", job_id, b'{"output": 1}').status_code == 200
     assert status(client, endpoint["id"], job_id)["output"] == 1
 

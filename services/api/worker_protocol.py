@@ -38,21 +38,21 @@ from services.api.endpoint_activity import record_ping
 from services.api.jobs import JOBS, WorkerResult
 from services.command_wire import Reply
 from services.deciders.job import JobState
-from services.errors import BadRequest, ServiceUnavailable, Unauthorized, from_body
+from services.errors import BadRequest, Conflict, ServiceUnavailable, Unauthorized, from_body
 from services.worker_env import WORKER_ROUTES
 from services.worker_wire import (
     DONE,
+    HOLD,
     MAX_BATCH,
-    PARTIAL,
     PING,
     STOP,
     TAKE,
     DoneRequest,
+    HoldRequest,
     Offer,
     Ping,
     StopReply,
     StopRequest,
-    StreamRequest,
     TakeReply,
     TakeRequest,
     worker_subject,
@@ -196,7 +196,14 @@ class WorkerProtocolController(Controller):
             result = msgspec.json.decode(body, type=WorkerResult)
         except msgspec.DecodeError as exc:
             raise BadRequest(f"the result is not a JSON object: {exc}") from None
-        reference = await job_payloads.put(ctx.pool, job_id, body)
+        reference = job_payloads.ref_of(body)
+        held = await _held(ctx, endpoint_id, job_id)
+        repeat = held.result == reference and held.status in ("COMPLETED", "FAILED")
+        if held.worker_id != worker_id or not (held.status == "IN_PROGRESS" or repeat):
+            # What the job would refuse is never stored (a worker runs customer code).
+            raise Conflict(_refusal(held, worker_id))
+        if not repeat:
+            await job_payloads.put(ctx.pool, job_id, body)
         done = DoneRequest(
             worker_id=worker_id, job_id=job_id, result=reference, failed=result.failed
         )
@@ -236,16 +243,9 @@ class WorkerProtocolController(Controller):
             partial = msgspec.json.decode(await request.body(), type=Partial)
         except msgspec.DecodeError as exc:
             raise BadRequest(f'the partial output is not `{{"output": …}}`: {exc}') from None
-        check = StreamRequest(worker_id=worker_id, job_id=job_id)
-        data = await _request(
-            ctx,
-            worker_subject(endpoint_id, PARTIAL),
-            msgspec.json.encode(check),
-            ctx.settings.request_timeout_s,
-        )
-        reply = msgspec.json.decode(data, type=Reply)
-        if reply.error is not None:
-            raise from_body(reply.error)
+        held = await _held(ctx, endpoint_id, job_id)
+        if held.status != "IN_PROGRESS" or held.worker_id != worker_id:
+            raise Conflict(_refusal(held, worker_id))
         await job_payloads.add_partial(ctx.pool, job_id, bytes(partial.output))
         return _json(Accepted(job_id, "IN_PROGRESS"))
 
@@ -296,6 +296,32 @@ class WorkerProtocolController(Controller):
         if not reply.job_ids:
             return _no_content()
         return _json(JobsToStop(reply.job_ids))
+
+
+async def _held(ctx: ApiContext, endpoint_id: str, job_id: str) -> JobState:
+    """The job as the dispatcher has it now."""
+    ask = HoldRequest(job_id=job_id)
+    data = await _request(
+        ctx,
+        worker_subject(endpoint_id, HOLD),
+        msgspec.json.encode(ask),
+        ctx.settings.request_timeout_s,
+    )
+    reply = msgspec.json.decode(data, type=Reply)
+    if reply.error is not None:
+        raise from_body(reply.error)
+    return msgspec.json.decode(reply.state, type=JobState)
+
+
+def _refusal(held: JobState, worker_id: str) -> str:
+    if held.worker_id == worker_id and held.status in ("COMPLETED", "FAILED"):
+        return f"job {held.id} is already {held.status} with another result: result refused"
+    if held.status in ("IN_PROGRESS", "IN_QUEUE"):
+        return (
+            f"job {held.id} is not held by worker {worker_id} (it was given to another worker"
+            " after this one stopped answering): refused"
+        )
+    return f"job {held.id} is {held.status}: refused"
 
 
 async def _inputs(ctx: ApiContext, offers: list[Offer]) -> list[tuple[str, bytes]]:

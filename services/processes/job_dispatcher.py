@@ -62,23 +62,23 @@ from services.deciders.job import (
     TakeJob,
     TimeOutJob,
 )
-from services.errors import Conflict, GpuWorkerError, NotFound
+from services.errors import GpuWorkerError, NotFound
 from services.processes.job_board import EndpointQueue, Waiter, WorkerView
 from services.processes.runner import DeciderRunner
 from services.worker_wire import (
     DISPATCH_QUEUE,
     DONE,
+    HOLD,
     MAX_BATCH,
-    PARTIAL,
     PING,
     STOP,
     TAKE,
     DoneRequest,
+    HoldRequest,
     Offer,
     Ping,
     StopReply,
     StopRequest,
-    StreamRequest,
     TakeReply,
     TakeRequest,
     all_workers,
@@ -158,7 +158,7 @@ class JobDispatcher:
             (TAKE, self._on_take),
             (STOP, self._on_stop),
             (DONE, self._on_done),
-            (PARTIAL, self._on_stream),
+            (HOLD, self._on_hold),
         )
         for operation, handler in handlers:
             self._subs.append(
@@ -456,16 +456,20 @@ class JobDispatcher:
             reply = Reply(error=NotFound("job not found").body())
         await msg.respond(msgspec.json.encode(reply))
 
-    async def _on_stream(self, msg: Msg) -> None:
+    async def _on_hold(self, msg: Msg) -> None:
         endpoint_id = endpoint_of(msg.subject)
-        request = msgspec.json.decode(msg.data, type=StreamRequest)
-        entry = self._jobs.get(request.job_id)
-        error: GpuWorkerError | None = None
+        request = msgspec.json.decode(msg.data, type=HoldRequest)
+        entry = self._jobs.get(request.job_id) or self._finished.get(request.job_id)
+        if entry is None:
+            try:
+                state, sequence = await self._runner.current("job", request.job_id)
+            except ValueError:  # not an id any job can have
+                state, sequence = None, 0
+            entry = (state, sequence) if isinstance(state, JobState) else None
         if entry is None or entry[0].endpoint_id != endpoint_id:
-            error = NotFound("job not found, or already finished")
-        elif entry[0].status != "IN_PROGRESS" or entry[0].worker_id != request.worker_id:
-            error = Conflict(f"job {request.job_id} is not held by this worker: output refused")
-        reply = Reply(error=error.body()) if error else Reply(sequence=entry[1] if entry else 0)
+            reply = Reply(error=NotFound("job not found").body())
+        else:
+            reply = Reply(sequence=entry[1], state=msgspec.Raw(msgspec.json.encode(entry[0])))
         await msg.respond(msgspec.json.encode(reply))
 
     async def _on_ping(self, msg: Msg) -> None:
@@ -539,6 +543,10 @@ class JobDispatcher:
             )
             if current:
                 self._spawn(self._act(job_id, TimeOutJob(actor=DISPATCHER, at=datetime.now(UTC))))
+        if len(self._deadlines) > 2 * len(self._jobs) + 1000:
+            # Entries of jobs that moved on are dropped as they come due; don't let them pile up.
+            self._deadlines = [d for d in self._deadlines if d[1] in self._jobs]
+            heapq.heapify(self._deadlines)
         silent_after = now - self._config.lost_after_s
         for (endpoint_id, worker_id), view in list(self._workers.items()):
             if view.last_seen >= silent_after:
