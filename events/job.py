@@ -24,9 +24,8 @@ class PayloadRef(msgspec.Struct, frozen=True):
     size: int
 
 
-@register()
-class JobSubmitted(msgspec.Struct, frozen=True, kw_only=True):
-    """A customer's `run` or `runsync`. The actor owns the job."""
+class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What a customer asked of a job with its `run` or `runsync`."""
 
     endpoint_id: str
     input: PayloadRef
@@ -39,6 +38,11 @@ class JobSubmitted(msgspec.Struct, frozen=True, kw_only=True):
     # How long its status and result are kept once it is final (runsync's are shorter).
     retention_s: int
     sync: bool = False
+
+
+@register()
+class JobSubmitted(JobSpec, frozen=True, kw_only=True):
+    """A customer's `run` or `runsync`. The actor owns the job."""
 
 
 @register()

@@ -23,6 +23,7 @@ from tests.serverless_helpers import (
     env_for,
     run,
     status,
+    wait_status,
     worker_client,
     worker_path,
 )
@@ -78,7 +79,8 @@ def test_run_take_done_status_in_runpods_shapes(serverless_stack: Stack) -> None
     assert status(client, endpoint["id"], job_id) == {"id": job_id, "status": "IN_QUEUE"}
     with worker_client(serverless_stack, endpoint, "w1") as worker:
         assert take(worker, endpoint, "w1") == {"id": job_id, "input": {"prompt": "hi"}}
-        running = status(client, endpoint["id"], job_id)
+        # A take does not wait for the read model (it is the hot path): the status follows.
+        running = wait_status(client, endpoint["id"], job_id, lambda s: s["status"] != "IN_QUEUE")
         assert running["status"] == "IN_PROGRESS" and running["workerId"] == "w1"
         assert running["delayTime"] >= 0
         accepted = done(worker, endpoint, "w1", job_id, b'{"output": {"text": "hello"}}')
@@ -170,7 +172,11 @@ def test_concurrent_takers_get_each_job_exactly_once(serverless_stack: Stack) ->
     assert sorted(flat) == sorted(jobs), "a job taken twice, or never"
     for got in taken:  # each worker got its share in queue order
         assert got == sorted(got, key=jobs.index)
-    assert client.get(f"/endpoints/{endpoint['id']}").json()["jobsInProgress"] == 24
+    wait_for(
+        lambda: client.get(f"/endpoints/{endpoint['id']}").json()["jobsInProgress"] == 24,
+        10,
+        "24 jobs in progress",
+    )
 
 
 def test_payload_limits_and_payloads_stay_out_of_events(serverless_stack: Stack) -> None:
@@ -268,8 +274,23 @@ def test_job_stop_names_cancelled_jobs_and_pings_report_health(serverless_stack:
         assert take(worker, endpoint, "w1") is not None
         ping = worker.get(worker_path(endpoint, "ping", "w1"), params={"job_id": job_id})
         assert ping.status_code == 200, ping.text
-        health = client.get(f"{base}/health").json()
-        assert health["workers"]["running"] == 1 and health["jobs"]["inProgress"] == 1
+        wait_for(
+            lambda: (
+                client.get(f"{base}/health").json()
+                == {
+                    "jobs": {
+                        "completed": 0,
+                        "failed": 0,
+                        "inProgress": 1,
+                        "inQueue": 0,
+                        "retried": 0,
+                    },
+                    "workers": {"idle": 0, "running": 1, "initializing": 0, "unhealthy": 0},
+                }
+            ),
+            10,
+            "the running worker and its job in /health",
+        )
         assert client.post(f"{base}/cancel/{job_id}").json()["status"] == "CANCELLED"
         stop = worker.get(worker_path(endpoint, "job-stop", "w1"))
         assert stop.status_code == 200, stop.text

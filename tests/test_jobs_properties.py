@@ -28,7 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from events.catalog import decode_event, version_of
 from events.envelope import AggregateRef, Envelope, encode_envelope
-from events.job import JobCompleted, JobFailed, PayloadRef
+from events.job import JobCompleted, JobFailed, JobSpec, PayloadRef
 from services.deciders.job import (
     FINAL,
     JOB,
@@ -105,11 +105,13 @@ class JobMachine(RuleBasedStateMachine):
             SubmitJob(
                 actor=OWNER,
                 at=self.now,
-                endpoint_id=ENDPOINT,
-                input=PayloadRef(sha256="f" * 64, size=2),
-                execution_timeout_ms=timeout,
-                ttl_ms=ttl,
-                retention_s=300,
+                spec=JobSpec(
+                    endpoint_id=ENDPOINT,
+                    input=PayloadRef(sha256="f" * 64, size=2),
+                    execution_timeout_ms=timeout,
+                    ttl_ms=ttl,
+                    retention_s=300,
+                ),
             )
         )
         assert self.state is not None and self.state.status == "IN_QUEUE"

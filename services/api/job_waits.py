@@ -6,14 +6,13 @@ also reads the job again every second."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import defaultdict
+from typing import Any
 
 import psycopg
 
 from projections.jobs import CHANNEL
-
-log = logging.getLogger("gpuworker.api")
+from services.api.notifications import listen_forever
 
 RECHECK_S = 1.0
 
@@ -55,19 +54,13 @@ class JobWaits:
                 future.set_result(None)
 
     async def _listen(self) -> None:
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, connect_timeout=3
-                ) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    self.connected = True
-                    async for note in conn.notifies():
-                        self._wake(note.payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self.connected:
-                    log.warning("job waits lost PostgreSQL: %s", exc)
-                self.connected = False
-                await asyncio.sleep(0.5)
+        await listen_forever(
+            self._conninfo, CHANNEL, self._wake, self._on_connected, self._on_lost, "job waits"
+        )
+
+    async def _on_connected(self, _conn: psycopg.AsyncConnection[Any]) -> None:
+        self.connected = True
+
+    def _on_lost(self) -> bool:
+        was, self.connected = self.connected, False
+        return was

@@ -27,6 +27,7 @@ from litestar.params import Parameter
 from msgspec import Meta
 from psycopg_pool import AsyncConnectionPool
 
+from events.job import JobSpec
 from projections.catalog import PROJECTIONS
 from services.api import job_payloads, read_models
 from services.api.body_limit import RUN_BODY_BYTES, RUNSYNC_BODY_BYTES
@@ -230,9 +231,7 @@ class JobController(Controller):
         job_id = new_resource_id(request)
         reference = await job_payloads.put(ctx.pool, job_id, bytes(data.input))
         settings = ctx.settings
-        command = SubmitJob(
-            actor=request.user.id,
-            at=datetime.now(UTC),
+        spec = JobSpec(
             endpoint_id=endpoint.id,
             input=reference,
             webhook=data.webhook,
@@ -242,6 +241,7 @@ class JobController(Controller):
             retention_s=settings.job_sync_retention_s if sync else settings.job_retention_s,
             sync=sync,
         )
+        command = SubmitJob(actor=request.user.id, at=datetime.now(UTC), spec=spec)
         state: JobState = await ctx.execute(JOBS, job_id, command, request)
         return state
 

@@ -19,12 +19,14 @@ Authentication: the worker's token, sent raw in `Authorization` (RUNPOD_AI_API_K
 <token>` works too), good for the endpoint and worker the path names only. These routes are apart
 from the user API: no user token works here and a worker token works nowhere else.
 
+A take answers as soon as the job's take is stored (it does not wait for the jobs read model:
+this is the hot path); a done answers once the read model shows the result, like every write.
 Nothing here holds a database connection while it waits: the long polls wait on a NATS request to
 the job dispatcher (services/processes/job_dispatcher.py)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import nats.errors
@@ -148,9 +150,7 @@ class WorkerProtocolController(Controller):
         endpoint_id: str,
         worker_id: str,
         v: int | None = None,
-        job_in_progress: str | None = None,
     ) -> Response[bytes]:
-        del job_in_progress
         jobs = await self._take(request, endpoint_id, worker_id, 1, v)
         if not jobs:
             return _no_content()
@@ -165,9 +165,7 @@ class WorkerProtocolController(Controller):
         worker_id: str,
         v: int | None = None,
         batch_size: Annotated[int, Parameter(ge=1, le=MAX_BATCH)] = 1,
-        job_in_progress: str | None = None,
     ) -> Response[bytes]:
-        del job_in_progress
         jobs = await self._take(request, endpoint_id, worker_id, batch_size, v)
         if not jobs:
             return _no_content()
@@ -185,17 +183,11 @@ class WorkerProtocolController(Controller):
         endpoint_id: str,
         worker_id: str,
         job_id: str,
-        v: int | None = None,
-        is_stream: Annotated[str | None, Parameter(query="isStream")] = None,
     ) -> Response[bytes]:
-        del v, is_stream
         ctx = _authenticated(request, endpoint_id, worker_id)
         job_id = read_models.checked_id(job_id, "job")
         body = await request.body()
-        try:
-            result = msgspec.json.decode(body, type=WorkerResult)
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"the result is not a JSON object: {exc}") from None
+        result = _decoded(body, WorkerResult, "the result is not a JSON object")
         reference = job_payloads.ref_of(body)
         held = await _held(ctx, endpoint_id, job_id)
         repeat = held.result == reference and held.status in ("COMPLETED", "FAILED")
@@ -207,15 +199,7 @@ class WorkerProtocolController(Controller):
         done = DoneRequest(
             worker_id=worker_id, job_id=job_id, result=reference, failed=result.failed
         )
-        data = await _request(
-            ctx,
-            worker_subject(endpoint_id, DONE),
-            msgspec.json.encode(done),
-            ctx.settings.request_timeout_s,
-        )
-        reply = msgspec.json.decode(data, type=Reply)
-        if reply.error is not None:
-            raise from_body(reply.error)
+        reply = await _ask(ctx, endpoint_id, DONE, done)
         # Like every write: a status read after this answer shows the result.
         await ctx.watcher.wait(JOBS.name, reply.sequence, ctx.settings.read_your_writes_timeout_s)
         state = msgspec.json.decode(reply.state, type=JobState)
@@ -233,16 +217,11 @@ class WorkerProtocolController(Controller):
         endpoint_id: str,
         worker_id: str,
         job_id: str,
-        v: int | None = None,
-        is_stream: Annotated[str | None, Parameter(query="isStream")] = None,
     ) -> Response[bytes]:
-        del v, is_stream
         ctx = _authenticated(request, endpoint_id, worker_id)
         job_id = read_models.checked_id(job_id, "job")
-        try:
-            partial = msgspec.json.decode(await request.body(), type=Partial)
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f'the partial output is not `{{"output": …}}`: {exc}') from None
+        message = 'the partial output is not `{"output": …}`'
+        partial = _decoded(await request.body(), Partial, message)
         held = await _held(ctx, endpoint_id, job_id)
         if held.status != "IN_PROGRESS" or held.worker_id != worker_id:
             raise Conflict(_refusal(held, worker_id))
@@ -257,12 +236,10 @@ class WorkerProtocolController(Controller):
         worker_id: str,
         v: int | None = None,
         job_id: str | None = None,
-        runpod_version: str | None = None,
         status: str | None = None,
         check: str | None = None,
         reason: str | None = None,
     ) -> Response[bytes]:
-        del runpod_version
         ctx = _authenticated(request, endpoint_id, worker_id)
         running = [j for j in (job_id or "").split(",") if read_models.valid_id(j)][:1000]
         unhealthy = None
@@ -280,9 +257,7 @@ class WorkerProtocolController(Controller):
         request: Request[Any, Any, Any],
         endpoint_id: str,
         worker_id: str,
-        v: int | None = None,
     ) -> Response[bytes]:
-        del v
         ctx = _authenticated(request, endpoint_id, worker_id)
         wait_s = ctx.settings.job_poll_max_s
         stop = StopRequest(worker_id=worker_id, wait_ms=int(wait_s * 1000))
@@ -300,17 +275,32 @@ class WorkerProtocolController(Controller):
 
 async def _held(ctx: ApiContext, endpoint_id: str, job_id: str) -> JobState:
     """The job as the dispatcher has it now."""
-    ask = HoldRequest(job_id=job_id)
+    reply = await _ask(ctx, endpoint_id, HOLD, HoldRequest(job_id=job_id))
+    return msgspec.json.decode(reply.state, type=JobState)
+
+
+async def _ask(ctx: ApiContext, endpoint_id: str, operation: str, message: Any) -> Reply:
+    """A request to the dispatcher answered with a Reply; its error raised in the seed's shape."""
     data = await _request(
         ctx,
-        worker_subject(endpoint_id, HOLD),
-        msgspec.json.encode(ask),
+        worker_subject(endpoint_id, operation),
+        msgspec.json.encode(message),
         ctx.settings.request_timeout_s,
     )
     reply = msgspec.json.decode(data, type=Reply)
     if reply.error is not None:
         raise from_body(reply.error)
-    return msgspec.json.decode(reply.state, type=JobState)
+    return reply
+
+
+T = TypeVar("T")
+
+
+def _decoded(body: bytes, into: type[T], problem: str) -> T:
+    try:
+        return msgspec.json.decode(body, type=into)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BadRequest(f"{problem}: {exc}") from None
 
 
 def _refusal(held: JobState, worker_id: str) -> str:

@@ -35,6 +35,7 @@ from events.job import (
     JobFailed,
     JobRequeued,
     JobRetried,
+    JobSpec,
     JobSubmitted,
     JobTaken,
     JobTimedOut,
@@ -53,18 +54,12 @@ MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 NOT_FOUND = "job not found"
 
 
-class JobState(msgspec.Struct, kw_only=True, frozen=True):
+class JobState(JobSpec, kw_only=True, frozen=True):
+    """The job's spec, and what happened to it since."""
+
     id: str
-    endpoint_id: str
     owner_id: str
     status: JobStatus
-    input: PayloadRef
-    webhook: str | None = None
-    execution_timeout_ms: int
-    ttl_ms: int
-    low_priority: bool = False
-    retention_s: int
-    sync: bool = False
     submitted_at: datetime
     # When it last entered the queue (submitted, requeued or retried).
     queued_at: datetime
@@ -103,14 +98,7 @@ class JobState(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class SubmitJob(Command, frozen=True, kw_only=True):
-    endpoint_id: str
-    input: PayloadRef
-    webhook: str | None = None
-    execution_timeout_ms: int
-    ttl_ms: int
-    low_priority: bool = False
-    retention_s: int
-    sync: bool = False
+    spec: JobSpec
 
 
 class TakeJob(Command, frozen=True, kw_only=True):
@@ -164,27 +152,13 @@ def _visible(state: JobState | None, actor: str) -> JobState:
     return state
 
 
-def _submitted(command: SubmitJob) -> list[msgspec.Struct]:
-    for field, value in (
-        ("executionTimeout", command.execution_timeout_ms),
-        ("ttl", command.ttl_ms),
-    ):
+def _submitted(spec: JobSpec) -> list[msgspec.Struct]:
+    for field, value in (("executionTimeout", spec.execution_timeout_ms), ("ttl", spec.ttl_ms)):
         if not 1 <= value <= MAX_TIMEOUT_MS:
             raise BadRequest(f"field `policy.{field}`: 1 to {MAX_TIMEOUT_MS} milliseconds")
-    if command.retention_s < 1:
+    if spec.retention_s < 1:
         raise BadRequest("a job's result must be kept at least a second")
-    return [
-        JobSubmitted(
-            endpoint_id=command.endpoint_id,
-            input=command.input,
-            webhook=command.webhook,
-            execution_timeout_ms=command.execution_timeout_ms,
-            ttl_ms=command.ttl_ms,
-            low_priority=command.low_priority,
-            retention_s=command.retention_s,
-            sync=command.sync,
-        )
-    ]
+    return [JobSubmitted(**msgspec.structs.asdict(spec))]
 
 
 def _finished(state: JobState, command: FinishJob) -> list[msgspec.Struct]:
@@ -218,7 +192,7 @@ def decide(state: JobState | None, command: JobCommand) -> list[msgspec.Struct]:
     if isinstance(command, SubmitJob):
         if state is not None:
             raise Conflict("a job with this id already exists")
-        return _submitted(command)
+        return _submitted(command.spec)
     if isinstance(command, PLATFORM_COMMANDS) and not is_system(command.actor):
         raise Forbidden(f"{type(command).__name__} is the dispatcher's, not a user's")
     current = _visible(state, command.actor)
