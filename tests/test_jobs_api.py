@@ -332,3 +332,18 @@ def test_idempotent_run(serverless_stack: Stack) -> None:
     assert_error(client.post(path, json={"input": 2}, headers=headers), 409)
     shown = wait_for(lambda: client.get(f"/endpoints/{endpoint['id']}").json(), 5, "endpoint")
     assert shown["jobsInQueue"] == 1
+
+
+def test_a_jobs_partial_outputs_are_capped(serverless_stack: Stack) -> None:
+    _key, client = account(serverless_stack)
+    endpoint = create_endpoint(client)
+    job_id = run(client, endpoint["id"], "streams a lot")
+    path = worker_path(endpoint, "job-stream", "w1", job_id) + "&isStream=false"
+    part = b'{"output": "' + b"p" * (16 * 1024 * 1024 - 2) + b'"}'  # 16 MiB of output each
+    with worker_client(serverless_stack, endpoint, "w1") as worker:
+        assert take(worker, endpoint, "w1") is not None
+        for _ in range(4):
+            assert worker.post(path, content=part).status_code == 200
+        assert_error(worker.post(path, content=b'{"output": 1}'), 413, "64 MiB")
+    streamed = client.get(f"/endpoints/{endpoint['id']}/stream/{job_id}").json()
+    assert len(streamed["stream"]) == 4

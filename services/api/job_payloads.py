@@ -14,6 +14,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from events.job import PayloadRef
 
+# All the partial outputs of one job together.
+MAX_STREAM_BYTES = 64 * 1024 * 1024
+
 
 def ref_of(body: bytes) -> PayloadRef:
     return PayloadRef(sha256=hashlib.sha256(body).hexdigest(), size=len(body))
@@ -51,9 +54,17 @@ async def get(pool: AsyncConnectionPool[Any], job_id: str, ref: PayloadRef) -> b
     return (await get_many(pool, [(job_id, ref)])).get((job_id, ref.sha256))
 
 
-async def add_partial(pool: AsyncConnectionPool[Any], job_id: str, body: bytes) -> None:
+async def add_partial(pool: AsyncConnectionPool[Any], job_id: str, body: bytes) -> bool:
+    """Keep a partial output; False (nothing kept) once the job's partials would pass
+    MAX_STREAM_BYTES: a worker runs customer code, and its stream must not fill the database."""
     async with pool.connection() as conn:
-        await conn.execute("INSERT INTO job_stream (job_id, body) VALUES (%s, %s)", (job_id, body))
+        cur = await conn.execute(
+            "INSERT INTO job_stream (job_id, body) SELECT %(job)s, %(body)s"
+            " WHERE (SELECT COALESCE(sum(length(body)), 0) FROM job_stream WHERE job_id = %(job)s)"
+            " + %(size)s <= %(limit)s RETURNING position",
+            {"job": job_id, "body": body, "size": len(body), "limit": MAX_STREAM_BYTES},
+        )
+        return await cur.fetchone() is not None
 
 
 async def take_partials(pool: AsyncConnectionPool[Any], job_id: str) -> list[bytes]:

@@ -40,7 +40,14 @@ from services.api.endpoint_activity import record_ping
 from services.api.jobs import JOBS, WorkerResult
 from services.command_wire import Reply
 from services.deciders.job import JobState
-from services.errors import BadRequest, Conflict, ServiceUnavailable, Unauthorized, from_body
+from services.errors import (
+    BadRequest,
+    Conflict,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+    from_body,
+)
 from services.worker_env import WORKER_ROUTES
 from services.worker_wire import (
     DONE,
@@ -225,7 +232,9 @@ class WorkerProtocolController(Controller):
         held = await _held(ctx, endpoint_id, job_id)
         if held.status != "IN_PROGRESS" or held.worker_id != worker_id:
             raise Conflict(_refusal(held, worker_id))
-        await job_payloads.add_partial(ctx.pool, job_id, bytes(partial.output))
+        if not await job_payloads.add_partial(ctx.pool, job_id, bytes(partial.output)):
+            limit = job_payloads.MAX_STREAM_BYTES // (1024 * 1024)
+            raise PayloadTooLarge(f"job {job_id}'s partial outputs pass {limit} MiB: refused")
         return _json(Accepted(job_id, "IN_PROGRESS"))
 
     @get("/ping/{worker_id:str}", summary="The worker is alive, and runs the jobs in `job_id`")
