@@ -191,12 +191,10 @@ class WorkerProtocolController(Controller):
         worker_id: str,
         job_id: str,
     ) -> Response[bytes]:
-        ctx = _authenticated(request, endpoint_id, worker_id)
-        job_id = read_models.checked_id(job_id, "job")
-        body = await request.body()
+        ctx, body, held = await _about_a_job(request, endpoint_id, worker_id, job_id)
+        job_id = held.id
         result = _decoded(body, WorkerResult, "the result is not a JSON object")
         reference = job_payloads.ref_of(body)
-        held = await _held(ctx, endpoint_id, job_id)
         repeat = held.result == reference and held.status in ("COMPLETED", "FAILED")
         if held.worker_id != worker_id or not (held.status == "IN_PROGRESS" or repeat):
             # What the job would refuse is never stored (a worker runs customer code).
@@ -225,11 +223,9 @@ class WorkerProtocolController(Controller):
         worker_id: str,
         job_id: str,
     ) -> Response[bytes]:
-        ctx = _authenticated(request, endpoint_id, worker_id)
-        job_id = read_models.checked_id(job_id, "job")
-        message = 'the partial output is not `{"output": …}`'
-        partial = _decoded(await request.body(), Partial, message)
-        held = await _held(ctx, endpoint_id, job_id)
+        ctx, body, held = await _about_a_job(request, endpoint_id, worker_id, job_id)
+        job_id = held.id
+        partial = _decoded(body, Partial, 'the partial output is not `{"output": …}`')
         if held.status != "IN_PROGRESS" or held.worker_id != worker_id:
             raise Conflict(_refusal(held, worker_id))
         if not await job_payloads.add_partial(ctx.pool, job_id, bytes(partial.output)):
@@ -280,6 +276,16 @@ class WorkerProtocolController(Controller):
         if not reply.job_ids:
             return _no_content()
         return _json(JobsToStop(reply.job_ids))
+
+
+async def _about_a_job(
+    request: Request[Any, Any, Any], endpoint_id: str, worker_id: str, job_id: str
+) -> tuple[ApiContext, bytes, JobState]:
+    """A worker's post about a job: its body, and the job as the dispatcher has it."""
+    ctx = _authenticated(request, endpoint_id, worker_id)
+    job_id = read_models.checked_id(job_id, "job")
+    body = await request.body()
+    return ctx, body, await _held(ctx, endpoint_id, job_id)
 
 
 async def _held(ctx: ApiContext, endpoint_id: str, job_id: str) -> JobState:
