@@ -26,6 +26,7 @@ the job dispatcher (services/processes/job_dispatcher.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -69,6 +70,8 @@ from services.worker_wire import (
 
 # How much longer than a long poll the api waits for the dispatcher's answer.
 REPLY_MARGIN_S = 5.0
+# How long a long poll waits before it answers "nothing" while the dispatcher is unreachable.
+DISPATCHER_DOWN_PAUSE_S = 1.0
 MAX_REASON = 256
 
 
@@ -139,12 +142,9 @@ class WorkerProtocolController(Controller):
         ctx = _authenticated(request, endpoint_id, worker_id)
         wait_s = ctx.settings.job_poll_max_s
         take = TakeRequest(worker_id=worker_id, batch=batch, version=v, wait_ms=int(wait_s * 1000))
-        data = await _request(
-            ctx,
-            worker_subject(endpoint_id, TAKE),
-            msgspec.json.encode(take),
-            wait_s + REPLY_MARGIN_S,
-        )
+        data = await _long_poll(ctx, worker_subject(endpoint_id, TAKE), take, wait_s)
+        if data is None:
+            return []
         reply = msgspec.json.decode(data, type=TakeReply)
         if reply.error is not None:
             raise from_body(reply.error)
@@ -266,16 +266,22 @@ class WorkerProtocolController(Controller):
         ctx = _authenticated(request, endpoint_id, worker_id)
         wait_s = ctx.settings.job_poll_max_s
         stop = StopRequest(worker_id=worker_id, wait_ms=int(wait_s * 1000))
-        data = await _request(
-            ctx,
-            worker_subject(endpoint_id, STOP),
-            msgspec.json.encode(stop),
-            wait_s + REPLY_MARGIN_S,
-        )
-        reply = msgspec.json.decode(data, type=StopReply)
+        data = await _long_poll(ctx, worker_subject(endpoint_id, STOP), stop, wait_s)
+        reply = msgspec.json.decode(data, type=StopReply) if data else StopReply([])
         if not reply.job_ids:
             return _no_content()
         return _json(JobsToStop(reply.job_ids))
+
+
+async def _long_poll(ctx: ApiContext, subject: str, message: Any, wait_s: float) -> bytes | None:
+    """The dispatcher's answer to a long poll; None (after a pause) while it cannot answer, e.g.
+    while the deciders restart: the SDK asks again at once after any error, so an error here
+    would make every worker spin; "nothing for you yet" is the truth for the worker anyway."""
+    try:
+        return await _request(ctx, subject, msgspec.json.encode(message), wait_s + REPLY_MARGIN_S)
+    except ServiceUnavailable:
+        await asyncio.sleep(min(wait_s, DISPATCHER_DOWN_PAUSE_S))
+        return None
 
 
 async def _about_a_job(
