@@ -6,7 +6,7 @@ api filters by."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +21,13 @@ from services.deciders.decider import Decider
 
 _COLUMNS = ("id", "owner_id", "created_at", "deleted", "last_sequence", "doc")
 
+# Called inside the batch's transaction once its rows are written: (connection, the batch's
+# events, the states they made by id). For effects that must happen exactly once per event with
+# the rows (a NOTIFY, an outbox row); a rebuild replays rows only, never these.
+AfterApply = Callable[
+    [psycopg.AsyncConnection[Any], Sequence[Envelope], dict[str, tuple[Any, int]]], Awaitable[None]
+]
+
 
 @dataclass(frozen=True)
 class AggregateTable:
@@ -29,6 +36,7 @@ class AggregateTable:
     owner_of: Callable[[Any], str | None]
     created_at_of: Callable[[Any], datetime]
     deleted_of: Callable[[Any], bool] = lambda _state: False
+    after_apply: AfterApply | None = None
 
     @property
     def filter_subject(self) -> str:
@@ -86,6 +94,8 @@ class AggregateTable:
         ).format(table)
         async with conn.cursor() as cur2:
             await cur2.executemany(upsert, [self.row(s, seq) for s, seq in touched.values()])
+        if self.after_apply is not None:
+            await self.after_apply(conn, events, touched)
 
     async def copy_in(
         self, conn: psycopg.AsyncConnection[Any], states: dict[str, tuple[Any, int]]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from projections.aggregate_table import AggregateTable
+from projections.jobs import job_effects
 from services.deciders.api_key import API_KEY
 from services.deciders.blog import BLOG_POST
+from services.deciders.endpoint import ENDPOINT
 from services.deciders.host import HOST
 from services.deciders.instance import INSTANCE
+from services.deciders.job import JOB
 from services.deciders.registry_auth import REGISTRY_AUTH
 from services.deciders.template import TEMPLATE
 from services.deciders.user import USER
@@ -61,6 +64,20 @@ PROJECTIONS: dict[str, AggregateTable] = {
             owner_of=lambda s: s.owner_id,
             created_at_of=lambda s: s.created_at,
             deleted_of=lambda s: s.revoked,
+        ),
+        AggregateTable(
+            name="endpoints",
+            decider=ENDPOINT,
+            owner_of=lambda s: s.owner_id,
+            created_at_of=lambda s: s.created_at,
+            deleted_of=lambda s: s.deleted,
+        ),
+        AggregateTable(
+            name="jobs",
+            decider=JOB,
+            owner_of=lambda s: s.owner_id,
+            created_at_of=lambda s: s.submitted_at,
+            after_apply=job_effects,
         ),
         AggregateTable(
             name="blog_posts",

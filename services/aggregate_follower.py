@@ -25,6 +25,26 @@ log = logging.getLogger("gpuworker.follow")
 S = TypeVar("S")
 
 
+async def caught_up(sub: Any, what: str, warn_every_s: float = 30.0) -> None:
+    """Return once the ordered consumer `sub` has handed every event stored so far to its
+    callback, and the callback has run for each (none left on the server or in the client)."""
+    loop = asyncio.get_running_loop()
+    started = warned = loop.time()
+    while True:
+        info = await sub.consumer_info()
+        if not info.num_pending and not sub.pending_msgs:
+            return
+        if loop.time() - warned > warn_every_s:
+            warned = loop.time()
+            log.warning(
+                "%s: still catching up after %.0fs (%d events to go)",
+                what,
+                warned - started,
+                info.num_pending,
+            )
+        await asyncio.sleep(0.05)
+
+
 class AggregateFollower(Generic[S]):
     def __init__(
         self,
@@ -74,21 +94,7 @@ class AggregateFollower(Generic[S]):
             deliver_policy=DeliverPolicy.ALL,
             cb=self._on_message,
         )
-        loop = asyncio.get_running_loop()
-        started = warned = loop.time()
-        while True:
-            info = await self._sub.consumer_info()
-            if not info.num_pending and not self._sub.pending_msgs:
-                return
-            if loop.time() - warned > warn_every_s:
-                warned = loop.time()
-                log.warning(
-                    "%s: still catching up after %.0fs (%d events to go)",
-                    self._decider.aggregate_type,
-                    warned - started,
-                    info.num_pending,
-                )
-            await asyncio.sleep(0.05)
+        await caught_up(self._sub, self._decider.aggregate_type, warn_every_s)
 
     async def _on_message(self, msg: Msg) -> None:
         sequence = msg.metadata.sequence.stream

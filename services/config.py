@@ -54,6 +54,18 @@ class Settings:
     nats_user: str | None = None
     nats_password: str | None = None
     nats_credentials: str | None = None
+    # Serverless (README, "Serverless"): a worker silent this long loses its jobs to the queue;
+    # how often the SDK pings (put in every worker's RUNPOD_PING_INTERVAL); the longest a take or
+    # job-stop long poll is held; how long a job's status and result are kept once final, after
+    # `run` and after `runsync`; the wait between a webhook's attempts, and the webhook hosts
+    # ("host" or "host:port") allowed although they are local or private.
+    worker_lost_after_s: float = 30.0
+    worker_ping_interval_s: int = 10
+    job_poll_max_s: float = 20.0
+    job_retention_s: int = 1800
+    job_sync_retention_s: int = 300
+    webhook_retry_delay_s: float = 10.0
+    webhook_allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 < self.accrual_interval_s <= 60:
@@ -84,4 +96,15 @@ class Settings:
             nats_user=os.environ.get("GPUWORKER_NATS_USER") or None,
             nats_password=os.environ.get("GPUWORKER_NATS_PASSWORD") or None,
             nats_credentials=os.environ.get("GPUWORKER_NATS_CREDENTIALS") or None,
+            worker_lost_after_s=float(os.environ.get("GPUWORKER_WORKER_LOST_AFTER", "30")),
+            worker_ping_interval_s=int(os.environ.get("GPUWORKER_WORKER_PING_INTERVAL", "10")),
+            job_poll_max_s=float(os.environ.get("GPUWORKER_JOB_POLL_MAX", "20")),
+            job_retention_s=int(os.environ.get("GPUWORKER_JOB_RETENTION", "1800")),
+            job_sync_retention_s=int(os.environ.get("GPUWORKER_JOB_SYNC_RETENTION", "300")),
+            webhook_retry_delay_s=float(os.environ.get("GPUWORKER_WEBHOOK_RETRY_DELAY", "10")),
+            webhook_allowed_hosts=tuple(
+                h.strip().lower()
+                for h in os.environ.get("GPUWORKER_WEBHOOK_ALLOWED_HOSTS", "").split(",")
+                if h.strip()
+            ),
         )

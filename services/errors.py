@@ -79,6 +79,10 @@ class Conflict(GpuWorkerError):
     code = 409
 
 
+class PayloadTooLarge(GpuWorkerError):
+    code = 413
+
+
 class TooManyRequests(GpuWorkerError):
     code = 429
 

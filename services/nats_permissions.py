@@ -27,6 +27,7 @@ from events.subjects import (
 )
 from services.container_logs import LOGS_ROOT
 from services.processes.gpu_releaser import DURABLE as RELEASER_DURABLE
+from services.worker_wire import WORKER_ROOT
 
 API_USER = "api"
 DECIDERS_USER = "deciders"
@@ -101,9 +102,10 @@ def role_permissions(user: str) -> Permissions:
     if user == API_USER:
         # Users' commands, and the stream's state for /health; asks hosts for container logs
         # and reads (acknowledging each chunk) the streams it asked for
-        # (services/container_logs.py).
+        # (services/container_logs.py); the worker protocol's requests to the job dispatcher
+        # (the api has checked the worker's token for the endpoint).
         return Permissions(
-            publish=(f"{COMMANDS_ROOT}.*", STREAM_INFO, f"{LOGS_ROOT}.req.>"),
+            publish=(f"{COMMANDS_ROOT}.*", STREAM_INFO, f"{LOGS_ROOT}.req.>", f"{WORKER_ROOT}.>"),
             subscribe=(*inbox, f"{LOGS_ROOT}.out.>"),
             allow_responses=True,
         )
@@ -117,7 +119,12 @@ def role_permissions(user: str) -> Permissions:
                 *FOLLOW,
                 *_durable(RELEASER_DURABLE),
             ),
-            subscribe=(f"{COMMANDS_ROOT}.>", f"{HEARTBEATS_ROOT}.>", *inbox),
+            subscribe=(
+                f"{COMMANDS_ROOT}.>",
+                f"{HEARTBEATS_ROOT}.>",
+                f"{WORKER_ROOT}.>",
+                *inbox,
+            ),
             allow_responses=True,
         )
     if user == PROJECTOR_USER:

@@ -19,6 +19,7 @@ from projections.migrate import migrate
 from services.api.consistency import CheckpointWatcher
 from services.cli.embedded import EmbeddedNats
 from services.nats_permissions import DECIDERS_USER, OPERATOR_USER, PROJECTOR_USER
+from tests.serverless_helpers import SERVERLESS_ENV
 from tests.servers import Stack, connect_as, create_database, new_nats, running_stack
 
 
@@ -88,6 +89,16 @@ def stack(session_tmp: Path, pg_base_uri: str) -> Iterator[Stack]:
     tmp = session_tmp / "stack"
     tmp.mkdir()
     with running_stack(tmp, pg_base_uri) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def serverless_stack(session_tmp: Path, pg_base_uri: str) -> Iterator[Stack]:
+    """A stack for the serverless tests, with short worker and webhook times
+    (tests/serverless_helpers.py)."""
+    tmp = session_tmp / "serverless"
+    tmp.mkdir()
+    with running_stack(tmp, pg_base_uri, extra_env=SERVERLESS_ENV) as s:
         yield s
 
 

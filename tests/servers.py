@@ -103,13 +103,14 @@ def running_stack(
     nats: EmbeddedNats | None = None,
     runtime: str = "simulated",
     gpus: str = SIMULATED_GPUS,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     nats = nats or new_nats(tmp)
     # `up` runs this machine's agent, which may speak only for this host.
     nats.add_agent(default_host_id())
     database_url = create_database(base_pg_uri)
     port = free_port()
-    env = {**os.environ, **settings_env(database_url, nats)}
+    env = {**os.environ, **settings_env(database_url, nats), **(extra_env or {})}
     log_path = tmp / f"stack-{port}.log"
     stack = Stack(f"http://127.0.0.1:{port}", log_path, env, nats, database_url)
     with open(log_path, "wb") as log:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +35,7 @@ from services.api.command_bus import CommandBus
 from services.api.connection_limits import log_stream_limiter
 from services.api.consistency import CheckpointWatcher
 from services.api.context import ApiContext
+from services.api.endpoints import EndpointController
 from services.api.errors import EXCEPTION_HANDLERS
 from services.api.event_catalog import asyncapi
 from services.api.health import health
@@ -41,6 +43,8 @@ from services.api.idempotency import IdempotencyMiddleware
 from services.api.instance_logs import LogReader, instance_logs
 from services.api.instance_proxy.front import instance_proxy
 from services.api.instances import InstanceController
+from services.api.job_waits import JobWaits
+from services.api.jobs import JobController, status_body
 from services.api.json_body import JsonBodyRequest
 from services.api.login_throttle import LoginThrottle
 from services.api.pagination import DEPENDENCIES, ListPage
@@ -50,16 +54,21 @@ from services.api.registry_auth import RegistryAuthController
 from services.api.storage_capacity import StorageGuard, StorageRules
 from services.api.templates import TemplateController
 from services.api.volumes import VolumeController
+from services.api.worker_protocol import WorkerProtocolController
 from services.api.write_locks import WriteLocks
 from services.config import Settings
 from services.nats_connection import connect_role
 from services.nats_permissions import API_USER
+from services.processes.job_retention import sweep_forever
+from services.processes.webhook_sender import WebhookSender
 from services.security.api_keys import ApiKeyHasher
 from services.security.secret_box import SecretBox
+from services.security.worker_tokens import WorkerTokens
 
 log = logging.getLogger("gpuworker.api")
 
-PUBLIC_PATHS = ["^/health", "^/auth/", "^/blog/", "^/docs", "^/metrics"]
+# The worker protocol authenticates workers with their own tokens (services/api/worker_protocol.py).
+PUBLIC_PATHS = ["^/health", "^/auth/", "^/blog/", "^/docs", "^/metrics", "^/worker/"]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -91,6 +100,17 @@ def create_app(settings: Settings) -> Litestar:
         await watcher.start()
         locks = WriteLocks(settings.database_url)
         await locks.open()
+        job_waits = JobWaits(settings.database_url)
+        await job_waits.start()
+
+        async def render(job_id: str) -> bytes | None:
+            return await status_body(pool, job_id)
+
+        webhooks = WebhookSender(
+            pool, render, settings.webhook_retry_delay_s, settings.webhook_allowed_hosts
+        )
+        await webhooks.start()
+        retention = asyncio.create_task(sweep_forever(pool), name="job-retention")
         app.state.ctx = ApiContext(
             settings=settings,
             pool=pool,
@@ -104,6 +124,8 @@ def create_app(settings: Settings) -> Litestar:
             quotas=QuotaGuard(locks, Quotas.from_env()),
             storage=StorageGuard(locks, StorageRules.from_env()),
             api_keys=ApiKeyLookup(pool, watcher, ApiKeyHasher(settings.secret_key)),
+            worker_tokens=WorkerTokens(settings.secret_key),
+            job_waits=job_waits,
         )
         # Reaching into instances: their container logs (from their hosts' agents) and the
         # proxy to their HTTP ports (served in front of this app: services/roles/api.py).
@@ -113,6 +135,10 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
+            retention.cancel()
+            await asyncio.gather(retention, return_exceptions=True)
+            await webhooks.stop()
+            await job_waits.stop()
             await app.state.instance_proxy.close()
             await locks.close()
             await watcher.stop()
@@ -138,6 +164,9 @@ def create_app(settings: Settings) -> Litestar:
             InstanceController,
             instance_logs,
             VolumeController,
+            EndpointController,
+            JobController,
+            WorkerProtocolController,
             BlogController,
             audit_trail,
             asyncapi,

@@ -6,14 +6,13 @@ transaction commits, so "notified" means "visible to every reader"."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import defaultdict
+from typing import Any
 
 import psycopg
 
 from projections import checkpoints
-
-log = logging.getLogger("gpuworker.api")
+from services.api.notifications import listen_forever
 
 
 class CheckpointWatcher:
@@ -64,23 +63,25 @@ class CheckpointWatcher:
         self._waiters[name] = still
 
     async def _listen(self) -> None:
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, connect_timeout=3
-                ) as conn:
-                    await conn.execute(f"LISTEN {checkpoints.CHANNEL}")
-                    # Read after LISTEN: nothing committed in between can be missed.
-                    for name, seq in (await checkpoints.read_all(conn)).items():
-                        self._advance(name, seq)
-                    self.connected = True
-                    async for note in conn.notifies():
-                        name, _, sequence = note.payload.rpartition(":")
-                        self._advance(name, int(sequence))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self.connected:
-                    log.warning("checkpoint watcher lost PostgreSQL: %s", exc)
-                self.connected = False
-                await asyncio.sleep(0.5)
+        await listen_forever(
+            self._conninfo,
+            checkpoints.CHANNEL,
+            self._on_note,
+            self._on_connected,
+            self._on_lost,
+            "checkpoint watcher",
+        )
+
+    async def _on_connected(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # Read after LISTEN: nothing committed in between can be missed.
+        for name, seq in (await checkpoints.read_all(conn)).items():
+            self._advance(name, seq)
+        self.connected = True
+
+    def _on_note(self, payload: str) -> None:
+        name, _, sequence = payload.rpartition(":")
+        self._advance(name, int(sequence))
+
+    def _on_lost(self) -> bool:
+        was, self.connected = self.connected, False
+        return was

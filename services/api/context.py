@@ -16,6 +16,7 @@ from projections.aggregate_table import AggregateTable
 from services.api.api_key_lookup import ApiKeyLookup
 from services.api.command_bus import CommandBus
 from services.api.consistency import CheckpointWatcher
+from services.api.job_waits import JobWaits
 from services.api.login_throttle import LoginThrottle
 from services.api.pagination import ListPage
 from services.api.quotas import QuotaGuard
@@ -25,6 +26,7 @@ from services.api.storage_capacity import StorageGuard
 from services.config import Settings
 from services.deciders.decider import Command
 from services.security.secret_box import SecretBox
+from services.security.worker_tokens import WorkerTokens
 
 
 @dataclass
@@ -41,6 +43,8 @@ class ApiContext:
     quotas: QuotaGuard
     storage: StorageGuard
     api_keys: ApiKeyLookup
+    worker_tokens: WorkerTokens
+    job_waits: JobWaits
 
     async def execute(
         self,

@@ -15,7 +15,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from psycopg_pool import PoolTimeout
 
-from services.api.body_limit import TOO_LARGE
+from services.api.body_limit import limit_for, too_large
 from services.errors import ErrorBody, ErrorResponse, GpuWorkerError, error_type
 
 log = logging.getLogger("gpuworker.api")
@@ -57,7 +57,7 @@ def _validation_message(exc: ValidationException) -> str:
     return f"request body is not valid JSON: {detail}"
 
 
-def on_http_exception(_request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     code = exc.status_code
     if isinstance(exc, ValidationException):
         message = _validation_message(exc)
@@ -74,7 +74,7 @@ def on_http_exception(_request: Request[Any, Any, Any], exc: HTTPException) -> R
         allowed = (exc.headers or {}).get("allow", "?")
         message = f"method not allowed here; allowed: {allowed}"
     elif code == 413:
-        message = TOO_LARGE
+        message = too_large(limit_for(request.url.path))
     else:
         message = str(exc.detail)
     headers = {

@@ -42,7 +42,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from events.ids import new_id
-from services.api.body_limit import MAX_BODY_BYTES, TOO_LARGE
+from services.api.body_limit import limit_for, too_large
 from services.api.request_ids import RETRY, SEED
 from services.errors import ErrorBody, ErrorResponse, error_type
 from services.security.secret_box import SecretBox
@@ -107,8 +107,9 @@ class ClientGone(Exception):
 async def _read_body(scope: Scope, receive: Receive) -> bytes | None:
     """The whole body, or None as soon as it is known to pass the limit: announced by
     Content-Length, or read so far. Chunks are joined once (repeated `+=` is quadratic)."""
+    limit = limit_for(scope["path"])
     announced = dict(scope["headers"]).get(b"content-length")
-    if announced is not None and announced.strip().isdigit() and int(announced) > MAX_BODY_BYTES:
+    if announced is not None and announced.strip().isdigit() and int(announced) > limit:
         return None
     chunks: list[bytes] = []
     size = 0
@@ -119,7 +120,7 @@ async def _read_body(scope: Scope, receive: Receive) -> bytes | None:
             raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
+        if size > limit:
             return None
         chunks.append(chunk)
         more = bool(message.get("more_body", False))
@@ -151,7 +152,7 @@ class IdempotencyMiddleware:
         except ClientGone:
             return
         if body is None:
-            await _send_json(send, 413, _error(413, TOO_LARGE))
+            await _send_json(send, 413, _error(413, too_large(limit_for(scope["path"]))))
             return
         request_hash = hashlib.sha256(scope["path"].encode() + b"\n" + body).hexdigest()
         ctx = scope["litestar_app"].state.ctx

@@ -27,6 +27,25 @@ VOLUME_COLUMNS = (
     ("attachedInstances", "ATTACHED"),
 )
 API_KEY_COLUMNS = (("id", "ID"), ("name", "NAME"), ("createdAt", "CREATED"))
+ENDPOINT_COLUMNS = (
+    ("id", "ID"),
+    ("name", "NAME"),
+    ("gpuIds", "GPU TYPES"),
+    ("workersMin", "MIN"),
+    ("workersMax", "MAX"),
+    ("workersRunning", "RUNNING"),
+    ("workersIdle", "IDLE"),
+    ("jobsInQueue", "QUEUED"),
+    ("jobsInProgress", "IN PROGRESS"),
+    ("version", "VERSION"),
+)
+JOB_COLUMNS = (
+    ("id", "ID"),
+    ("status", "STATUS"),
+    ("delayTime", "DELAY MS"),
+    ("executionTime", "EXECUTION MS"),
+    ("workerId", "WORKER"),
+)
 COLUMNS = (
     ("id", "ID"),
     ("name", "NAME"),
@@ -274,6 +293,125 @@ def api_keys(action: str, args: Any) -> int:
     return 0
 
 
+def endpoints(action: str, args: Any) -> int:
+    try:
+        result: Any
+        if action == "list":
+            result = list_all("/endpoints")
+        elif action == "get":
+            result = _call("GET", f"/endpoints/{args.id}")
+        elif action == "create":
+            body: dict[str, Any] = {
+                "name": args.name,
+                "templateId": args.template,
+                "gpuIds": args.gpu_ids,
+                "gpuCount": args.gpu_count,
+                "workersMin": args.workers_min,
+                "workersMax": args.workers_max,
+            }
+            if args.idle_timeout is not None:
+                body["idleTimeout"] = args.idle_timeout
+            if args.execution_timeout_ms is not None:
+                body["executionTimeoutMs"] = args.execution_timeout_ms
+            if args.env:
+                body["env"] = dict(item.split("=", 1) for item in args.env)
+            result = _call("POST", "/endpoints", body)
+        elif action == "delete":
+            _call("DELETE", f"/endpoints/{args.id}")
+            print(f"endpoint {args.id} deleted; its queued and running jobs are cancelled")
+            return 0
+        else:
+            raise ApiError(f"unknown action {action}")
+    except ApiError as exc:
+        print(f"gpuworker: {exc}", file=sys.stderr)
+        return 1
+    _print(result, args.json, ENDPOINT_COLUMNS)
+    return 0
+
+
+def jobs(action: str, args: Any) -> int:
+    try:
+        result: Any
+        if action == "run":
+            try:
+                payload = json.loads(args.input)
+            except ValueError as exc:
+                raise ApiError(f"--input is not JSON: {exc}") from None
+            body: dict[str, Any] = {"input": payload}
+            if args.webhook:
+                body["webhook"] = args.webhook
+            if args.sync:
+                result = _call("POST", f"/endpoints/{args.endpoint}/runsync?wait={args.wait}", body)
+            else:
+                result = _call("POST", f"/endpoints/{args.endpoint}/run", body)
+        elif action == "status":
+            result = _call("GET", f"/endpoints/{args.endpoint}/status/{args.id}")
+        elif action == "cancel":
+            result = _call("POST", f"/endpoints/{args.endpoint}/cancel/{args.id}")
+        else:
+            raise ApiError(f"unknown action {action}")
+    except ApiError as exc:
+        print(f"gpuworker: {exc}", file=sys.stderr)
+        return 1
+    if args.json or "output" in result or "error" in result:
+        print(json.dumps(result, indent=2))
+    else:
+        print(table([result], JOB_COLUMNS))
+    return 0
+
+
+def add_serverless_parsers(sub: Any) -> None:
+    ends = sub.add_parser(
+        "endpoints", help="serverless endpoints: list, create, get, delete, worker-env"
+    )
+    esub = ends.add_subparsers(dest="action", required=True)
+    elist = esub.add_parser("list")
+    elist.add_argument("--json", action="store_true")
+    for name in ("get", "delete"):
+        p = esub.add_parser(name)
+        p.add_argument("id")
+        p.add_argument("--json", action="store_true")
+    ecreate = esub.add_parser("create")
+    ecreate.add_argument("--name", required=True)
+    ecreate.add_argument("--template", required=True)
+    ecreate.add_argument(
+        "--gpu-ids", required=True, help="a GPU type, or several comma-separated by preference"
+    )
+    ecreate.add_argument("--gpu-count", type=int, default=1)
+    ecreate.add_argument("--workers-min", type=int, default=0)
+    ecreate.add_argument("--workers-max", type=int, default=3)
+    ecreate.add_argument("--idle-timeout", type=int, help="seconds, 1 to 3600 (default 5)")
+    ecreate.add_argument("--execution-timeout-ms", type=int)
+    ecreate.add_argument("--env", action="append", metavar="KEY=VALUE")
+    ecreate.add_argument("--json", action="store_true")
+    env = esub.add_parser(
+        "worker-env",
+        help="(operator) print the environment of a worker of ENDPOINT_ID: RUNPOD_* and"
+        " GPUWORKER_* for the runpod SDK (needs DATABASE_URL and GPUWORKER_SECRET_KEY)",
+    )
+    env.add_argument("endpoint_id")
+    env.add_argument("worker_id")
+    env.add_argument(
+        "--url", required=True, help="the api as the worker reaches it, e.g. http://127.0.0.1:8080"
+    )
+    env.add_argument("--json", action="store_true")
+
+    job = sub.add_parser("jobs", help="serverless jobs: run, status, cancel")
+    jsub = job.add_subparsers(dest="action", required=True)
+    jrun = jsub.add_parser("run")
+    jrun.add_argument("endpoint")
+    jrun.add_argument("--input", required=True, help="the job's input, as JSON")
+    jrun.add_argument("--webhook")
+    jrun.add_argument("--sync", action="store_true", help="runsync: wait for the result")
+    jrun.add_argument("--wait", type=int, default=90_000, help="with --sync: ms (default 90 s)")
+    jrun.add_argument("--json", action="store_true")
+    for name in ("status", "cancel"):
+        p = jsub.add_parser(name)
+        p.add_argument("endpoint")
+        p.add_argument("id")
+        p.add_argument("--json", action="store_true")
+
+
 def add_parsers(sub: Any) -> None:
     login_p = sub.add_parser("login", help="log in to a GPUWorker API and keep the token")
     login_p.add_argument("email")
@@ -326,6 +464,8 @@ def add_parsers(sub: Any) -> None:
     krevoke = ksub.add_parser("revoke", help="revoke a key: it stops working at once")
     krevoke.add_argument("id")
 
+    add_serverless_parsers(sub)
+
 
 def run(command: str, args: Any, argv: Sequence[str] | None = None) -> int:
     del argv
@@ -335,4 +475,8 @@ def run(command: str, args: Any, argv: Sequence[str] | None = None) -> int:
         return volumes(args.action, args)
     if command == "api-keys":
         return api_keys(args.action, args)
+    if command == "endpoints":
+        return endpoints(args.action, args)
+    if command == "jobs":
+        return jobs(args.action, args)
     return instances(args.action, args)

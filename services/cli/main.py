@@ -112,7 +112,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("login", "instances", "volumes", "api-keys"):
+    if args.command == "endpoints" and args.action == "worker-env":
+        from services.cli.worker_env_command import print_worker_env
+
+        return print_worker_env(args)
+    if args.command in ("login", "instances", "volumes", "api-keys", "endpoints", "jobs"):
         return client.run(args.command, args)
     if args.command == "billing" and args.action != "credit":
         return billing.run(args)

@@ -6,8 +6,10 @@ from services.deciders.api_key import API_KEY
 from services.deciders.blog import BLOG_POST
 from services.deciders.decider import Decider
 from services.deciders.email_claim import EMAIL_CLAIM
+from services.deciders.endpoint import ENDPOINT
 from services.deciders.host import HOST
 from services.deciders.instance import INSTANCE
+from services.deciders.job import JOB
 from services.deciders.registry_auth import REGISTRY_AUTH
 from services.deciders.template import TEMPLATE
 from services.deciders.user import USER
@@ -25,5 +27,7 @@ DECIDERS: dict[str, Decider[Any]] = {
         INSTANCE,
         VOLUME,
         API_KEY,
+        ENDPOINT,
+        JOB,
     )
 }

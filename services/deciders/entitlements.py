@@ -36,8 +36,16 @@ API_TARGETS = frozenset(
         "volume",
         "placement",
         "api_key",
+        # Serverless: endpoints, jobs (submit, cancel, retry) and the job queue (purge), which
+        # the dispatcher answers (services/processes/job_dispatcher.py).
+        "endpoint",
+        "job",
+        "job_queue",
     }
 )
+# Of the aggregates above, those whose commands the api may send only some of: the rest of the
+# job's commands (take, finish, requeue, time out) are the dispatcher's own.
+API_COMMANDS = {"job": frozenset({"SubmitJob", "CancelJob", "RetryJob"})}
 # What an agent reports, by aggregate type: command type names (the wire's tag).
 AGENT_COMMANDS = {
     "host": frozenset({"RegisterHost"}),
@@ -76,6 +84,8 @@ def check_entitled(channel: CommandChannel, aggregate_id: str, head: CommandHead
             )
         if target not in API_TARGETS:
             raise Forbidden(f"the api does not send {target} commands")
+        if target in API_COMMANDS and head.type not in API_COMMANDS[target]:
+            raise Forbidden(f"the api does not send {head.type} to {target}")
         return
     if channel.sender == "agent":
         assert channel.host_id is not None  # channel_of always names the host for agents

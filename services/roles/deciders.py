@@ -13,6 +13,7 @@ from services.nats_permissions import DECIDERS_USER
 from services.processes.fleet_view import FleetView
 from services.processes.gpu_releaser import GpuReleaser
 from services.processes.host_monitor import HostMonitor
+from services.processes.job_dispatcher import DispatchConfig, JobDispatcher
 from services.processes.placement_service import PlacementService
 from services.processes.runner import DeciderRunner
 from services.processes.server import DeciderServer
@@ -35,8 +36,18 @@ async def run_deciders(settings: Settings) -> None:
     fleet = FleetView()
     await fleet.follow(nc)
     placement = PlacementService(runner, fleet)
-    server = DeciderServer(nc, runner, {"placement": placement.handle})
+    dispatcher = JobDispatcher(
+        nc,
+        runner,
+        DispatchConfig(
+            lost_after_s=settings.worker_lost_after_s, poll_max_s=settings.job_poll_max_s
+        ),
+    )
+    server = DeciderServer(
+        nc, runner, {"placement": placement.handle, "job_queue": dispatcher.handle_command}
+    )
     await server.start()
+    await dispatcher.start()
     monitor = HostMonitor(nc, runner, fleet, timeout_s=settings.host_timeout_s)
     await monitor.start()
     releaser = GpuReleaser(nc, runner, fleet)
@@ -46,6 +57,7 @@ async def run_deciders(settings: Settings) -> None:
     try:
         await until_signalled()
     finally:
+        await dispatcher.stop()
         await releaser.stop()
         await monitor.stop()
         await fleet.stop()
