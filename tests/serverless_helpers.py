@@ -27,6 +27,9 @@ from tests.api_helpers import signup
 from tests.servers import Stack
 
 SERVERLESS_ENV = {
+    # These tests run their workers by hand (SDK workers, the example workers): no autoscaler
+    # adds simulated ones beside them (tests/test_workers_*.py test it).
+    "GPUWORKER_AUTOSCALER": "0",
     "GPUWORKER_WORKER_PING_INTERVAL": "1",
     "GPUWORKER_WORKER_LOST_AFTER": "3",
     "GPUWORKER_JOB_POLL_MAX": "2",
