@@ -123,6 +123,8 @@ async def run_agent(
     relay_port = int(os.environ.get("GPUWORKER_WORKER_RELAY_PORT") or DEFAULT_RELAY_PORT)
     nvml_hosts = {h.host_id for h in hosts if h.inventory_source == "nvml"}
     log.info("serverless workers reach the api at %s (relayed on port %d)", api_url, relay_port)
+    # The relay's and simulated workers' client: a line per request is noise at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     def serverless(schedule: Callable[[str], None]) -> HostWorkers:
         return HostWorkers(
