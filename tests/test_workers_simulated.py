@@ -1,0 +1,170 @@
+"""Workers the platform runs, on the simulated runtime, through the whole stack (`gpuworker up` with
+the autoscaler): the autoscaler places them on hosts, the agent starts their "containers", whose
+simulated workers take jobs through the worker protocol over HTTP, and the ledger bills them from
+`WorkerStarted` to `WorkerStopped`.
+
+- 20 jobs on workersMin 0 / workersMax 3: all complete, never more than 3 workers, several used,
+  all stopped after idleTimeout; every decision an event with its reason; each worker's ledger
+  session is exactly its events' span; `gpuworker ledger verify` is clean.
+- workersMin 1 keeps one active worker warm; deleting the endpoint stops it.
+- A crash-looping template: the endpoint is unhealthy with the reason, and the autoscaler backs
+  off instead of spinning."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from events.endpoint import WorkerPlaced, WorkerStarted, WorkerStopped, WorkerStopRequested
+from tests.api_helpers import wait_for
+from tests.serverless_helpers import account, create_endpoint, run, status
+from tests.servers import Stack, running_stack
+from tests.worker_helpers import (
+    AUTOSCALED_ENV,
+    endpoint,
+    endpoint_events,
+    ledger_verify,
+    me,
+    worker_sessions,
+    workers_of,
+)
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def autoscaled(tmp_path_factory: pytest.TempPathFactory, pg_base_uri: str) -> Iterator[Stack]:
+    with running_stack(
+        tmp_path_factory.mktemp("workers-sim"), pg_base_uri, extra_env=AUTOSCALED_ENV
+    ) as stack:
+        yield stack
+
+
+@pytest.fixture
+def client(autoscaled: Stack) -> Iterator[httpx.Client]:
+    _key, c = account(autoscaled)
+    with c:
+        yield c
+
+
+def test_twenty_jobs_scale_up_to_workers_max_complete_and_the_workers_stop_when_idle(
+    autoscaled: Stack, client: httpx.Client
+) -> None:
+    ep = create_endpoint(
+        client,
+        workersMin=0,
+        workersMax=3,
+        idleTimeout=2,
+        scalerType="REQUEST_COUNT",
+        scalerValue=2,
+        env={"SIMULATED_JOB_MS": "300"},
+    )
+    jobs = [run(client, ep["id"], {"n": i}) for i in range(20)]
+    most = 0
+    done: dict[str, dict[str, object]] = {}
+    deadline = time.monotonic() + 90
+    while len(done) < len(jobs):
+        assert time.monotonic() < deadline, f"{len(done)} of {len(jobs)} jobs done"
+        most = max(most, workers_of(endpoint(client, ep["id"])))
+        for job_id in jobs:
+            if job_id not in done and (found := status(client, ep["id"], job_id))["status"] in (
+                "COMPLETED",
+                "FAILED",
+            ):
+                done[job_id] = found
+        time.sleep(0.1)
+    assert all(d["status"] == "COMPLETED" for d in done.values()), done
+    assert [done[j]["output"] for j in jobs] == [{"n": i} for i in range(20)]
+    used = {d["workerId"] for d in done.values()}
+    assert 2 <= len(used) <= 3, used
+    assert most <= 3
+
+    # Idle for idleTimeout: every worker stops, and the endpoint shows none.
+    wait_for(lambda: workers_of(endpoint(client, ep["id"])) == 0, 30, "the workers gone")
+    events = endpoint_events(autoscaled, ep["id"])
+    placed = [e.data for e in events if isinstance(e.data, WorkerPlaced)]
+    started = {e.data.worker_id: e for e in events if isinstance(e.data, WorkerStarted)}
+    stopped = {e.data.worker_id: e for e in events if isinstance(e.data, WorkerStopped)}
+    asked = [e.data for e in events if isinstance(e.data, WorkerStopRequested)]
+    assert len(placed) <= 3 and used <= set(started)
+    assert all(p.reason for p in placed), placed
+    assert any("scale from zero" in p.reason for p in placed), placed
+    assert any(p.reason.startswith("REQUEST_COUNT") for p in placed), placed
+    assert {a.reason for a in asked} == {"idle for 2 s"}
+    assert set(started) == set(stopped) == {a.worker_id for a in asked}
+    assert all(not s.data.unexpected for s in stopped.values())
+    assert all(e.actor.startswith("system:agent:") for e in [*started.values(), *stopped.values()])
+
+    # Billed from its start to its stop, as its host saw them, at the flex rate.
+    def closed() -> list[tuple[str, str, datetime, Any]] | None:
+        found = worker_sessions(autoscaled, me(client))
+        ok = len(found) == len(started) and all(s[3] is not None for s in found)
+        return found if ok else None
+
+    sessions = wait_for(closed, 20, "every worker's session closed")
+    for worker_id, tier, began, ended in sessions:
+        assert tier == "flex"
+        assert began == started[worker_id].occurred_at
+        assert ended == stopped[worker_id].occurred_at
+    ledger_verify(autoscaled)
+
+
+def test_workers_min_keeps_an_active_worker_warm_and_delete_stops_it(
+    autoscaled: Stack, client: httpx.Client
+) -> None:
+    ep = create_endpoint(client, workersMin=1, workersMax=2, idleTimeout=1)
+    wait_for(lambda: endpoint(client, ep["id"])["workersIdle"] == 1, 30, "a warm worker")
+    time.sleep(2.5)  # past idleTimeout: the floor stays
+    view = endpoint(client, ep["id"])
+    assert workers_of(view) == 1, view
+    job = run(client, ep["id"], "hi")
+    wait_for(lambda: status(client, ep["id"], job)["status"] == "COMPLETED", 20, "the job")
+
+    assert client.delete(f"/endpoints/{ep['id']}").status_code in (200, 204)
+
+    def stopped() -> list[WorkerStopped]:
+        events = endpoint_events(autoscaled, ep["id"])
+        return [e.data for e in events if isinstance(e.data, WorkerStopped)]
+
+    ended = wait_for(stopped, 30, "the warm worker stopped")
+    assert [s.reason for s in ended] == ["its endpoint was deleted"]
+    events = endpoint_events(autoscaled, ep["id"])
+    warm = [e.data for e in events if isinstance(e.data, WorkerPlaced)]
+    assert len(warm) == 1 and warm[0].active and warm[0].reason == "workersMin is 1"
+    sessions = wait_for(
+        lambda: [s for s in worker_sessions(autoscaled, me(client)) if s[3] is not None],
+        20,
+        "the session closed",
+    )
+    assert [s[1] for s in sessions] == ["active"]
+
+
+def test_a_crash_looping_template_is_unhealthy_with_its_reason_and_backs_off(
+    autoscaled: Stack, client: httpx.Client
+) -> None:
+    ep = create_endpoint(client, workersMin=1, workersMax=3, env={"SIMULATED_EXIT_CODE": "3"})
+
+    def unhealthy() -> dict[str, object] | None:
+        view = endpoint(client, ep["id"])
+        return view if view["workersUnhealthy"] else None
+
+    view = wait_for(unhealthy, 60, "the endpoint unhealthy")
+    reasons = " ".join(view["unhealthyReasons"])
+    assert "workers in a row failed" in reasons and "code 3" in reasons, reasons
+    health = client.get(f"/endpoints/{ep['id']}/health").json()
+    assert health["workers"]["unhealthy"] >= 1, health
+
+    # Backoff: 1 s, 2 s, 4 s, 8 s… after each failure, one worker at a time: few in 10 s.
+    time.sleep(10)
+    events = endpoint_events(autoscaled, ep["id"])
+    placed = [e for e in events if isinstance(e.data, WorkerPlaced)]
+    assert 3 <= len(placed) <= 7, [p.occurred_at for p in placed]
+    gaps = [(b.occurred_at - a.occurred_at).total_seconds() for a, b in itertools.pairwise(placed)]
+    assert gaps[-1] >= 2, gaps
+    assert client.delete(f"/endpoints/{ep['id']}").status_code in (200, 204)
