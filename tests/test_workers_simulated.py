@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from events.endpoint import WorkerPlaced, WorkerStarted, WorkerStopped, WorkerStopRequested
+from events.job import JobTaken
 from tests.api_helpers import wait_for
 from tests.serverless_helpers import account, create_endpoint, run, status
 from tests.servers import Stack, running_stack
@@ -29,6 +30,7 @@ from tests.worker_helpers import (
     AUTOSCALED_ENV,
     endpoint,
     endpoint_events,
+    job_events,
     ledger_verify,
     me,
     worker_sessions,
@@ -87,12 +89,20 @@ def test_twenty_jobs_scale_up_to_workers_max_complete_and_the_workers_stop_when_
 
     # Idle for idleTimeout: every worker stops, and the endpoint shows none.
     wait_for(lambda: workers_of(endpoint(client, ep["id"])) == 0, 30, "the workers gone")
+    # From zero again: the job goes to a new worker, not to a stopped one's last take.
+    began = time.monotonic()
+    again = run(client, ep["id"], {"again": 1})
+    wait_for(lambda: status(client, ep["id"], again)["status"] == "COMPLETED", 30, "the job")
+    cold_s = time.monotonic() - began
+    taken = [e.data for e in job_events(autoscaled, again) if isinstance(e.data, JobTaken)]
+    assert len(taken) == 1 and taken[0].worker_id not in used, (taken, cold_s)
+    wait_for(lambda: workers_of(endpoint(client, ep["id"])) == 0, 30, "the workers gone")
     events = endpoint_events(autoscaled, ep["id"])
     placed = [e.data for e in events if isinstance(e.data, WorkerPlaced)]
     started = {e.data.worker_id: e for e in events if isinstance(e.data, WorkerStarted)}
     stopped = {e.data.worker_id: e for e in events if isinstance(e.data, WorkerStopped)}
     asked = [e.data for e in events if isinstance(e.data, WorkerStopRequested)]
-    assert len(placed) <= 3 and used <= set(started)
+    assert len(placed) <= 4 and used <= set(started)
     assert all(p.reason for p in placed), placed
     assert any("scale from zero" in p.reason for p in placed), placed
     assert any(p.reason.startswith("REQUEST_COUNT") for p in placed), placed

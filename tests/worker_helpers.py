@@ -27,17 +27,21 @@ AUTOSCALED_ENV = {
 }
 
 
-async def _load(stack: Stack, endpoint_id: str) -> list[Envelope]:
+async def _load(stack: Stack, aggregate: AggregateRef) -> list[Envelope]:
     nc = await connect_as(stack.nats, DECIDERS_USER)
     try:
-        return await JetStreamEventStore(nc).load(AggregateRef("endpoint", endpoint_id))
+        return await JetStreamEventStore(nc).load(aggregate)
     finally:
         await nc.close()
 
 
 def endpoint_events(stack: Stack, endpoint_id: str) -> list[Envelope]:
     """The endpoint's events as the stream holds them (read as the deciders, who may)."""
-    return asyncio.run(_load(stack, endpoint_id))
+    return asyncio.run(_load(stack, AggregateRef("endpoint", endpoint_id)))
+
+
+def job_events(stack: Stack, job_id: str) -> list[Envelope]:
+    return asyncio.run(_load(stack, AggregateRef("job", job_id)))
 
 
 def worker_sessions(stack: Stack, owner_id: str) -> list[tuple[str, str, datetime, Any]]:

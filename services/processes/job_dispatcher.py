@@ -114,6 +114,15 @@ class DispatchConfig:
     tick_s: float = 0.2
 
 
+def _leaving(endpoint: EndpointState, worker_id: str) -> bool:
+    """A worker the platform placed that was asked to stop, or stopped: it takes no new job.
+    (Workers someone runs by hand are not the endpoint's: they take jobs while they ping.)"""
+    record = endpoint.live_workers.get(worker_id)
+    if record is not None:
+        return record.status == "STOPPING"
+    return worker_id in endpoint.billed_workers
+
+
 class JobDispatcher:
     def __init__(self, nc: NatsClient, runner: DeciderRunner, config: DispatchConfig) -> None:
         self._nc = nc
@@ -221,6 +230,9 @@ class JobDispatcher:
         self._live[state.id] = live
         if not self._ready:
             return
+        leaving = {w for w in gone | set(self._waiting_workers(state.id)) if _leaving(state, w)}
+        if leaving:
+            self._drop_waiters(state.id, leaving)
         for worker_id in gone:
             # Stopped, crashed, killed or lost with its host: what it held goes back to the
             # head of the queue now, not after `lost_after_s` of silence.
@@ -229,6 +241,22 @@ class JobDispatcher:
                 entry = self._jobs.get(job_id)
                 if entry is not None and entry[0].status == "IN_PROGRESS":
                     self._requeue(entry[0], f"its worker {worker_id} stopped")
+
+    def _waiting_workers(self, endpoint_id: str) -> list[str]:
+        queue = self._queues.get(endpoint_id)
+        return [w.worker_id for w in queue.waiters] if queue is not None else []
+
+    def _drop_waiters(self, endpoint_id: str, worker_ids: set[str]) -> None:
+        """Their takes are answered now, with nothing: a worker stopped or stopping must not be
+        handed a job (its container may be gone while its long poll is still open, held by a
+        relay or a proxy)."""
+        queue = self._queues.get(endpoint_id)
+        if queue is None:
+            return
+        for waiter in list(queue.waiters):
+            if waiter.worker_id in worker_ids and waiter.open and not waiter.assigning:
+                queue.waiters.remove(waiter)
+                waiter.future.set_result([])
 
     # --- what the autoscaler asks --------------------------------------------------------------
 
@@ -394,11 +422,11 @@ class JobDispatcher:
 
     # --- taking --------------------------------------------------------------------------------
 
-    def _may_take(self, endpoint_id: str, version: int | None) -> bool:
+    def _may_take(self, endpoint_id: str, version: int | None, worker_id: str) -> bool:
         endpoint = self._endpoints.get(endpoint_id)
         if endpoint is None:
             return True  # not followed yet: the api found it
-        if endpoint.deleted:
+        if endpoint.deleted or _leaving(endpoint, worker_id):
             return False
         # A worker of an older version drains: it finishes what it holds and gets nothing new.
         return version is None or version >= endpoint.config_version
@@ -467,7 +495,7 @@ class JobDispatcher:
         view.seen(time.time())
         view.version = request.version
         offers: list[Offer] = []
-        if not self._may_take(endpoint_id, request.version):
+        if not self._may_take(endpoint_id, request.version, request.worker_id):
             await asyncio.sleep(wait_s)
         else:
             loop = asyncio.get_running_loop()
