@@ -155,7 +155,9 @@ def account(url: str) -> tuple[str, str]:
 
 
 def simulated(workdir: Path, nats: NatsServer, args: argparse.Namespace) -> list[str]:
-    stack = Stack(workdir / "sim", nats, up_args=["--runtime", "simulated", "--gpus", f"{GPU}:8"])
+    stack = Stack(
+        workdir / "sim", nats, up_args=["--runtime", "simulated", "--gpus", f"{GPU}:{args.workers}"]
+    )
     stack.workdir.mkdir()
     stack.start()
     lines: list[str] = []
@@ -169,12 +171,12 @@ def simulated(workdir: Path, nats: NatsServer, args: argparse.Namespace) -> list
                 "name": "bench-sim",
                 "templateId": "busybox-smoke",
                 "gpuIds": GPU,
-                "workersMin": 4,
-                "workersMax": 4,
-                "env": {"SIMULATED_WORKER_CONCURRENCY": "16"},
+                "workersMin": args.workers,
+                "workersMax": args.workers,
+                "env": {"SIMULATED_WORKER_CONCURRENCY": str(args.takers)},
             },
         )
-        wait_workers(stack.url, key, endpoint["id"], 4, 60)
+        wait_workers(stack.url, key, endpoint["id"], args.workers, 60)
         # Warm-up: connections, the read paths' caches.
         asyncio.run(through(stack.url, key, endpoint["id"], 200, args.concurrency))
         rate, delays = asyncio.run(
@@ -182,7 +184,7 @@ def simulated(workdir: Path, nats: NatsServer, args: argparse.Namespace) -> list
         )
         raw_rate, raw_p50 = asyncio.run(raw_round_trip(nats, args.jobs, args.concurrency))
         lines += [
-            summary("simulated, 4 warm workers", rate, delays),
+            summary(f"simulated, {args.workers} warm workers x {args.takers} takers", rate, delays),
             f"raw JetStream publish+ack and request/reply: {raw_rate:8.1f} ops/s, p50"
             f" {raw_p50:.1f} ms ({args.jobs} ops, {args.concurrency} clients)",
             f"  jobs/raw: {rate / raw_rate:.2f}; goal >= 500 jobs/s: {verdict(rate >= 500)};"
@@ -308,6 +310,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--docker-jobs", type=int, default=150)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=4, help="warm simulated workers")
+    parser.add_argument("--takers", type=int, default=16, help="jobs each takes at once")
     parser.add_argument("--no-docker", action="store_true")
     args = parser.parse_args()
     sigterm_as_interrupt()

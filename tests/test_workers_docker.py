@@ -30,6 +30,7 @@ import pytest
 import runpod
 
 from events.endpoint import WorkerStopped
+from events.job import JobTaken
 from services.agent.runtime import LABEL_HOST, LABEL_INSTANCE
 from services.cli.embedded import free_port
 from tests.api_helpers import template_body, wait_for
@@ -40,6 +41,7 @@ from tests.worker_helpers import (
     AUTOSCALED_ENV,
     endpoint,
     endpoint_events,
+    job_events,
     ledger_verify,
     me,
     worker_sessions,
@@ -194,6 +196,16 @@ def test_twenty_jobs_on_at_most_three_containers_gone_after_idle_and_billed_as_d
 
     wait_for(lambda: not worker_containers(docker_client, host_id), 40, "the workers gone")
     assert workers_of(endpoint(client, ep["id"])) == 0
+    # From zero again: a new container takes it (not a killed one's take, held by the relay).
+    began = time.monotonic()
+    again = remote.run({"again": 1})
+    assert again.output(timeout=60) == {"again": 1}
+    print(f"cold start on Docker: {time.monotonic() - began:.2f} s to the output")
+    taken = [
+        e.data for e in job_events(docker_workers, again.job_id) if isinstance(e.data, JobTaken)
+    ]
+    assert len(taken) == 1, taken
+    wait_for(lambda: not worker_containers(docker_client, host_id), 40, "the workers gone")
 
     def closed() -> list[tuple[str, str, datetime, Any]] | None:
         found = worker_sessions(docker_workers, me(client))

@@ -23,8 +23,8 @@ import pytest
 
 from events.endpoint import WorkerPlaced, WorkerStarted, WorkerStopped, WorkerStopRequested
 from events.job import JobTaken
-from tests.api_helpers import wait_for
-from tests.serverless_helpers import account, create_endpoint, run, status
+from tests.api_helpers import assert_error, wait_for
+from tests.serverless_helpers import GPU, TEMPLATE, account, create_endpoint, run, status
 from tests.servers import Stack, running_stack
 from tests.worker_helpers import (
     AUTOSCALED_ENV,
@@ -178,3 +178,47 @@ def test_a_crash_looping_template_is_unhealthy_with_its_reason_and_backs_off(
     gaps = [(b.occurred_at - a.occurred_at).total_seconds() for a, b in itertools.pairwise(placed)]
     assert gaps[-1] >= 2, gaps
     assert client.delete(f"/endpoints/{ep['id']}").status_code in (200, 204)
+
+
+def test_a_spent_budget_holds_the_endpoint_at_zero_and_refuses_jobs_until_it_is_raised(
+    autoscaled: Stack, client: httpx.Client
+) -> None:
+    ep = create_endpoint(client, workersMin=1, workersMax=2)
+    wait_for(lambda: endpoint(client, ep["id"])["workersIdle"] == 1, 30, "a warm worker")
+    # $0.002 is about 6 s of an RTX 4090 worker.
+    response = client.patch("/me", json={"monthlyBudget": 0.002})
+    assert response.status_code == 200, response.text
+
+    def held() -> dict[str, Any] | None:
+        view = endpoint(client, ep["id"])
+        return view if view["suspendedReason"] and workers_of(view) == 0 else None
+
+    view = wait_for(held, 60, "the endpoint held at zero workers")
+    assert "budget" in view["suspendedReason"], view
+    stops = [
+        e.data for e in endpoint_events(autoscaled, ep["id"]) if isinstance(e.data, WorkerStopped)
+    ]
+    assert len(stops) == 1 and "budget" in stops[0].reason, stops
+    # Held: nothing comes up again while the budget is spent.
+    time.sleep(2)
+    assert workers_of(endpoint(client, ep["id"])) == 0
+    assert_error(client.post(f"/endpoints/{ep['id']}/run", json={"input": 1}), 402, "budget")
+    assert_error(
+        client.post("/endpoints", json={"name": "more", "templateId": TEMPLATE, "gpuIds": GPU}),
+        402,
+        "budget",
+    )
+
+    # Raised: billing lets the endpoint go, and its warm worker comes back.
+    response = client.patch("/me", json={"monthlyBudget": 1000})
+    assert response.status_code == 200, response.text
+
+    def released() -> bool:
+        found = endpoint(client, ep["id"])
+        return found["suspendedReason"] is None and found["workersIdle"] == 1
+
+    wait_for(released, 60, "the endpoint let go with its warm worker")
+    job = run(client, ep["id"], "paid")
+    wait_for(lambda: status(client, ep["id"], job)["status"] == "COMPLETED", 20, "the job")
+    assert client.delete(f"/endpoints/{ep['id']}").status_code in (200, 204)
+    ledger_verify(autoscaled)
