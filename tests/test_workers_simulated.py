@@ -134,7 +134,17 @@ def test_workers_min_keeps_an_active_worker_warm_and_delete_stops_it(
     view = endpoint(client, ep["id"])
     assert workers_of(view) == 1, view
     job = run(client, ep["id"], "hi")
-    wait_for(lambda: status(client, ep["id"], job)["status"] == "COMPLETED", 20, "the job")
+    done = wait_for(
+        lambda: (s := status(client, ep["id"], job))["status"] == "COMPLETED" and s, 20, "the job"
+    )
+    # Its container's logs, from its host's agent; another user's or a stranger's: 404.
+    logs = client.get(f"/endpoints/{ep['id']}/workers/{done['workerId']}/logs")
+    assert logs.status_code == 200, logs.text
+    assert "simulated container started" in logs.text
+    assert_error(client.get(f"/endpoints/{ep['id']}/workers/nobody/logs"), 404, "worker")
+    _other_key, other = account(autoscaled)
+    with other:
+        assert_error(other.get(f"/endpoints/{ep['id']}/workers/{done['workerId']}/logs"), 404)
 
     assert client.delete(f"/endpoints/{ep['id']}").status_code in (200, 204)
 

@@ -129,7 +129,7 @@ def _text(lines: list[LogEntry], timestamps: bool) -> bytes:
     return "".join(f"{line.text}\n" for line in lines).encode()
 
 
-async def _body(
+async def text_body(
     chunks: AsyncGenerator[list[LogEntry], None], timestamps: bool, held: ExitStack
 ) -> AsyncIterator[bytes]:
     with held:
@@ -173,7 +173,7 @@ async def instance_logs(
         held.close()
         raise
     return Stream(
-        _body(chunks, timestamps, held),
+        text_body(chunks, timestamps, held),
         media_type="text/plain; charset=utf-8",
         headers={"cache-control": "no-store", "x-content-type-options": "nosniff"},
     )

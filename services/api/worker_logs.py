@@ -1,0 +1,60 @@
+"""GET /endpoints/{id}/workers/{workerId}/logs: what a serverless worker's container printed, from
+the agent of its host, as an instance's logs are read (services/api/instance_logs.py): the same
+protocol, parameters and limits. Only while the worker lives (its container is removed once it
+stopped), and only for the endpoint's owner; anyone else gets 404, as for the endpoint itself."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from datetime import datetime
+from typing import Annotated, Any
+
+from litestar import Request, get
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from services.api.connection_limits import ConnectionLimiter
+from services.api.endpoints import owned_endpoint
+from services.api.instance_logs import LogReader, text_body
+from services.container_logs import DEFAULT_TAIL, MAX_TAIL
+from services.errors import NotFound
+
+
+@get(
+    "/endpoints/{endpoint_id:str}/workers/{worker_id:str}/logs",
+    tags=["endpoints"],
+    summary="What a worker's container printed (follow=true streams new lines)",
+    media_type="text/plain; charset=utf-8",
+)
+async def worker_logs(
+    request: Request[Any, Any, Any],
+    endpoint_id: str,
+    worker_id: str,
+    tail: Annotated[
+        int, Parameter(ge=0, le=MAX_TAIL, description="the last N lines (before any new ones)")
+    ] = DEFAULT_TAIL,
+    since: Annotated[
+        datetime | None, Parameter(description="only lines written at or after this time")
+    ] = None,
+    follow: Annotated[bool, Parameter(description="keep streaming new lines")] = False,
+    timestamps: Annotated[bool, Parameter(description="each line starts with its time")] = False,
+) -> Stream:
+    endpoint = await owned_endpoint(request, endpoint_id)
+    worker = endpoint.live_workers.get(worker_id)
+    if worker is None:
+        raise NotFound("worker not found: it never ran for this endpoint, or it has stopped")
+    reader: LogReader = request.app.state.log_reader
+    held = ExitStack()
+    if follow:
+        limiter: ConnectionLimiter = request.app.state.log_streams
+        held.enter_context(limiter.held(request.user.id))
+    try:
+        chunks = await reader.open(worker.placement.host_id, worker.id, tail, since, follow)
+    except BaseException:
+        held.close()
+        raise
+    return Stream(
+        text_body(chunks, timestamps, held),
+        media_type="text/plain; charset=utf-8",
+        headers={"cache-control": "no-store", "x-content-type-options": "nosniff"},
+    )
