@@ -232,3 +232,36 @@ def test_a_spent_budget_holds_the_endpoint_at_zero_and_refuses_jobs_until_it_is_
     wait_for(lambda: status(client, ep["id"], job)["status"] == "COMPLETED", 20, "the job")
     assert client.delete(f"/endpoints/{ep['id']}").status_code in (200, 204)
     ledger_verify(autoscaled)
+
+
+def test_a_new_version_drains_the_old_workers_and_replaces_them(
+    autoscaled: Stack, client: httpx.Client
+) -> None:
+    ep = create_endpoint(client, workersMin=1, workersMax=2, env={"STAGE": "one"})
+    wait_for(lambda: endpoint(client, ep["id"])["workersIdle"] == 1, 30, "a warm worker")
+    # A long job on the old worker: it finishes there before the worker goes.
+    long = run(client, ep["id"], {"sleep": 3})
+    wait_for(lambda: status(client, ep["id"], long)["status"] == "IN_PROGRESS", 20, "the job")
+    response = client.patch(f"/endpoints/{ep['id']}", json={"env": {"STAGE": "two"}})
+    assert response.status_code == 200 and response.json()["version"] == 2, response.text
+    done = wait_for(
+        lambda: (s := status(client, ep["id"], long))["status"] == "COMPLETED" and s, 30, "done"
+    )
+
+    def replaced() -> list[Any] | None:
+        events = endpoint_events(autoscaled, ep["id"])
+        placed = [e.data for e in events if isinstance(e.data, WorkerPlaced)]
+        asked = [e.data for e in events if isinstance(e.data, WorkerStopRequested)]
+        return [placed, asked] if len(placed) == 2 and asked else None
+
+    placed, asked = wait_for(replaced, 30, "the old worker replaced")
+    assert [p.config_version for p in placed] == [1, 2]
+    assert [a.worker_id for a in asked] == [placed[0].worker_id] == [done["workerId"]]
+    assert asked[0].reason == "replaced by version 2 of its endpoint"
+    wait_for(lambda: endpoint(client, ep["id"])["workersIdle"] == 1, 30, "the new worker")
+    again = run(client, ep["id"], "v2")
+    found = wait_for(
+        lambda: (s := status(client, ep["id"], again))["status"] == "COMPLETED" and s, 20, "job"
+    )
+    assert found["workerId"] == placed[1].worker_id
+    assert client.delete(f"/endpoints/{ep['id']}").status_code in (200, 204)
