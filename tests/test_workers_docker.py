@@ -31,6 +31,7 @@ import runpod
 
 from events.endpoint import WorkerStopped
 from events.job import JobTaken
+from services.agent.container_limits import NETWORK_PREFIX
 from services.agent.runtime import LABEL_HOST, LABEL_INSTANCE
 from services.cli.embedded import free_port
 from tests.api_helpers import template_body, wait_for
@@ -232,7 +233,18 @@ def test_a_killed_worker_loses_its_job_to_another_worker(
     job_id = runpod.Endpoint(ep["id"]).run({"sleep": 4, "k": 1}).job_id
     running = wait_status(client, ep["id"], job_id, lambda s: s["status"] == "IN_PROGRESS", 60)
     victim = running["workerId"]
-    container_of(docker_client, victim).kill()
+    container = container_of(docker_client, victim)
+    # Contained like any customer container: limits, no new privileges, the tenant's network
+    # only, and no URL in its env names the host's loopback (it reaches the api via the relay).
+    host_config = container.attrs["HostConfig"]
+    assert host_config["Memory"] > 0 and host_config["NanoCpus"] > 0 and host_config["PidsLimit"]
+    assert any(o.startswith("no-new-privileges") for o in host_config["SecurityOpt"] or [])
+    assert not host_config["Privileged"] and host_config["NetworkMode"] != "host"
+    networks = list(container.attrs["NetworkSettings"]["Networks"])
+    assert len(networks) == 1 and networks[0].startswith(NETWORK_PREFIX), networks
+    env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+    assert "127.0.0.1" not in env["RUNPOD_WEBHOOK_GET_JOB"], env["RUNPOD_WEBHOOK_GET_JOB"]
+    container.kill()
     done = wait_status(client, ep["id"], job_id, lambda s: s["status"] == "COMPLETED", 90)
     assert done["output"] == {"sleep": 4, "k": 1}
     assert done["workerId"] != victim, done
