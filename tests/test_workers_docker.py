@@ -36,10 +36,11 @@ from services.agent.runtime import LABEL_HOST, LABEL_INSTANCE
 from services.cli.embedded import free_port
 from tests.api_helpers import template_body, wait_for
 from tests.docker_fixtures import busybox_image, clean_host, docker_client  # noqa: F401
-from tests.serverless_helpers import GPU, account, status, wait_status
+from tests.serverless_helpers import GPU, runpod_sdk, status, wait_status
 from tests.servers import Stack, running_stack
 from tests.worker_helpers import (
     AUTOSCALED_ENV,
+    assert_unhealthy,
     endpoint,
     endpoint_events,
     job_events,
@@ -92,15 +93,8 @@ def docker_workers(
 
 @pytest.fixture
 def sdk(docker_workers: Stack) -> Iterator[tuple[str, httpx.Client]]:
-    key, client = account(docker_workers)
-    saved = (runpod.api_key, runpod.endpoint_url_base)
-    runpod.api_key = key
-    runpod.endpoint_url_base = f"{docker_workers.url}/endpoints"
-    try:
-        yield key, client
-    finally:
-        runpod.api_key, runpod.endpoint_url_base = saved
-        client.close()
+    with runpod_sdk(docker_workers) as pointed:
+        yield pointed
 
 
 def busybox_endpoint(client: httpx.Client, start_cmd: str, **fields: Any) -> dict[str, Any]:
@@ -280,13 +274,5 @@ def test_a_crash_looping_template_is_unhealthy_with_its_reason(
     _key, client = sdk
     ep = busybox_endpoint(client, "echo crashing; exit 3", workersMin=1, workersMax=2)
 
-    def unhealthy() -> dict[str, Any] | None:
-        view = endpoint(client, ep["id"])
-        return view if view["workersUnhealthy"] else None
-
-    view = wait_for(unhealthy, 90, "the endpoint unhealthy")
-    reasons = " ".join(view["unhealthyReasons"])
-    assert "workers in a row failed" in reasons and "code 3" in reasons, reasons
-    health = client.get(f"/endpoints/{ep['id']}/health").json()
-    assert health["workers"]["unhealthy"] >= 1, health
+    assert_unhealthy(client, ep["id"], 3, 90)
     assert client.delete(f"/endpoints/{ep['id']}").status_code in (200, 204)

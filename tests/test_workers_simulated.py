@@ -28,6 +28,7 @@ from tests.serverless_helpers import GPU, TEMPLATE, account, create_endpoint, ru
 from tests.servers import Stack, running_stack
 from tests.worker_helpers import (
     AUTOSCALED_ENV,
+    assert_unhealthy,
     endpoint,
     endpoint_events,
     job_events,
@@ -170,15 +171,7 @@ def test_a_crash_looping_template_is_unhealthy_with_its_reason_and_backs_off(
 ) -> None:
     ep = create_endpoint(client, workersMin=1, workersMax=3, env={"SIMULATED_EXIT_CODE": "3"})
 
-    def unhealthy() -> dict[str, object] | None:
-        view = endpoint(client, ep["id"])
-        return view if view["workersUnhealthy"] else None
-
-    view = wait_for(unhealthy, 60, "the endpoint unhealthy")
-    reasons = " ".join(view["unhealthyReasons"])
-    assert "workers in a row failed" in reasons and "code 3" in reasons, reasons
-    health = client.get(f"/endpoints/{ep['id']}/health").json()
-    assert health["workers"]["unhealthy"] >= 1, health
+    assert_unhealthy(client, ep["id"], 3, 60)
 
     # Backoff: 1 s, 2 s, 4 s, 8 s… after each failure, one worker at a time: few in 10 s.
     time.sleep(10)

@@ -16,6 +16,7 @@ import psycopg
 from events.envelope import AggregateRef, Envelope
 from events.store import JetStreamEventStore
 from services.nats_permissions import DECIDERS_USER
+from tests.api_helpers import wait_for
 from tests.serverless_helpers import SERVERLESS_ENV
 from tests.servers import Stack, connect_as
 
@@ -90,3 +91,18 @@ def me(client: httpx.Client) -> str:
     assert response.status_code == 200, response.text
     user_id: str = response.json()["id"]
     return user_id
+
+
+def assert_unhealthy(client: httpx.Client, endpoint_id: str, code: int, timeout: float) -> None:
+    """The endpoint turns unhealthy, naming its failing workers' exit code, on itself and in its
+    /health."""
+
+    def unhealthy() -> dict[str, Any] | None:
+        view = endpoint(client, endpoint_id)
+        return view if view["workersUnhealthy"] else None
+
+    view = wait_for(unhealthy, timeout, "the endpoint unhealthy")
+    reasons = " ".join(view["unhealthyReasons"])
+    assert "workers in a row failed" in reasons and f"code {code}" in reasons, reasons
+    health = client.get(f"/endpoints/{endpoint_id}/health").json()
+    assert health["workers"]["unhealthy"] >= 1, health

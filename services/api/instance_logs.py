@@ -129,7 +129,7 @@ def _text(lines: list[LogEntry], timestamps: bool) -> bytes:
     return "".join(f"{line.text}\n" for line in lines).encode()
 
 
-async def text_body(
+async def _body(
     chunks: AsyncGenerator[list[LogEntry], None], timestamps: bool, held: ExitStack
 ) -> AsyncIterator[bytes]:
     with held:
@@ -162,18 +162,32 @@ async def instance_logs(
     state: InstanceState | None = await read_models.get(ctx.pool, INSTANCES, instance_id)
     if state is None or state.owner_id != request.user.id or state.status in _NO_LOGS:
         raise NotFound("instance not found")
+    return await log_stream(request, state.host_id, state.id, tail, since, follow, timestamps)
+
+
+async def log_stream(
+    request: Request[Any, Any, Any],
+    host_id: str,
+    container_id: str,
+    tail: int,
+    since: datetime | None,
+    follow: bool,
+    timestamps: bool,
+) -> Stream:
+    """The response of a logs route: the container's lines from its host's agent (a followed
+    stream counts against the user's open log streams)."""
     reader: LogReader = request.app.state.log_reader
     held = ExitStack()
     if follow:
         limiter: ConnectionLimiter = request.app.state.log_streams
         held.enter_context(limiter.held(request.user.id))
     try:
-        chunks = await reader.open(state.host_id, state.id, tail, since, follow)
+        chunks = await reader.open(host_id, container_id, tail, since, follow)
     except BaseException:
         held.close()
         raise
     return Stream(
-        text_body(chunks, timestamps, held),
+        _body(chunks, timestamps, held),
         media_type="text/plain; charset=utf-8",
         headers={"cache-control": "no-store", "x-content-type-options": "nosniff"},
     )

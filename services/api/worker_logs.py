@@ -5,7 +5,6 @@ stopped), and only for the endpoint's owner; anyone else gets 404, as for the en
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -13,9 +12,8 @@ from litestar import Request, get
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from services.api.connection_limits import ConnectionLimiter
 from services.api.endpoints import owned_endpoint
-from services.api.instance_logs import LogReader, text_body
+from services.api.instance_logs import log_stream
 from services.container_logs import DEFAULT_TAIL, MAX_TAIL
 from services.errors import NotFound
 
@@ -43,18 +41,6 @@ async def worker_logs(
     worker = endpoint.live_workers.get(worker_id)
     if worker is None:
         raise NotFound("worker not found: it never ran for this endpoint, or it has stopped")
-    reader: LogReader = request.app.state.log_reader
-    held = ExitStack()
-    if follow:
-        limiter: ConnectionLimiter = request.app.state.log_streams
-        held.enter_context(limiter.held(request.user.id))
-    try:
-        chunks = await reader.open(worker.placement.host_id, worker.id, tail, since, follow)
-    except BaseException:
-        held.close()
-        raise
-    return Stream(
-        text_body(chunks, timestamps, held),
-        media_type="text/plain; charset=utf-8",
-        headers={"cache-control": "no-store", "x-content-type-options": "nosniff"},
+    return await log_stream(
+        request, worker.placement.host_id, worker.id, tail, since, follow, timestamps
     )
