@@ -140,6 +140,17 @@ async def _body(
             await chunks.aclose()
 
 
+# A logs route's query parameters (an instance's, a serverless worker's).
+Tail = Annotated[
+    int, Parameter(ge=0, le=MAX_TAIL, description="the last N lines (before any new ones)")
+]
+Since = Annotated[
+    datetime | None, Parameter(description="only lines written at or after this time")
+]
+Follow = Annotated[bool, Parameter(description="keep streaming new lines")]
+Timestamps = Annotated[bool, Parameter(description="each line starts with its time")]
+
+
 @get(
     "/instances/{instance_id:str}/logs",
     tags=["instances"],
@@ -149,14 +160,10 @@ async def _body(
 async def instance_logs(
     request: Request[Any, Any, Any],
     instance_id: str,
-    tail: Annotated[
-        int, Parameter(ge=0, le=MAX_TAIL, description="the last N lines (before any new ones)")
-    ] = DEFAULT_TAIL,
-    since: Annotated[
-        datetime | None, Parameter(description="only lines written at or after this time")
-    ] = None,
-    follow: Annotated[bool, Parameter(description="keep streaming new lines")] = False,
-    timestamps: Annotated[bool, Parameter(description="each line starts with its time")] = False,
+    tail: Tail = DEFAULT_TAIL,
+    since: Since = None,
+    follow: Follow = False,
+    timestamps: Timestamps = False,
 ) -> Stream:
     ctx = context_of(request)
     state: InstanceState | None = await read_models.get(ctx.pool, INSTANCES, instance_id)

@@ -5,16 +5,14 @@ stopped), and only for the endpoint's owner; anyone else gets 404, as for the en
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Request, get
-from litestar.params import Parameter
 from litestar.response import Stream
 
 from services.api.endpoints import owned_endpoint
-from services.api.instance_logs import log_stream
-from services.container_logs import DEFAULT_TAIL, MAX_TAIL
+from services.api.instance_logs import Follow, Since, Tail, Timestamps, log_stream
+from services.container_logs import DEFAULT_TAIL
 from services.errors import NotFound
 
 
@@ -28,14 +26,10 @@ async def worker_logs(
     request: Request[Any, Any, Any],
     endpoint_id: str,
     worker_id: str,
-    tail: Annotated[
-        int, Parameter(ge=0, le=MAX_TAIL, description="the last N lines (before any new ones)")
-    ] = DEFAULT_TAIL,
-    since: Annotated[
-        datetime | None, Parameter(description="only lines written at or after this time")
-    ] = None,
-    follow: Annotated[bool, Parameter(description="keep streaming new lines")] = False,
-    timestamps: Annotated[bool, Parameter(description="each line starts with its time")] = False,
+    tail: Tail = DEFAULT_TAIL,
+    since: Since = None,
+    follow: Follow = False,
+    timestamps: Timestamps = False,
 ) -> Stream:
     endpoint = await owned_endpoint(request, endpoint_id)
     worker = endpoint.live_workers.get(worker_id)
