@@ -258,3 +258,22 @@ def test_a_new_version_drains_the_old_workers_and_replaces_them(
     )
     assert found["workerId"] == placed[1].worker_id
     assert client.delete(f"/endpoints/{ep['id']}").status_code in (200, 204)
+
+
+def test_workers_take_gpus_in_the_endpoints_order_of_preference_and_never_share_one(
+    autoscaled: Stack, client: httpx.Client
+) -> None:
+    # The stack's host has 2 A100s and 4 RTX 4090s (tests/servers.py SIMULATED_GPUS).
+    ep = create_endpoint(client, workersMin=3, workersMax=3, gpuIds=f"NVIDIA A100 80GB PCIe,{GPU}")
+    wait_for(lambda: endpoint(client, ep["id"])["workersIdle"] == 3, 30, "3 warm workers")
+    placed = [
+        e.data.placement
+        for e in endpoint_events(autoscaled, ep["id"])
+        if isinstance(e.data, WorkerPlaced)
+    ]
+    # Placed one after the other: the preferred type while it has free GPUs, then the next.
+    assert [p.gpu_type_id for p in placed] == ["NVIDIA A100 80GB PCIe"] * 2 + [GPU]
+    uuids = [u for p in placed for u in p.gpu_uuids]
+    assert len(uuids) == 3 and len(set(uuids)) == 3, uuids
+    assert len({p.lease_id for p in placed}) == 3
+    assert client.delete(f"/endpoints/{ep['id']}").status_code in (200, 204)
