@@ -198,6 +198,7 @@ def test_a_spent_budget_holds_the_endpoint_at_zero_and_refuses_jobs_until_it_is_
 
     view = wait_for(held, 60, "the endpoint held at zero workers")
     assert "budget" in view["suspendedReason"], view
+    assert view["suspendedReason"].endswith("let go once you can pay again"), view
     stops = [
         e.data for e in endpoint_events(autoscaled, ep["id"]) if isinstance(e.data, WorkerStopped)
     ]

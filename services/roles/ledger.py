@@ -124,7 +124,10 @@ class Accruals:
         for v, endpoint_id in holds:
             if (v.user_id, endpoint_id) in self._holding:
                 continue
-            reason = f"held at zero workers by billing: {v.message}"
+            # The limit without the instance's advice ("then start it again"): an endpoint is
+            # let go on its own.
+            limit = v.message.rsplit(": ", 1)[0]
+            reason = f"held at zero workers by billing: {limit}; let go once you can pay again"
             if await self._billing("endpoint", endpoint_id, SuspendEndpoint, reason=reason):
                 log.warning("endpoint %s %s", endpoint_id, reason)
             self._holding.add((v.user_id, endpoint_id))
