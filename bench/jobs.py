@@ -54,6 +54,8 @@ GPU = "NVIDIA GeForce RTX 4090"
 IMAGE = "local/busybox:latest"
 WORKER_SH = ROOT / "examples" / "workers" / "busybox" / "worker.sh"
 LABEL_HOST = "gpuworker.host"
+# The last `through` run's per-job times (ms), by what they measure.
+THROUGH_DETAIL: dict[str, list[float]] = {}
 
 
 def api_key(url: str, token: str) -> str:
@@ -86,6 +88,8 @@ async def through(
 ) -> tuple[float, list[float]]:
     """(jobs/s, queue-to-start ms of each job), `concurrency` clients looping /runsync."""
     delays: list[float] = []
+    # Where the rest of a job's time goes: its run on the worker, and the whole /runsync.
+    THROUGH_DETAIL.clear()
     left = iter(range(jobs))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(
@@ -94,6 +98,7 @@ async def through(
 
         async def loop() -> None:
             for n in left:
+                began = time.perf_counter()
                 response = await client.post(
                     f"/endpoints/{endpoint_id}/runsync", json={"input": {"i": n}}
                 )
@@ -101,6 +106,10 @@ async def through(
                 if response.status_code != 200 or body.get("status") != "COMPLETED":
                     raise RuntimeError(f"job {n}: {response.status_code} {body}")
                 delays.append(float(body["delayTime"]))
+                THROUGH_DETAIL.setdefault("execution", []).append(float(body["executionTime"]))
+                THROUGH_DETAIL.setdefault("runsync", []).append(
+                    (time.perf_counter() - began) * 1000
+                )
 
         started = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(concurrency)))
@@ -142,9 +151,11 @@ async def raw_round_trip(nats: NatsServer, ops: int, concurrency: int) -> tuple[
 
 
 def summary(name: str, rate: float, delays: list[float]) -> str:
+    execution, whole = THROUGH_DETAIL.get("execution", [0.0]), THROUGH_DETAIL.get("runsync", [0.0])
     return (
         f"{name}: {rate:8.1f} jobs/s; queue->start p50 {percentile(delays, 50):.0f} ms,"
-        f" p99 {percentile(delays, 99):.0f} ms ({len(delays)} jobs)"
+        f" p99 {percentile(delays, 99):.0f} ms ({len(delays)} jobs); start->done p50"
+        f" {percentile(execution, 50):.0f} ms; whole runsync p50 {percentile(whole, 50):.0f} ms"
     )
 
 
