@@ -281,7 +281,9 @@ def on_docker(workdir: Path, args: argparse.Namespace) -> list[str]:
         colds: list[float] = []
         for n in range(3):
             deadline = time.monotonic() + 60
-            while client.containers.list(filters={"label": f"{LABEL_HOST}={host_id}"}):
+            while client.containers.list(
+                filters={"label": f"{LABEL_HOST}={host_id}"}, ignore_removed=True
+            ):
                 if time.monotonic() > deadline:
                     raise TimeoutError("the cold endpoint's worker never stopped")
                 time.sleep(0.2)
@@ -307,7 +309,7 @@ def on_docker(workdir: Path, args: argparse.Namespace) -> list[str]:
         stack.stop()
         nats.stop()
         for container in client.containers.list(
-            all=True, filters={"label": f"{LABEL_HOST}={host_id}"}
+            all=True, filters={"label": f"{LABEL_HOST}={host_id}"}, ignore_removed=True
         ):
             container.remove(force=True)
         for network in client.networks.list(filters={"label": f"{LABEL_HOST}={host_id}"}):
@@ -332,12 +334,13 @@ def main() -> None:
     try:
         nats.start()
         lines += simulated(workdir, nats, args)
+        # Shown now: a failure on Docker must not hide them.
+        print("\n".join(["=== bench/jobs.py ===", *lines]), flush=True)
         if not args.no_docker:
-            lines += on_docker(workdir, args)
+            print("\n".join(on_docker(workdir, args)))
     finally:
         nats.stop()
         remove_workdir(workdir)
-    print("\n".join(["=== bench/jobs.py ===", *lines]))
 
 
 if __name__ == "__main__":
