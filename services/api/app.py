@@ -47,6 +47,7 @@ from services.api.job_waits import JobWaits
 from services.api.jobs import JobController, status_body
 from services.api.json_body import JsonBodyRequest
 from services.api.login_throttle import LoginThrottle
+from services.api.openapi_contract import document_contract
 from services.api.pagination import DEPENDENCIES, ListPage
 from services.api.quotas import QuotaGuard, Quotas
 from services.api.read_cache import ReadCache
@@ -145,6 +146,9 @@ def create_app(settings: Settings) -> Litestar:
             await nc.close()
             await pool.close()
 
+    def document_error_contract(app: Litestar) -> None:
+        document_contract(app.openapi_schema, PUBLIC_PATHS)
+
     prometheus = PrometheusConfig(app_name="gpuworker", group_path=True)
     return Litestar(
         route_handlers=[
@@ -174,6 +178,7 @@ def create_app(settings: Settings) -> Litestar:
             PrometheusController,
         ],
         lifespan=[lifespan],
+        on_startup=[document_error_contract],
         on_app_init=[jwt_auth.on_app_init],
         middleware=[prometheus.middleware, DefineMiddleware(IdempotencyMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
