@@ -8,13 +8,12 @@
         POST /templates: validate the product's TemplateIn body, one JetStream publish with ack
         (stream FLOOR, file storage), one PostgreSQL INSERT + commit, answer 201 with the row.
 
-uvicorn is configured exactly as services/roles/api.py does (and started the same way, with
-asyncio.run, i.e. the stdlib event loop; `http` auto-selects httptools)."""
+uvicorn runs in the configuration a user comparing frameworks would pick: uvloop, httptools, no
+access log, one worker (`--loop asyncio` for the stdlib loop)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ import uvicorn
 from litestar import Litestar, Request, get, post
 
 from events.ids import new_id
+from services import event_loop
 from services.api.templates import TemplateIn, TemplateOut
 
 FLOOR_STREAM = "FLOOR"
@@ -121,6 +121,7 @@ async def serve(app: Litestar, port: int) -> None:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        http="httptools",
     )
     await uvicorn.Server(config).serve()
 
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("mode", choices=["reads", "writes"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--items", type=Path)
+    parser.add_argument("--loop", choices=event_loop.CHOICES, default="uvloop")
     args = parser.parse_args()
     if args.mode == "reads":
         if args.items is None:
@@ -137,7 +139,7 @@ def main() -> None:
         app = reads_app(args.items)
     else:
         app = writes_app()
-    asyncio.run(serve(app, args.port))
+    event_loop.run(serve(app, args.port), args.loop)
 
 
 if __name__ == "__main__":
