@@ -1,8 +1,8 @@
 """Bare Litestar apps the benchmarks measure the product against (same uvicorn settings).
 
-    python bench/baseline_app.py reads  --port P --items FILE.json
-        GET /templates: the same items, decoded once into the product's TemplateOut Structs and
-        returned from memory. No auth, no database.
+    python bench/baseline_app.py reads  --port P --items FILE.json [--path templates|instances]
+        GET /templates (or /instances): the same items, decoded once into the product's
+        TemplateOut (InstanceOut) Structs and returned from memory. No auth, no database.
     python bench/baseline_app.py writes --port P   (env DATABASE_URL, NATS_URL, and the login:
                                                    GPUWORKER_NATS_USER/PASSWORD)
         POST /templates: validate the product's TemplateIn body, one JetStream publish with ack
@@ -26,6 +26,7 @@ from litestar import Litestar, Request, get, post
 
 from events.ids import new_id
 from services import event_loop
+from services.api.instances import InstanceOut
 from services.api.templates import TemplateIn, TemplateOut
 
 FLOOR_STREAM = "FLOOR"
@@ -37,7 +38,15 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def reads_app(items_file: Path) -> Litestar:
+def reads_app(items_file: Path, path: str) -> Litestar:
+    if path == "instances":
+        instances = msgspec.json.decode(items_file.read_bytes(), type=list[InstanceOut])
+
+        @get("/instances")
+        async def list_instances() -> list[InstanceOut]:
+            return instances
+
+        return Litestar(route_handlers=[list_instances, health], debug=False)
     items = msgspec.json.decode(items_file.read_bytes(), type=list[TemplateOut])
 
     @get("/templates")
@@ -131,12 +140,13 @@ def main() -> None:
     parser.add_argument("mode", choices=["reads", "writes"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--items", type=Path)
+    parser.add_argument("--path", choices=["templates", "instances"], default="templates")
     parser.add_argument("--loop", choices=event_loop.CHOICES, default="uvloop")
     args = parser.parse_args()
     if args.mode == "reads":
         if args.items is None:
             parser.error("reads needs --items")
-        app = reads_app(args.items)
+        app = reads_app(args.items, args.path)
     else:
         app = writes_app()
     event_loop.run(serve(app, args.port), args.loop)

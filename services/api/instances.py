@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -10,6 +11,7 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from msgspec import Meta
 
+from ledger.consumer import CHECKPOINT as LEDGER_CHECKPOINT
 from ledger.money import MICROS_PER_USD
 from ledger.rate_card import first_resources, gpu_type_ids, in_force
 from ledger.usage import instance_usage
@@ -30,7 +32,7 @@ from services.api.container_fields import (
 )
 from services.api.context import context_of
 from services.api.instance_proxy.routing import proxy_urls
-from services.api.pagination import Page
+from services.api.pagination import ListPage, Page
 from services.api.request_ids import is_retry, new_resource_id
 from services.api.spending import costs_to_date, ensure_affordable, hourly_cost
 from services.api.templates import TEMPLATES, Name
@@ -274,10 +276,21 @@ class InstanceController(Controller):
         request: Request[Any, Any, Any],
         page: Page,
     ) -> Response[list[InstanceOut]]:
-        positions, states = await read_models.list_page(
-            context_of(request).pool, INSTANCES, request.user.id, page
+        ctx = context_of(request)
+
+        async def load() -> ListPage:
+            positions, states = await read_models.list_page(
+                ctx.pool, INSTANCES, request.user.id, page
+            )
+            return page.of_rows(positions, await views(request, states))
+
+        key = f"{request.user.id}\n{page.limit}\n{page.cursor or ''}\n{_base_url(request)}"
+        # An instance's host (lost or not) and its cost to date are part of its view; the cost
+        # moves every second it runs, and is billed by the second: a page is good for its second.
+        listed = await ctx.cache.get_or_load(
+            (INSTANCES.name, HOSTS.name, LEDGER_CHECKPOINT), key, load, moment=int(time.time())
         )
-        return page.response(request, page.of_rows(positions, await views(request, states)))
+        return page.response(request, listed)
 
     @post("/", status_code=201, summary="Rent a GPU instance")
     async def create_instance(
