@@ -21,6 +21,7 @@ from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 from services.api.api_key_lookup import ApiKeyLookup
+from services.api.verified_tokens import VerifiedTokens
 from services.security.api_keys import PREFIX
 
 INVALID_KEY = "API key is not valid (malformed, revoked or never issued)"
@@ -52,13 +53,31 @@ class ApiKeyOrJwtMiddleware(JWTAuthenticationMiddleware):
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
         credential = _bearer(connection)
-        if credential is None or not credential.startswith(PREFIX):
+        if credential is None:
             return await super().authenticate_request(connection)
+        if not credential.startswith(PREFIX):
+            verified = _verified_tokens(self)
+            token = verified.get(credential)
+            if token is not None:
+                return AuthenticationResult(user=AuthUser(id=token.sub), auth=token)
+            result = await super().authenticate_request(connection)
+            if isinstance(result.auth, Token):
+                verified.remember(credential, result.auth)
+            return result
         lookup: ApiKeyLookup = connection.app.state.ctx.api_keys
         holder = await lookup.holder_of(credential)
         if holder is None:
             raise NotAuthorizedException(INVALID_KEY)
         return AuthenticationResult(user=AuthUser(id=holder.user_id), auth=holder)
+
+
+def _verified_tokens(middleware: JWTAuthenticationMiddleware) -> VerifiedTokens:
+    """One memo per middleware (per app and secret), made on first use."""
+    memo: VerifiedTokens | None = getattr(middleware, "_verified_tokens", None)
+    if memo is None:
+        memo = VerifiedTokens()
+        middleware._verified_tokens = memo  # type: ignore[attr-defined]
+    return memo
 
 
 async def user_of_headers(
