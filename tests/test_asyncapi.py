@@ -147,7 +147,7 @@ def _envelopes(spec: EventSpec) -> st.SearchStrategy[bytes]:
 
     return st.builds(
         wrap,
-        st.from_type(spec.cls),
+        _from_struct(spec.cls),
         st.sampled_from(["0193a3c2-user", "system:agent:h1"]),
         st.sampled_from([None, "127.0.0.1"]),
     )
