@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Page
+from playwright.sync_api import Page, ViewportSize
 
 from tests.api_helpers import PASSWORD
 from tests.servers import Stack
@@ -24,7 +24,7 @@ AXE = Path(__file__).parent / "vendor" / "axe.min.js"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
 # Long enough that a page opened just after a launch sees the instance before it runs.
 START_DELAY_S = "3"
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 def sign_up(page: Page, stack: Stack, name: str = "Ada Lovelace") -> str:
