@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,6 +29,7 @@ from services.api.billing import (
 )
 from services.api.blog import BlogController
 from services.api.body_limit import MAX_BODY_BYTES
+from services.api.browser_session import served_over_https
 from services.api.catalog import datacenters, gpu_types
 from services.api.command_bus import CommandBus
 from services.api.connection_limits import log_stream_limiter
@@ -84,11 +84,6 @@ PUBLIC_PATHS = [
     "^/console(/|$)",
     "^/static/",
 ]
-
-
-def _served_over_https() -> bool:
-    """Whether customers reach the api over https (then the console's cookies are Secure)."""
-    return (os.environ.get("GPUWORKER_PUBLIC_URL") or "").lower().startswith("https://")
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -194,7 +189,7 @@ def create_app(settings: Settings) -> Litestar:
             asyncapi,
             health,
             PrometheusController,
-            console_router(settings.jwt_secret, https=_served_over_https()),
+            console_router(settings.jwt_secret, https=served_over_https()),
             static_router(),
         ],
         lifespan=[lifespan],

@@ -17,6 +17,7 @@ the REST API takes `Authorization: Bearer` only, so no cookie can act on it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from http.cookies import SimpleCookie
@@ -33,6 +34,12 @@ PLAIN_NAME = "gpw_session"
 HTTPS_NAME = "__Host-gpw_session"
 # The console's own cookies; the instance proxy never hands them to a container.
 CONSOLE_COOKIES = frozenset({PLAIN_NAME, HTTPS_NAME, "gpw_csrf"})
+
+
+def served_over_https() -> bool:
+    """Whether customers reach the api over https (GPUWORKER_PUBLIC_URL): then the console's
+    cookies are Secure even when a TLS-terminating proxy hands the api plain http."""
+    return (os.environ.get("GPUWORKER_PUBLIC_URL") or "").lower().startswith("https://")
 
 
 def cookie_name(scheme: str) -> str:

@@ -15,7 +15,7 @@ from litestar.datastructures import Cookie
 from litestar.response import Redirect, Template
 
 from services.api.auth import LoginIn, SignupIn, TokensOut
-from services.api.browser_session import USERS, cookie_name
+from services.api.browser_session import USERS, cookie_name, served_over_https
 from services.api.context import context_of
 from services.console.forms import body_of, form_of
 from services.console.guards import ConsoleAuth
@@ -36,7 +36,7 @@ def _next(value: str | None) -> str:
 
 
 def _signed_in(request: Request[Any, Any, Any], tokens: TokensOut, to: str) -> Redirect:
-    https = request.url.scheme == "https"
+    https = request.url.scheme == "https" or served_over_https()
     cookie = Cookie(
         key=cookie_name(request.url.scheme),
         value=tokens.refresh_token,
