@@ -8,6 +8,7 @@ import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -74,6 +75,11 @@ def test_sign_up_launch_watch_it_run_stop_it_and_see_its_cost(
     amounts = [float(t.strip("$")) for t in row.locator("td.num").all_inner_texts()]
     assert sum(amounts) > 0, amounts
     screenshot(page, "billing")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download CSV").click()
+    assert download.value.suggested_filename.endswith(".csv"), download.value.suggested_filename
+    exported = Path(download.value.path()).read_text()
+    assert "console test" in exported, exported  # the operator's credit, with its reason
 
 
 def test_an_api_key_is_shown_once_and_stops_working_when_revoked(
