@@ -158,10 +158,14 @@ class Stack:
     """`gpuworker up` in its own data folder on a free port: embedded PostgreSQL + nats-server +
     the api, deciders and projector roles."""
 
-    def __init__(self, workdir: Path, nats: NatsServer | None = None) -> None:
-        """nats: use that nats-server instead of the embedded one `up` would start."""
+    def __init__(
+        self, workdir: Path, nats: NatsServer | None = None, up_args: list[str] | None = None
+    ) -> None:
+        """nats: use that nats-server instead of the embedded one `up` would start; up_args:
+        more arguments for `gpuworker up` (e.g. `--runtime simulated --gpus …`)."""
         self.workdir = workdir
         self.nats = nats
+        self.up_args = up_args or []
         self.data_dir = workdir / "gpuworker"
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
@@ -188,7 +192,7 @@ class Stack:
         env.setdefault("GPUWORKER_SIGNUP_CREDIT", BENCH_CREDIT_USD)
         args = [
             venv_bin("gpuworker"), "up", "--host", HOST, "--port", str(self.port),
-            "--data-dir", str(self.data_dir),
+            "--data-dir", str(self.data_dir), *self.up_args,
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
