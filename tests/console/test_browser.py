@@ -200,3 +200,31 @@ def test_the_api_docs_render_with_the_network_cut_off(page: Page, console_stack:
         expect(page.locator(".opblock-tag").first).to_be_visible()
     screenshot(page, "docs")
     assert elsewhere == [], elsewhere
+
+
+def test_a_refused_form_shows_the_apis_words_and_what_was_typed(
+    page: Page, console_stack: Stack
+) -> None:
+    credit(console_stack, sign_up(page, console_stack))
+    page.goto(f"{console_stack.url}/console/templates")
+    page.get_by_label("Name", exact=True).fill("mine")
+    page.get_by_label("Image", exact=True).fill("UPPER CASE is no image")
+    page.get_by_role("button", name="Create template").click()
+    expect(page.get_by_role("alert")).to_contain_text("field `imageName`")
+    expect(page.get_by_label("Image", exact=True)).to_have_value("UPPER CASE is no image")
+
+    page.get_by_label("Image", exact=True).fill("local/busybox:latest")
+    page.get_by_role("button", name="Create template").click()
+    page.wait_for_url(f"{console_stack.url}/console/templates")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete mine").click()
+    expect(page.get_by_role("button", name="Delete mine")).to_have_count(0)
+
+    page.goto(f"{console_stack.url}/console/volumes")
+    page.get_by_label("Name", exact=True).fill("datasets")
+    page.get_by_label("Size, GB", exact=True).fill("10")
+    page.get_by_role("button", name="Create volume").click()
+    expect(page.locator("td", has_text="datasets")).to_be_visible()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete datasets").click()
+    page.wait_for_url(f"{console_stack.url}/console/volumes")

@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get, post
-from litestar.response import Redirect, Template
+from litestar.response import Template
 
 from services.api.api_keys import ApiKeyIn, ApiKeyOut, NewApiKeyOut
+from services.console.answers import after_post
 from services.console.forms import body_of, form_of
-from services.console.render import SECURITY_HEADERS, page
+from services.console.render import page
 from services.console.rest import rest_of
 from services.errors import GpuWorkerError
 
@@ -46,10 +47,10 @@ async def create_api_key(request: Request[Any, Any, Any]) -> Response[Any]:
 
 @post(HERE + "/{key_id:str}/revoke")
 async def revoke_api_key(request: Request[Any, Any, Any], key_id: str) -> Response[Any]:
-    try:
-        await rest_of(request).call(
+    return await after_post(
+        HERE,
+        lambda: rest_of(request).call(
             "DELETE", "/api-keys/{key_id:str}", request, object, key_id=key_id
-        )
-    except GpuWorkerError as exc:
-        return await _page(request, exc.code, exc.message)
-    return Redirect(HERE, status_code=303, headers=SECURITY_HEADERS)
+        ),
+        lambda code, say: _page(request, code, say),
+    )

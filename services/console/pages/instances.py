@@ -14,11 +14,12 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
+from litestar.response import ServerSentEvent, ServerSentEventMessage, Template
 
 from services.api.connection_limits import ConnectionLimiter
 from services.api.context import context_of
 from services.api.instances import INSTANCES, InstanceOut
+from services.console.answers import see_other
 from services.console.render import SECURITY_HEADERS, page
 from services.console.rest import rest_of
 from services.errors import GpuWorkerError, NotFound
@@ -102,7 +103,7 @@ async def instance_action(
             error=exc.message,
         )
     to = "/console/instances" if action == "terminate" else f"/console/instances/{instance_id}"
-    return Redirect(to, status_code=303, headers=SECURITY_HEADERS)
+    return see_other(to)
 
 
 def _limiter(request: Request[Any, Any, Any]) -> ConnectionLimiter:

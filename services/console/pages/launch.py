@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Request, Response, get, post
-from litestar.response import Redirect, Template
+from litestar.response import Template
 
 from services.api import read_models
 from services.api.catalog import DatacenterOut, GpuTypeOut
@@ -26,6 +26,7 @@ from services.api.instances import (
 )
 from services.api.templates import TEMPLATES, TemplateOut, visible_to
 from services.api.volumes import VolumeOut
+from services.console.answers import see_other
 from services.console.forms import body_of, env_of, form_of, lines_of
 from services.console.render import SECURITY_HEADERS, page
 from services.console.rest import rest_of
@@ -137,4 +138,4 @@ async def launch(request: Request[Any, Any, Any]) -> Response[Any]:
         )
     except GpuWorkerError as exc:
         return await _launch_page(request, form, exc.code, exc.message)
-    return Redirect(f"/console/instances/{created.id}", status_code=303, headers=SECURITY_HEADERS)
+    return see_other(f"/console/instances/{created.id}")

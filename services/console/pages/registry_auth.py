@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get, post
-from litestar.response import Redirect, Template
+from litestar.response import Template
 
 from services.api.registry_auth import RegistryAuthIn, RegistryAuthOut
+from services.console.answers import after_post
 from services.console.forms import body_of, form_of
-from services.console.render import SECURITY_HEADERS, page
+from services.console.render import page
 from services.console.rest import rest_of
-from services.errors import GpuWorkerError
 
 HERE = "/console/registry-auth"
 
@@ -38,20 +38,22 @@ async def registry_auth_page(request: Request[Any, Any, Any]) -> Template:
 @post(HERE)
 async def create_registry_auth(request: Request[Any, Any, Any]) -> Response[Any]:
     form = await form_of(request)
-    try:
+
+    async def create() -> RegistryAuthOut:
         body = body_of(form, RegistryAuthIn)
-        await rest_of(request).call("POST", "/registry-auth", request, RegistryAuthOut, data=body)
-    except GpuWorkerError as exc:
-        return await _page(request, exc.code, exc.message, form)
-    return Redirect(HERE, status_code=303, headers=SECURITY_HEADERS)
+        return await rest_of(request).call(
+            "POST", "/registry-auth", request, RegistryAuthOut, data=body
+        )
+
+    return await after_post(HERE, create, lambda code, say: _page(request, code, say, form))
 
 
 @post(HERE + "/{auth_id:str}/delete")
 async def delete_registry_auth(request: Request[Any, Any, Any], auth_id: str) -> Response[Any]:
-    try:
-        await rest_of(request).call(
+    return await after_post(
+        HERE,
+        lambda: rest_of(request).call(
             "DELETE", "/registry-auth/{auth_id:str}", request, object, auth_id=auth_id
-        )
-    except GpuWorkerError as exc:
-        return await _page(request, exc.code, exc.message)
-    return Redirect(HERE, status_code=303, headers=SECURITY_HEADERS)
+        ),
+        lambda code, say: _page(request, code, say),
+    )

@@ -8,13 +8,14 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.response import Redirect, Template
+from litestar.response import Template
 
 from services.api.catalog import GpuTypeOut
 from services.api.endpoints import EndpointIn, EndpointOut
 from services.api.errors import error_response
 from services.api.jobs import HealthOut
 from services.api.templates import TemplateOut
+from services.console.answers import see_other
 from services.console.forms import body_of, form_of
 from services.console.render import SECURITY_HEADERS, page
 from services.console.rest import rest_of
@@ -65,7 +66,7 @@ async def create_endpoint(request: Request[Any, Any, Any]) -> Response[Any]:
         created = await rest_of(request).call("POST", "/endpoints", request, EndpointOut, data=body)
     except GpuWorkerError as exc:
         return await _list_page(request, exc.code, exc.message, form)
-    return Redirect(f"{HERE}/{created.id}", status_code=303, headers=SECURITY_HEADERS)
+    return see_other(f"{HERE}/{created.id}")
 
 
 @get(HERE + "/{endpoint_id:str}", name="console:endpoint")

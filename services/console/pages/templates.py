@@ -6,14 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get, post
-from litestar.response import Redirect, Template
+from litestar.response import Template
 
 from services.api.registry_auth import RegistryAuthOut
 from services.api.templates import TemplateIn, TemplateOut
+from services.console.answers import after_post
 from services.console.forms import body_of, env_of, form_of, lines_of
-from services.console.render import SECURITY_HEADERS, page
+from services.console.render import page
 from services.console.rest import rest_of
-from services.errors import GpuWorkerError
 
 HERE = "/console/templates"
 FIELDS = (
@@ -56,25 +56,25 @@ async def templates_page(request: Request[Any, Any, Any]) -> Template:
 @post(HERE)
 async def create_template(request: Request[Any, Any, Any]) -> Response[Any]:
     form = await form_of(request)
-    try:
+
+    async def create() -> TemplateOut:
         values: dict[str, Any] = {k: form[k] for k in FIELDS if k in form}
         if "ports" in values:
             values["ports"] = lines_of(values["ports"])
         if "env" in values:
             values["env"] = env_of(values["env"])
         body = body_of(values, TemplateIn)
-        await rest_of(request).call("POST", "/templates", request, TemplateOut, data=body)
-    except GpuWorkerError as exc:
-        return await _page(request, exc.code, exc.message, form)
-    return Redirect(HERE, status_code=303, headers=SECURITY_HEADERS)
+        return await rest_of(request).call("POST", "/templates", request, TemplateOut, data=body)
+
+    return await after_post(HERE, create, lambda code, say: _page(request, code, say, form))
 
 
 @post(HERE + "/{template_id:str}/delete")
 async def delete_template(request: Request[Any, Any, Any], template_id: str) -> Response[Any]:
-    try:
-        await rest_of(request).call(
+    return await after_post(
+        HERE,
+        lambda: rest_of(request).call(
             "DELETE", "/templates/{template_id:str}", request, object, template_id=template_id
-        )
-    except GpuWorkerError as exc:
-        return await _page(request, exc.code, exc.message)
-    return Redirect(HERE, status_code=303, headers=SECURITY_HEADERS)
+        ),
+        lambda code, say: _page(request, code, say),
+    )

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get, post
-from litestar.response import Redirect, Template
+from litestar.response import Template
 
 from services.api.catalog import DatacenterOut
 from services.api.volumes import VolumeIn, VolumeOut
+from services.console.answers import after_post
 from services.console.forms import body_of, form_of
-from services.console.render import SECURITY_HEADERS, page
+from services.console.render import page
 from services.console.rest import rest_of
-from services.errors import GpuWorkerError
 
 HERE = "/console/volumes"
 
@@ -43,20 +43,20 @@ async def volumes_page(request: Request[Any, Any, Any]) -> Template:
 @post(HERE)
 async def create_volume(request: Request[Any, Any, Any]) -> Response[Any]:
     form = await form_of(request)
-    try:
+
+    async def create() -> VolumeOut:
         body = body_of(form, VolumeIn)
-        await rest_of(request).call("POST", "/volumes", request, VolumeOut, data=body)
-    except GpuWorkerError as exc:
-        return await _page(request, exc.code, exc.message, form)
-    return Redirect(HERE, status_code=303, headers=SECURITY_HEADERS)
+        return await rest_of(request).call("POST", "/volumes", request, VolumeOut, data=body)
+
+    return await after_post(HERE, create, lambda code, say: _page(request, code, say, form))
 
 
 @post(HERE + "/{volume_id:str}/delete")
 async def delete_volume(request: Request[Any, Any, Any], volume_id: str) -> Response[Any]:
-    try:
-        await rest_of(request).call(
+    return await after_post(
+        HERE,
+        lambda: rest_of(request).call(
             "DELETE", "/volumes/{volume_id:str}", request, object, volume_id=volume_id
-        )
-    except GpuWorkerError as exc:
-        return await _page(request, exc.code, exc.message)
-    return Redirect(HERE, status_code=303, headers=SECURITY_HEADERS)
+        ),
+        lambda code, say: _page(request, code, say),
+    )
