@@ -34,6 +34,15 @@ def test_sign_up_launch_watch_it_run_stop_it_and_see_its_cost(
     page: Page, console_stack: Stack
 ) -> None:
     email = sign_up(page, console_stack)
+    # The session is in cookies no script can read; nothing is kept in the page's storage.
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    assert cookies["gpw_session"]["httpOnly"] and cookies["gpw_session"]["sameSite"] == "Lax"
+    assert cookies["gpw_csrf"]["httpOnly"] and cookies["gpw_csrf"]["sameSite"] == "Lax"
+    assert page.evaluate("() => [document.cookie, localStorage.length, sessionStorage.length]") == [
+        "",
+        0,
+        0,
+    ]
     credit(console_stack, email)
     page.reload()
     expect(page.locator("#balance")).to_have_text("$20.00")
