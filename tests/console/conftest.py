@@ -1,5 +1,6 @@
 """A stack of the console tests' own (new accounts start with no credit, so a zero balance can be
-seen; the tests credit the accounts they launch with) and one headless chromium for them all."""
+seen; the tests credit the accounts they launch with; the serverless tests' short worker times)
+and one headless chromium for them all."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from tests.console.browser import CHROMIUM, START_DELAY_S
+from tests.serverless_helpers import SERVERLESS_ENV
 from tests.servers import Stack, running_stack
 
 
@@ -17,7 +19,11 @@ from tests.servers import Stack, running_stack
 def console_stack(session_tmp: Path, pg_base_uri: str) -> Iterator[Stack]:
     tmp = session_tmp / f"console-{id(object())}"
     tmp.mkdir()
-    env = {"GPUWORKER_SIGNUP_CREDIT": "0", "GPUWORKER_SIMULATED_START_DELAY": START_DELAY_S}
+    env = {
+        **SERVERLESS_ENV,
+        "GPUWORKER_SIGNUP_CREDIT": "0",
+        "GPUWORKER_SIMULATED_START_DELAY": START_DELAY_S,
+    }
     with running_stack(tmp, pg_base_uri, extra_env=env) as s:
         yield s
 

@@ -4,7 +4,10 @@ another user's instance, a cross-origin form post, and the API docs with the net
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +20,7 @@ from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.console.browser import credit, screenshot, sign_up
 from tests.instance_helpers import RTX_4090
+from tests.serverless_helpers import sdk_worker
 from tests.servers import Stack
 
 SOLD_OUT = "NVIDIA L40S"  # on the rate card, on no host of the stack
@@ -237,3 +241,47 @@ def test_a_refused_form_shows_the_apis_words_and_what_was_typed(
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Delete datasets").click()
     page.wait_for_url(f"{console_stack.url}/console/volumes")
+
+
+def test_the_job_tester_runs_a_job_on_a_real_sdk_worker(
+    page: Page, console_stack: Stack, tmp_path: Path
+) -> None:
+    credit(console_stack, sign_up(page, console_stack))
+    page.goto(f"{console_stack.url}/console/serverless")
+    page.get_by_label("Name", exact=True).fill("echo")
+    page.get_by_label("Template", exact=True).select_option("busybox-smoke")
+    page.get_by_role("button", name="Create endpoint").click()
+    page.wait_for_url(re.compile(r"/console/serverless/[0-9a-f-]{36}$"))
+    endpoint_id = page.url.rsplit("/", 1)[1]
+    snippet = page.locator("#sdk-snippet").inner_text()
+    assert f'runpod.Endpoint("{endpoint_id}")' in snippet, snippet
+    endpoint_page = page.url
+
+    page.goto(f"{console_stack.url}/console/api-keys")
+    page.get_by_label("Name", exact=True).fill("sdk")
+    page.get_by_role("button", name="Create key").click()
+    key = page.locator("#new-key").input_value()
+    page.goto(endpoint_page)
+
+    with sdk_worker(console_stack, {"id": endpoint_id, "version": 1}, tmp_path, "w-console"):
+        # The snippet as a customer pastes it, with their key: it runs a job.
+        placeholder = "<an API key from the API keys page>"
+        assert placeholder in snippet, snippet
+        ran = subprocess.run(
+            [sys.executable, "-c", snippet.replace(placeholder, key)],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert "'prompt': 'hello'" in ran.stdout and "w-console" in ran.stdout, ran.stdout
+
+        page.get_by_label("Input (JSON)").fill('{"prompt": "hello from the console"}')
+        page.get_by_role("button", name="Run").click()
+        output = page.locator("#job-output")
+        expect(output).to_contain_text('"status": "COMPLETED"', timeout=60_000)
+        expect(output).to_contain_text('"prompt": "hello from the console"')
+        expect(output).to_contain_text('"worker": "w-console"')
+    screenshot(page, "endpoint")
