@@ -21,7 +21,6 @@ from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 from services.api.api_key_lookup import ApiKeyLookup
-from services.api.browser_session import session_token, user_of_session
 from services.security.api_keys import PREFIX
 
 INVALID_KEY = "API key is not valid (malformed, revoked or never issued)"
@@ -67,8 +66,8 @@ async def user_of_headers(
 ) -> AuthUser | None:
     """Whose request this is, for routes outside Litestar's authentication (the instance proxy):
     an API key or an access token in `Authorization: Bearer …`, checked exactly as the
-    middleware checks them; None when there is no valid one. A browser session (a cookie) is
-    read by `user_of_connection`, which also needs the request's origin."""
+    middleware checks them; None when there is no valid one. Never the console's session cookie
+    (services/api/browser_session.py): that is good on the console's own routes only."""
     if isinstance(headers, Mapping):
         value = headers.get("authorization", "")
     else:
@@ -114,20 +113,3 @@ def same_origin(scope: Mapping[str, Any], also: str | None = None) -> bool:
         return True
     sent = origin.decode("latin-1").lower().rstrip("/")
     return sent in {own_origin(scope), (also or "").lower().rstrip("/")} - {""}
-
-
-async def user_of_connection(
-    ctx: Any, scope: Mapping[str, Any], also: str | None = None
-) -> AuthUser | None:
-    """`user_of_headers`, then the console's session cookie. A cookie rides along on requests a
-    browser sends for any page, so one sent from another origin (a cross-site WebSocket, a form
-    elsewhere) counts for nothing: WebSockets are not covered by SameSite, nor are sibling
-    subdomains (an instance's own `<id>-<N>.<domain>`), so `Origin` is what tells them apart."""
-    user = await user_of_headers(ctx, scope["headers"])
-    if user is not None:
-        return user
-    token = session_token(scope["scheme"], scope["headers"])
-    if not token or not same_origin(scope, also):
-        return None
-    state = await user_of_session(ctx.pool, token)
-    return AuthUser(id=state.id) if state is not None else None

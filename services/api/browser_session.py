@@ -12,8 +12,9 @@ would look like a stolen token and end the session).
 The cookie is `HttpOnly`, `SameSite=Lax` and, over https, `Secure` with the `__Host-` prefix
 (which also keeps a sibling subdomain, such as an instance's own proxy domain, from planting one).
 Cookie-authenticated requests are accepted only by the console's routes, which check CSRF tokens
-and `Origin`, and by the instance proxy, which checks `Origin` (services/api/authentication.py);
-the REST API takes `Authorization: Bearer` only, so no cookie can act on it."""
+and `Origin` (services/console/guards.py). The REST API and the instance proxy take
+`Authorization: Bearer` only: no cookie acts on them (the proxy's `/proxy/…` pages share the api's
+origin, and their script is anyone's), and the proxy strips the console's cookies both ways."""
 
 from __future__ import annotations
 

@@ -1,12 +1,15 @@
 """The console's cookies (its session and CSRF token) are the api's own, like `Authorization`: an
 instance's code, which may be anyone's, never receives them through the proxy and can never set
 them on the api's origin; its own cookies pass both ways. And a session cookie sent from another
-origin (a page elsewhere opening a WebSocket to the proxy) counts for nothing."""
+origin counts for nothing on a console form; and on the instance proxy no cookie counts at all."""
 
 from __future__ import annotations
 
 from services.api.authentication import same_origin
 from services.api.instance_proxy.headers import downstream_headers, upstream_headers
+from tests.api_helpers import assert_error, signup
+from tests.instance_helpers import BUSYBOX_TEMPLATE, create_instance, terminate, wait_status
+from tests.servers import Stack
 
 
 def test_the_console_cookies_never_reach_an_instance() -> None:
@@ -47,3 +50,24 @@ def test_only_the_apis_own_origin_counts() -> None:
     assert not same_origin(_scope(b"http://localhost:8080"))
     assert same_origin(_scope(b"https://console.example"), "https://console.example")
     assert not same_origin(_scope(b"null"))
+
+
+def test_a_console_session_does_not_open_an_instances_proxy(stack: Stack) -> None:
+    """`/proxy/<id>/<N>/` shares the api's origin: a page an instance serves there runs as the
+    console's own. Were the session cookie enough to get through, a browser would open it, and
+    the instance's script (anyone's code) could then drive the console as its owner. Only a
+    bearer credential opens it, as before the console."""
+    token, refresh, _ = signup(stack)
+    with stack.client(token) as client:
+        created = create_instance(client, templateId=BUSYBOX_TEMPLATE, ports=["8888/http"])
+        try:
+            wait_status(client, created["id"], "RUNNING")
+            path = f"/proxy/{created['id']}/8888/"
+            with_bearer = client.get(path)
+            assert with_bearer.status_code != 404, with_bearer.text
+            with stack.client() as browser:
+                browser.cookies.set("gpw_session", refresh)
+                cookie_only = browser.get(path, headers={"origin": stack.url})
+            assert_error(cookie_only, 404)
+        finally:
+            terminate(client, created["id"])

@@ -17,7 +17,7 @@ from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import HTTPScope, Message, Receive, Scope, Send, WebSocketScope
 
-from services.api.authentication import user_of_connection
+from services.api.authentication import user_of_headers
 from services.api.connection_limits import ConnectionLimiter, proxy_limiter
 from services.api.instance_proxy.headers import headers_size
 from services.api.instance_proxy.http_relay import HttpRelay
@@ -65,8 +65,9 @@ class InstanceProxy:
         self, scope: HTTPScope | WebSocketScope, route: ProxyRoute
     ) -> tuple[str, Upstream]:
         """(user id, upstream); raises GpuWorkerError."""
-        # A bearer credential, or the console's session cookie sent from this very origin.
-        user = await user_of_connection(self._ctx, scope, self.settings.public_url)
+        # A bearer credential only, never the console's session cookie: `/proxy/…` shares the
+        # api's origin, so a page an instance serves there would run as the console's own.
+        user = await user_of_headers(self._ctx, scope["headers"])
         upstream = await self._targets.upstream(user.id if user else None, route)
         return user.id if user else "", upstream
 

@@ -39,10 +39,9 @@ function liveInstances(root) {
       const urls = scope.querySelector('[data-field="urls"]');
       if (urls && data.urls.length) {
         urls.replaceChildren(...data.urls.map((u) => {
-          const a = document.createElement("a");
-          a.href = u;
-          a.textContent = u;
-          return a;
+          const code = document.createElement("code");
+          code.textContent = `${u} `;
+          return code;
         }));
       }
     }
