@@ -133,10 +133,12 @@ def test_log_out_and_back_in_with_the_keyboard_alone(page: Page, console_stack: 
     from tests.api_helpers import PASSWORD
 
     email = sign_up(page, console_stack)
+    session = [c for c in page.context.cookies() if c["name"] == "gpw_session"]
     page.get_by_role("button", name="Log out").focus()
     page.keyboard.press("Enter")
     page.wait_for_url(f"{console_stack.url}/console/login")
-    # Signed out for good: the console sends the browser back to the sign-in page.
+    # Signed out for good: the old cookie, sent again, is no session (the server ended it).
+    page.context.add_cookies(session)  # type: ignore[arg-type]
     page.goto(f"{console_stack.url}/console/launch")
     page.wait_for_url(re.compile(r"/console/login\?next=/console/launch$"))
 
