@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Page, ViewportSize
+from playwright.sync_api import Error, Page, Response, ViewportSize
 
 from tests.api_helpers import PASSWORD
 from tests.servers import Stack
@@ -27,10 +27,23 @@ START_DELAY_S = "3"
 PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
+def goto(page: Page, url: str) -> Response | None:
+    """`page.goto`, once more when chromium gives up because the host's network interfaces
+    changed under it (ERR_NETWORK_CHANGED: Docker adding a bridge or veth for other tests on the
+    same machine), which says nothing about the console."""
+    for attempt in range(3):
+        try:
+            return page.goto(url)
+        except Error as exc:
+            if "ERR_NETWORK_CHANGED" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def sign_up(page: Page, stack: Stack, name: str = "Ada Lovelace") -> str:
     """A new account made in the sign-up page; the browser is signed in. Returns its email."""
     email = f"console-{uuid.uuid4().hex[:10]}@example.com"
-    page.goto(f"{stack.url}/console/signup")
+    goto(page, f"{stack.url}/console/signup")
     page.get_by_label("Name", exact=True).fill(name)
     page.get_by_label("Email", exact=True).fill(email)
     page.get_by_label("Password").fill(PASSWORD)

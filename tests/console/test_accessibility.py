@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from tests.console.browser import PHONE, credit, screenshot, serious_violations, sign_up
+from tests.console.browser import PHONE, credit, goto, screenshot, serious_violations, sign_up
 from tests.instance_helpers import RTX_4090
 from tests.servers import Stack
 
@@ -46,14 +46,14 @@ def signed_in(axe_context: BrowserContext, console_stack: Stack) -> Iterator[dic
     """A customer with an instance and an endpoint, so their pages have rows; their page paths."""
     page = axe_context.new_page()
     credit(console_stack, sign_up(page, console_stack))
-    page.goto(f"{console_stack.url}/console/launch")
+    goto(page, f"{console_stack.url}/console/launch")
     page.locator(f'input[name="gpuTypeId"][value="{RTX_4090}"]').check()
     page.get_by_label("Name", exact=True).fill("axe")
     page.get_by_label("Template", exact=True).select_option("busybox-smoke")
     page.get_by_role("button", name="Launch").click()
     page.wait_for_url(re.compile(r"/console/instances/[0-9a-f-]{36}$"))
     instance = page.url.removeprefix(console_stack.url)
-    page.goto(f"{console_stack.url}/console/serverless")
+    goto(page, f"{console_stack.url}/console/serverless")
     page.get_by_label("Name", exact=True).fill("echo")
     page.get_by_label("Template", exact=True).select_option("busybox-smoke")
     page.get_by_role("button", name="Create endpoint").click()
@@ -74,7 +74,7 @@ def test_sign_in_pages_have_no_serious_violations(
     context = browser.new_context(bypass_csp=True)
     try:
         page = context.new_page()
-        page.goto(f"{console_stack.url}{path}")
+        goto(page, f"{console_stack.url}{path}")
         assert serious_violations(page) == []
         screenshot(page, f"a11y-{_name(path)}")
     finally:
@@ -88,7 +88,7 @@ def test_console_pages_have_no_serious_violations(
     path = signed_in.get(path, path)
     page = axe_context.new_page()
     try:
-        page.goto(f"{console_stack.url}{path}")
+        goto(page, f"{console_stack.url}{path}")
         expect(page.locator("h1")).to_be_visible()
         assert serious_violations(page) == []
         screenshot(page, f"a11y-{_name(path)}")
@@ -110,7 +110,7 @@ def test_pages_fit_a_phone(
     )
     try:
         page = phone.new_page()
-        page.goto(f"{console_stack.url}{path}")
+        goto(page, f"{console_stack.url}{path}")
         expect(page.locator("h1")).to_be_visible()
         assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
         assert serious_violations(page) == []
@@ -139,7 +139,7 @@ def test_log_out_and_back_in_with_the_keyboard_alone(page: Page, console_stack: 
     page.wait_for_url(f"{console_stack.url}/console/login")
     # Signed out for good: the old cookie, sent again, is no session (the server ended it).
     page.context.add_cookies(session)  # type: ignore[arg-type]
-    page.goto(f"{console_stack.url}/console/launch")
+    goto(page, f"{console_stack.url}/console/launch")
     page.wait_for_url(re.compile(r"/console/login\?next=/console/launch$"))
 
     _tab_to(page, "email")

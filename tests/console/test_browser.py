@@ -18,7 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect
 
-from tests.console.browser import credit, screenshot, sign_up
+from tests.console.browser import credit, goto, screenshot, sign_up
 from tests.instance_helpers import RTX_4090
 from tests.serverless_helpers import sdk_worker
 from tests.servers import Stack
@@ -27,7 +27,7 @@ SOLD_OUT = "NVIDIA L40S"  # on the rate card, on no host of the stack
 
 
 def _launch(page: Page, stack: Stack, gpu: str, name: str) -> None:
-    page.goto(f"{stack.url}/console/launch")
+    goto(page, f"{stack.url}/console/launch")
     page.locator(f'input[name="gpuTypeId"][value="{gpu}"]').check()
     page.get_by_label("Name", exact=True).fill(name)
     page.get_by_label("Template", exact=True).select_option("busybox-smoke")
@@ -51,7 +51,7 @@ def test_sign_up_launch_watch_it_run_stop_it_and_see_its_cost(
     page.reload()
     expect(page.locator("#balance")).to_have_text("$20.00")
 
-    page.goto(f"{console_stack.url}/console/launch")
+    goto(page, f"{console_stack.url}/console/launch")
     expect(page.get_by_text("sold out").first).to_be_visible()
     page.locator(f'input[name="gpuTypeId"][value="{RTX_4090}"]').check()
     page.get_by_label("GPUs", exact=True).fill("2")
@@ -73,16 +73,16 @@ def test_sign_up_launch_watch_it_run_stop_it_and_see_its_cost(
     expect(page.get_by_role("button", name="Stop trainer")).to_be_visible()
     screenshot(page, "instance")
 
-    page.goto(f"{console_stack.url}/console/")
+    goto(page, f"{console_stack.url}/console/")
     expect(page.locator(f'tr[data-instance="{instance_id}"]')).to_contain_text("RUNNING")
     screenshot(page, "dashboard")
 
-    page.goto(f"{console_stack.url}/console/instances/{instance_id}")
+    goto(page, f"{console_stack.url}/console/instances/{instance_id}")
     page.get_by_role("button", name="Stop trainer").click()
     expect(page.locator('[data-field="status"]')).to_have_text("STOPPED", timeout=30_000)
     expect(page.get_by_role("button", name="Start trainer")).to_be_visible()
 
-    page.goto(f"{console_stack.url}/console/billing/instances?grouping=instanceId")
+    goto(page, f"{console_stack.url}/console/billing/instances?grouping=instanceId")
     row = page.locator("#billing-records tr", has=page.locator(f'a[href$="{instance_id}"]'))
     expect(row.first).to_be_visible()
     amounts = [float(t.strip("$")) for t in row.locator("td.num").all_inner_texts()]
@@ -99,7 +99,7 @@ def test_an_api_key_is_shown_once_and_stops_working_when_revoked(
     page: Page, console_stack: Stack
 ) -> None:
     sign_up(page, console_stack)
-    page.goto(f"{console_stack.url}/console/api-keys")
+    goto(page, f"{console_stack.url}/console/api-keys")
     page.get_by_label("Name", exact=True).fill("ci")
     page.get_by_role("button", name="Create key").click()
     key = page.locator("#new-key").input_value()
@@ -108,7 +108,7 @@ def test_an_api_key_is_shown_once_and_stops_working_when_revoked(
     with httpx.Client(base_url=console_stack.url, timeout=30) as client:
         assert client.get("/me", headers={"authorization": f"Bearer {key}"}).status_code == 200
 
-        page.goto(f"{console_stack.url}/console/api-keys")
+        goto(page, f"{console_stack.url}/console/api-keys")
         assert key not in page.content()
         page.once("dialog", lambda dialog: dialog.accept())
         page.get_by_role("button", name="Revoke ci").click()
@@ -141,7 +141,7 @@ def test_another_users_instance_is_not_found(browser: Browser, console_stack: St
 
         theirs = stranger.new_page()
         sign_up(theirs, console_stack, "Stranger")
-        response = theirs.goto(mine.url)
+        response = goto(theirs, mine.url)
         assert response is not None and response.status == 404
         expect(theirs.locator("h1")).to_have_text("Not found")
         expect(theirs.get_by_role("alert")).to_have_text("instance not found")
@@ -189,10 +189,10 @@ def test_a_form_posted_from_another_origin_is_refused(
 ) -> None:
     sign_up(page, console_stack)
     with page.expect_navigation(url=f"{console_stack.url}/console/api-keys"):
-        page.goto(attacker)
+        goto(page, attacker)
     expect(page.locator("h1")).to_have_text("Not allowed")
     expect(page.get_by_role("alert")).to_contain_text("it came from another site")
-    page.goto(f"{console_stack.url}/console/api-keys")
+    goto(page, f"{console_stack.url}/console/api-keys")
     expect(page.get_by_text("No API keys.")).to_be_visible()
 
 
@@ -208,7 +208,7 @@ def test_the_api_docs_render_with_the_network_cut_off(page: Page, console_stack:
 
     page.route("**/*", only_here)
     for path in ("/docs", "/docs/swagger"):
-        page.goto(f"{console_stack.url}{path}")
+        goto(page, f"{console_stack.url}{path}")
         expect(page.locator(".swagger-ui .info .title")).to_contain_text("GPUWorker API")
         expect(page.locator(".opblock-tag").first).to_be_visible()
     screenshot(page, "docs")
@@ -219,7 +219,7 @@ def test_a_refused_form_shows_the_apis_words_and_what_was_typed(
     page: Page, console_stack: Stack
 ) -> None:
     credit(console_stack, sign_up(page, console_stack))
-    page.goto(f"{console_stack.url}/console/templates")
+    goto(page, f"{console_stack.url}/console/templates")
     page.get_by_label("Name", exact=True).fill("mine")
     page.get_by_label("Image", exact=True).fill("UPPER CASE is no image")
     page.get_by_role("button", name="Create template").click()
@@ -233,7 +233,7 @@ def test_a_refused_form_shows_the_apis_words_and_what_was_typed(
     page.get_by_role("button", name="Delete mine").click()
     expect(page.get_by_role("button", name="Delete mine")).to_have_count(0)
 
-    page.goto(f"{console_stack.url}/console/volumes")
+    goto(page, f"{console_stack.url}/console/volumes")
     page.get_by_label("Name", exact=True).fill("datasets")
     page.get_by_label("Size, GB", exact=True).fill("10")
     page.get_by_role("button", name="Create volume").click()
@@ -247,7 +247,7 @@ def test_the_job_tester_runs_a_job_on_a_real_sdk_worker(
     page: Page, console_stack: Stack, tmp_path: Path
 ) -> None:
     credit(console_stack, sign_up(page, console_stack))
-    page.goto(f"{console_stack.url}/console/serverless")
+    goto(page, f"{console_stack.url}/console/serverless")
     page.get_by_label("Name", exact=True).fill("echo")
     page.get_by_label("Template", exact=True).select_option("busybox-smoke")
     page.get_by_role("button", name="Create endpoint").click()
@@ -257,11 +257,11 @@ def test_the_job_tester_runs_a_job_on_a_real_sdk_worker(
     assert f'runpod.Endpoint("{endpoint_id}")' in snippet, snippet
     endpoint_page = page.url
 
-    page.goto(f"{console_stack.url}/console/api-keys")
+    goto(page, f"{console_stack.url}/console/api-keys")
     page.get_by_label("Name", exact=True).fill("sdk")
     page.get_by_role("button", name="Create key").click()
     key = page.locator("#new-key").input_value()
-    page.goto(endpoint_page)
+    goto(page, endpoint_page)
 
     with sdk_worker(console_stack, {"id": endpoint_id, "version": 1}, tmp_path, "w-console"):
         # The snippet as a customer pastes it, with their key: it runs a job.
