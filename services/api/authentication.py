@@ -95,21 +95,3 @@ async def user_of_headers(
     except NotAuthorizedException:
         return None
     return AuthUser(id=token.sub)
-
-
-def own_origin(scope: Mapping[str, Any]) -> str:
-    """`scheme://host[:port]` the request was sent to, as a browser writes it in `Origin`."""
-    scheme = {"ws": "http", "wss": "https"}.get(scope["scheme"], scope["scheme"])
-    host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
-    return f"{scheme}://{host}".lower()
-
-
-def same_origin(scope: Mapping[str, Any], also: str | None = None) -> bool:
-    """False when the request names another origin than its own (a page elsewhere sent it);
-    True when it names its own, or none (browsers name it on every cross-origin request, form
-    posts and WebSockets included). `also`: another origin the site is known by."""
-    origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
-    if origin is None:
-        return True
-    sent = origin.decode("latin-1").lower().rstrip("/")
-    return sent in {own_origin(scope), (also or "").lower().rstrip("/")} - {""}

@@ -16,12 +16,16 @@ from services.console.guards import CSRF_FIELD
 from services.errors import BadRequest
 
 T = TypeVar("T")
+MISSING = "Object missing required field "
 
 
 def api_words(message: str) -> str:
-    """msgspec's "Expected `int`, got `str` - at `$.gpuCount`" as the API words it."""
+    """msgspec's "Expected `int`, got `str` - at `$.gpuCount`" as the API words it; a missing
+    field as the form's field left blank."""
     text, _, where = message.rpartition(" - at `$.")
     if not text:
+        if message.startswith(MISSING):
+            return f"field {message.removeprefix(MISSING)}: required; fill it in"
         return message.replace("Object contains", "the form contains")
     if text.startswith("field `"):
         return text

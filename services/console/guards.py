@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,14 +22,14 @@ from litestar.config.csrf import CSRFConfig
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
-from litestar.middleware import AbstractMiddleware
+from litestar.middleware import ASGIMiddleware
 from litestar.middleware.authentication import (
     AbstractAuthenticationMiddleware,
     AuthenticationResult,
 )
-from litestar.types import Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 
-from services.api.authentication import AuthUser, same_origin
+from services.api.authentication import AuthUser
 from services.api.browser_session import session_token, user_of_session
 from services.deciders.user import UserState
 
@@ -37,6 +38,24 @@ CSRF_COOKIE = "gpw_csrf"
 CSRF_FIELD = "_csrf_token"
 CSRF_HEADER = "x-csrftoken"
 SIGN_IN_PATHS = "^/$|^/console/(login|signup)$"
+
+
+def own_origin(scope: Mapping[str, Any]) -> str:
+    """`scheme://host[:port]` the request was sent to, as a browser writes it in `Origin`."""
+    scheme = {"ws": "http", "wss": "https"}.get(scope["scheme"], scope["scheme"])
+    host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
+    return f"{scheme}://{host}".lower()
+
+
+def same_origin(scope: Mapping[str, Any], also: str | None = None) -> bool:
+    """False when the request names another origin than its own (a page elsewhere sent it);
+    True when it names its own, or none (browsers name it on every cross-origin request, form
+    posts and WebSockets included). `also`: another origin the site is known by."""
+    origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
+    if origin is None:
+        return True
+    sent = origin.decode("latin-1").lower().rstrip("/")
+    return sent in {own_origin(scope), (also or "").lower().rstrip("/")} - {""}
 
 
 @dataclass(frozen=True)
@@ -58,15 +77,15 @@ class ConsoleSession(AbstractAuthenticationMiddleware):
         return AuthenticationResult(user=AuthUser(id=user.id), auth=ConsoleAuth(user, token))
 
 
-class SameOrigin(AbstractMiddleware):
-    scopes = {ScopeType.HTTP}
+class SameOrigin(ASGIMiddleware):
+    scopes = (ScopeType.HTTP,)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         if scope.get("method", "GET") not in SAFE_METHODS:
             proxy = getattr(scope["litestar_app"].state, "instance_proxy", None)
             if not same_origin(scope, proxy.settings.public_url if proxy else None):
                 raise PermissionDeniedException("cross-origin request refused")
-        await self.app(scope, receive, send)
+        await next_app(scope, receive, send)
 
 
 def csrf_config(jwt_secret: str, https: bool) -> CSRFConfig:

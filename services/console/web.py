@@ -138,7 +138,7 @@ def console_router(jwt_secret: str, https: bool) -> Router:
         route_handlers=[dashboard.root, *pages],
         include_in_schema=False,
         middleware=[
-            DefineMiddleware(SameOrigin),
+            SameOrigin(),
             DefineMiddleware(CSRFMiddleware, config=csrf_config(jwt_secret, https)),
             DefineMiddleware(ConsoleSession, exclude=[SIGN_IN_PATHS]),
         ],

@@ -5,8 +5,8 @@ origin counts for nothing on a console form; and on the instance proxy no cookie
 
 from __future__ import annotations
 
-from services.api.authentication import same_origin
 from services.api.instance_proxy.headers import downstream_headers, upstream_headers
+from services.console.guards import same_origin
 from tests.api_helpers import assert_error, signup
 from tests.instance_helpers import BUSYBOX_TEMPLATE, create_instance, terminate, wait_status
 from tests.servers import Stack
