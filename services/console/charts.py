@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 WIDTH = 600
 HEIGHT = 160
 GAP = 2
+MAX_BAR = 40
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ def _bars(points: list[tuple[str, int]]) -> list[Bar]:
                 amount_micros=amount,
                 x=round(index * slot + GAP / 2, 2),
                 y=round(HEIGHT - height, 2),
-                width=round(max(slot - GAP, 1), 2),
+                # A few bars stay bars, not a filled panel.
+                width=round(min(max(slot - GAP, 1), MAX_BAR), 2),
                 height=round(height, 2),
             )
         )
