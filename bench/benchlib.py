@@ -161,8 +161,8 @@ class Stack:
     def __init__(
         self, workdir: Path, nats: NatsServer | None = None, up_args: list[str] | None = None
     ) -> None:
-        """nats: use that nats-server instead of the embedded one `up` would start; up_args: more
-        arguments for `gpuworker up` (`--gpus …`)."""
+        """nats: use that nats-server instead of the embedded one `up` would start; up_args:
+        more arguments for `gpuworker up` (e.g. `--runtime simulated --gpus …`)."""
         self.workdir = workdir
         self.nats = nats
         self.up_args = up_args or []

@@ -11,7 +11,6 @@ from typing import Any
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.security.jwt import JWTAuth, Token
 from psycopg_pool import AsyncConnectionPool
@@ -30,6 +29,7 @@ from services.api.billing import (
 )
 from services.api.blog import BlogController
 from services.api.body_limit import MAX_BODY_BYTES
+from services.api.browser_session import served_over_https
 from services.api.catalog import datacenters, gpu_types
 from services.api.command_bus import CommandBus
 from services.api.connection_limits import log_stream_limiter
@@ -58,6 +58,10 @@ from services.api.volumes import VolumeController
 from services.api.worker_protocol import WorkerProtocolController
 from services.api.write_locks import WriteLocks
 from services.config import Settings
+from services.console.docs_assets import docs_render_plugins
+from services.console.render import template_config
+from services.console.rest import RestRoutes
+from services.console.web import console_router, static_router
 from services.nats_connection import connect_role
 from services.nats_permissions import API_USER
 from services.processes.job_retention import sweep_forever
@@ -68,8 +72,19 @@ from services.security.worker_tokens import WorkerTokens
 
 log = logging.getLogger("gpuworker.api")
 
-# The worker protocol authenticates workers with their own tokens (services/api/worker_protocol.py).
-PUBLIC_PATHS = ["^/health", "^/auth/", "^/blog/", "^/docs", "^/metrics", "^/worker/"]
+# The worker protocol authenticates workers with their own tokens (services/api/worker_protocol.py);
+# the web console (`/`, `/console/…`) with its session cookie (services/console/guards.py).
+PUBLIC_PATHS = [
+    "^/health",
+    "^/auth/",
+    "^/blog/",
+    "^/docs",
+    "^/metrics",
+    "^/worker/",
+    "^/$",
+    "^/console(/|$)",
+    "^/static/",
+]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -133,6 +148,8 @@ def create_app(settings: Settings) -> Litestar:
         app.state.log_reader = LogReader(nc, settings.request_timeout_s)
         app.state.log_streams = log_stream_limiter()
         app.state.instance_proxy = instance_proxy(app.state.ctx)
+        # The console's pages call the REST handlers themselves (services/console/rest.py).
+        app.state.console_rest = RestRoutes(app)
         try:
             yield
         finally:
@@ -176,6 +193,8 @@ def create_app(settings: Settings) -> Litestar:
             asyncapi,
             health,
             PrometheusController,
+            console_router(settings.jwt_secret, https=served_over_https()),
+            static_router(),
         ],
         lifespan=[lifespan],
         on_startup=[document_error_contract],
@@ -185,11 +204,13 @@ def create_app(settings: Settings) -> Litestar:
         dependencies=DEPENDENCIES,
         request_max_body_size=MAX_BODY_BYTES,
         request_class=JsonBodyRequest,
+        template_config=template_config(),
         openapi_config=OpenAPIConfig(
             title="GPUWorker API",
             version="0.1.0",
             path="/docs",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            # Served from the package: nothing from a CDN (air-gapped clusters).
+            render_plugins=docs_render_plugins(),
         ),
         debug=False,
         # The process's logging is set up once by the CLI; one format across every role.

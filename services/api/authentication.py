@@ -85,8 +85,8 @@ async def user_of_headers(
 ) -> AuthUser | None:
     """Whose request this is, for routes outside Litestar's authentication (the instance proxy):
     an API key or an access token in `Authorization: Bearer …`, checked exactly as the
-    middleware checks them; None when there is no valid one. The one place a browser session
-    (a cookie) will be read once there is one."""
+    middleware checks them; None when there is no valid one. Never the console's session cookie
+    (services/api/browser_session.py): that is good on the console's own routes only."""
     if isinstance(headers, Mapping):
         value = headers.get("authorization", "")
     else:
