@@ -48,6 +48,7 @@ from services.api.jobs import JobController, status_body
 from services.api.json_body import JsonBodyRequest
 from services.api.login_throttle import LoginThrottle
 from services.api.openapi_contract import document_contract
+from services.api.operator_metrics import refresh_forever
 from services.api.pagination import DEPENDENCIES, ListPage
 from services.api.quotas import QuotaGuard, Quotas
 from services.api.read_cache import ReadCache
@@ -127,6 +128,7 @@ def create_app(settings: Settings) -> Litestar:
         )
         await webhooks.start()
         retention = asyncio.create_task(sweep_forever(pool), name="job-retention")
+        metrics = asyncio.create_task(refresh_forever(pool), name="operator-metrics")
         app.state.ctx = ApiContext(
             settings=settings,
             pool=pool,
@@ -154,7 +156,8 @@ def create_app(settings: Settings) -> Litestar:
             yield
         finally:
             retention.cancel()
-            await asyncio.gather(retention, return_exceptions=True)
+            metrics.cancel()
+            await asyncio.gather(retention, metrics, return_exceptions=True)
             await webhooks.stop()
             await job_waits.stop()
             await app.state.instance_proxy.close()
