@@ -1,20 +1,19 @@
 """Bare Litestar apps the benchmarks measure the product against (same uvicorn settings).
 
-    python bench/baseline_app.py reads  --port P --items FILE.json
-        GET /templates: the same items, decoded once into the product's TemplateOut Structs and
-        returned from memory. No auth, no database.
+    python bench/baseline_app.py reads  --port P --items FILE.json [--path templates|instances]
+        GET /templates (or /instances): the same items, decoded once into the product's
+        TemplateOut (InstanceOut) Structs and returned from memory. No auth, no database.
     python bench/baseline_app.py writes --port P   (env DATABASE_URL, NATS_URL, and the login:
                                                    GPUWORKER_NATS_USER/PASSWORD)
         POST /templates: validate the product's TemplateIn body, one JetStream publish with ack
         (stream FLOOR, file storage), one PostgreSQL INSERT + commit, answer 201 with the row.
 
-uvicorn is configured exactly as services/roles/api.py does (and started the same way, with
-asyncio.run, i.e. the stdlib event loop; `http` auto-selects httptools)."""
+uvicorn runs in the configuration a user comparing frameworks would pick: uvloop, httptools, no
+access log, one worker (`--loop asyncio` for the stdlib loop)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -26,6 +25,8 @@ import uvicorn
 from litestar import Litestar, Request, get, post
 
 from events.ids import new_id
+from services import event_loop
+from services.api.instances import InstanceOut
 from services.api.templates import TemplateIn, TemplateOut
 
 FLOOR_STREAM = "FLOOR"
@@ -37,7 +38,15 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def reads_app(items_file: Path) -> Litestar:
+def reads_app(items_file: Path, path: str) -> Litestar:
+    if path == "instances":
+        instances = msgspec.json.decode(items_file.read_bytes(), type=list[InstanceOut])
+
+        @get("/instances")
+        async def list_instances() -> list[InstanceOut]:
+            return instances
+
+        return Litestar(route_handlers=[list_instances, health], debug=False)
     items = msgspec.json.decode(items_file.read_bytes(), type=list[TemplateOut])
 
     @get("/templates")
@@ -121,6 +130,7 @@ async def serve(app: Litestar, port: int) -> None:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        http="httptools",
     )
     await uvicorn.Server(config).serve()
 
@@ -130,14 +140,16 @@ def main() -> None:
     parser.add_argument("mode", choices=["reads", "writes"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--items", type=Path)
+    parser.add_argument("--path", choices=["templates", "instances"], default="templates")
+    parser.add_argument("--loop", choices=event_loop.CHOICES, default="uvloop")
     args = parser.parse_args()
     if args.mode == "reads":
         if args.items is None:
             parser.error("reads needs --items")
-        app = reads_app(args.items)
+        app = reads_app(args.items, args.path)
     else:
         app = writes_app()
-    asyncio.run(serve(app, args.port))
+    event_loop.run(serve(app, args.port), args.loop)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from psycopg import sql
 
 Format = Literal["csv", "jsonl", "parquet"]
 FORMATS: tuple[Format, ...] = ("csv", "jsonl", "parquet")
-MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
+# Litestar adds `; charset=utf-8` to text types itself.
+MEDIA_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
 
 # (column, SQL expression over ledger_postings p): what every export holds, in order.
 COLUMNS: tuple[tuple[str, str], ...] = (

@@ -20,6 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from psycopg import sql
 
 from events.catalog import decode_event
+from events.delivery import pending, stream_sequence
 from events.ids import new_id
 from events.subjects import STREAM
 from projections import checkpoints
@@ -98,9 +99,9 @@ async def read_all(nc: NatsClient, p: AggregateTable) -> dict[str, tuple[Any, in
             msgs = await pull.next_batch(min(BATCH, remaining))
             if not msgs:
                 continue
-            events = [decode_event(m.data, m.metadata.sequence.stream) for m in msgs]
+            events = [decode_event(m.data, stream_sequence(m)) for m in msgs]
             states.update(p.fold(states, events))
-            remaining = int(msgs[-1].metadata.num_pending or 0)
+            remaining = pending(msgs[-1])
     finally:
         gc.enable()
         await pull.stop()

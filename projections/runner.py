@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from events.catalog import decode_event
+from events.delivery import stream_sequence
 from events.envelope import Envelope
 from projections import checkpoints
 from projections.ordered_pull import Gap, OrderedPull
@@ -73,9 +74,9 @@ async def _apply_prefix(
     failure: Unappliable | None = None
     for m in msgs:
         try:
-            events.append(decode_event(m.data, m.metadata.sequence.stream))
+            events.append(decode_event(m.data, stream_sequence(m)))
         except Exception as exc:
-            failure = Unappliable(m.metadata.sequence.stream, exc)
+            failure = Unappliable(stream_sequence(m), exc)
             break
     if not events:
         return events, failure
@@ -184,13 +185,13 @@ class ProjectionRunner:
                 last = await checkpoints.lock(conn, p.name)
                 if last < position:
                     raise CheckpointMoved(f"checkpoint {last} is behind this reader's {position}")
-                fresh = [m for m in msgs if m.metadata.sequence.stream > last]
+                fresh = [m for m in msgs if stream_sequence(m) > last]
                 applied, failure = await _apply_prefix(conn, p, fresh)
                 if applied:
                     await checkpoints.advance(conn, p.name, applied[-1].sequence, pending)
             if failure is not None:
                 raise failure
-        return int(msgs[-1].metadata.sequence.stream)
+        return stream_sequence(msgs[-1])
 
     async def _report(self, p: Projection, pending: int) -> None:
         try:

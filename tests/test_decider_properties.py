@@ -55,6 +55,7 @@ from services.deciders.template import (
 )
 from services.deciders.user import (
     USER,
+    EndSession,
     RefreshFamily,
     RotateRefreshToken,
     SignUp,
@@ -774,6 +775,58 @@ def test_expired_refresh_token_is_unauthorized(lifetime: int, used_after: int) -
             USER.decide(run.state, rotate)
     else:
         assert [type(e) for e in USER.decide(run.state, rotate)] == [RefreshTokenRotated]
+
+
+def test_logout_ends_only_the_presented_current_session() -> None:
+    """EndSession (the console's logout): the family of the token presented ends with reason
+    `logout`; a retired token, an unknown one or another actor's is refused; twice is a no-op."""
+    t0 = ds.BASE_TIME
+    me = "0190f1e2-3333-7000-8000-000000000005"  # a user logs out of their own account
+    run = Run(USER, me)
+    run.apply(
+        SignUp(
+            actor=ds.OWNER,
+            at=t0,
+            email="a@example.com",
+            name="A",
+            password_hash="x",
+            family_id="fam-1",
+            token_hash="h-1",
+            expires_at=t0 + timedelta(days=30),
+        )
+    )
+    run.apply(
+        RotateRefreshToken(
+            actor=ds.OWNER,
+            at=t0,
+            presented_hash="h-1",
+            token_hash="h-2",
+            expires_at=t0 + timedelta(days=30),
+        )
+    )
+
+    def end(actor: str, presented: str) -> list[Any]:
+        return USER.decide(run.state, EndSession(actor=actor, at=t0, presented_hash=presented))
+
+    for actor, presented in ((me, "h-1"), (me, "h-unknown"), (ds.OTHER, "h-2")):
+        with pytest.raises(Unauthorized):
+            end(actor, presented)
+    assert run.apply(EndSession(actor=me, at=t0, presented_hash="h-2")) == [
+        RefreshFamilyRevoked(family_id="fam-1", reason="logout")
+    ]
+    assert end(me, "h-2") == []
+    with pytest.raises(Unauthorized):
+        USER.decide(
+            run.state,
+            RotateRefreshToken(
+                actor=ds.OWNER,
+                at=t0,
+                presented_hash="h-2",
+                token_hash="h-3",
+                expires_at=t0 + timedelta(days=30),
+            ),
+        )
+    check_replay(run)
 
 
 @given(

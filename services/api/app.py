@@ -11,7 +11,6 @@ from typing import Any
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.security.jwt import JWTAuth, Token
 from psycopg_pool import AsyncConnectionPool
@@ -30,6 +29,7 @@ from services.api.billing import (
 )
 from services.api.blog import BlogController
 from services.api.body_limit import MAX_BODY_BYTES
+from services.api.browser_session import served_over_https
 from services.api.catalog import datacenters, gpu_types
 from services.api.command_bus import CommandBus
 from services.api.connection_limits import log_stream_limiter
@@ -47,6 +47,8 @@ from services.api.job_waits import JobWaits
 from services.api.jobs import JobController, status_body
 from services.api.json_body import JsonBodyRequest
 from services.api.login_throttle import LoginThrottle
+from services.api.openapi_contract import document_contract
+from services.api.operator_metrics import refresh_forever
 from services.api.pagination import DEPENDENCIES, ListPage
 from services.api.quotas import QuotaGuard, Quotas
 from services.api.read_cache import ReadCache
@@ -58,6 +60,10 @@ from services.api.worker_logs import worker_logs
 from services.api.worker_protocol import WorkerProtocolController
 from services.api.write_locks import WriteLocks
 from services.config import Settings
+from services.console.docs_assets import docs_render_plugins
+from services.console.render import template_config
+from services.console.rest import RestRoutes
+from services.console.web import console_router, static_router
 from services.nats_connection import connect_role
 from services.nats_permissions import API_USER
 from services.processes.job_retention import sweep_forever
@@ -68,8 +74,19 @@ from services.security.worker_tokens import WorkerTokens
 
 log = logging.getLogger("gpuworker.api")
 
-# The worker protocol authenticates workers with their own tokens (services/api/worker_protocol.py).
-PUBLIC_PATHS = ["^/health", "^/auth/", "^/blog/", "^/docs", "^/metrics", "^/worker/"]
+# The worker protocol authenticates workers with their own tokens (services/api/worker_protocol.py);
+# the web console (`/`, `/console/…`) with its session cookie (services/console/guards.py).
+PUBLIC_PATHS = [
+    "^/health",
+    "^/auth/",
+    "^/blog/",
+    "^/docs",
+    "^/metrics",
+    "^/worker/",
+    "^/$",
+    "^/console(/|$)",
+    "^/static/",
+]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -112,6 +129,7 @@ def create_app(settings: Settings) -> Litestar:
         )
         await webhooks.start()
         retention = asyncio.create_task(sweep_forever(pool), name="job-retention")
+        metrics = asyncio.create_task(refresh_forever(pool), name="operator-metrics")
         app.state.ctx = ApiContext(
             settings=settings,
             pool=pool,
@@ -133,11 +151,14 @@ def create_app(settings: Settings) -> Litestar:
         app.state.log_reader = LogReader(nc, settings.request_timeout_s)
         app.state.log_streams = log_stream_limiter()
         app.state.instance_proxy = instance_proxy(app.state.ctx)
+        # The console's pages call the REST handlers themselves (services/console/rest.py).
+        app.state.console_rest = RestRoutes(app)
         try:
             yield
         finally:
             retention.cancel()
-            await asyncio.gather(retention, return_exceptions=True)
+            metrics.cancel()
+            await asyncio.gather(retention, metrics, return_exceptions=True)
             await webhooks.stop()
             await job_waits.stop()
             await app.state.instance_proxy.close()
@@ -145,6 +166,9 @@ def create_app(settings: Settings) -> Litestar:
             await watcher.stop()
             await nc.close()
             await pool.close()
+
+    def document_error_contract(app: Litestar) -> None:
+        document_contract(app.openapi_schema, PUBLIC_PATHS)
 
     prometheus = PrometheusConfig(app_name="gpuworker", group_path=True)
     return Litestar(
@@ -174,19 +198,24 @@ def create_app(settings: Settings) -> Litestar:
             asyncapi,
             health,
             PrometheusController,
+            console_router(settings.jwt_secret, https=served_over_https()),
+            static_router(),
         ],
         lifespan=[lifespan],
+        on_startup=[document_error_contract],
         on_app_init=[jwt_auth.on_app_init],
         middleware=[prometheus.middleware, DefineMiddleware(IdempotencyMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         dependencies=DEPENDENCIES,
         request_max_body_size=MAX_BODY_BYTES,
         request_class=JsonBodyRequest,
+        template_config=template_config(),
         openapi_config=OpenAPIConfig(
             title="GPUWorker API",
             version="0.1.0",
             path="/docs",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            # Served from the package: nothing from a CDN (air-gapped clusters).
+            render_plugins=docs_render_plugins(),
         ),
         debug=False,
         # The process's logging is set up once by the CLI; one format across every role.

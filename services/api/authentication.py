@@ -21,6 +21,7 @@ from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 from services.api.api_key_lookup import ApiKeyLookup
+from services.api.verified_tokens import VerifiedTokens
 from services.security.api_keys import PREFIX
 
 INVALID_KEY = "API key is not valid (malformed, revoked or never issued)"
@@ -52,8 +53,17 @@ class ApiKeyOrJwtMiddleware(JWTAuthenticationMiddleware):
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
         credential = _bearer(connection)
-        if credential is None or not credential.startswith(PREFIX):
+        if credential is None:
             return await super().authenticate_request(connection)
+        if not credential.startswith(PREFIX):
+            verified = _verified_tokens(self)
+            token = verified.get(credential)
+            if token is not None:
+                return AuthenticationResult(user=AuthUser(id=token.sub), auth=token)
+            result = await super().authenticate_request(connection)
+            if isinstance(result.auth, Token):
+                verified.remember(credential, result.auth)
+            return result
         lookup: ApiKeyLookup = connection.app.state.ctx.api_keys
         holder = await lookup.holder_of(credential)
         if holder is None:
@@ -61,13 +71,22 @@ class ApiKeyOrJwtMiddleware(JWTAuthenticationMiddleware):
         return AuthenticationResult(user=AuthUser(id=holder.user_id), auth=holder)
 
 
+def _verified_tokens(middleware: JWTAuthenticationMiddleware) -> VerifiedTokens:
+    """One memo per middleware (per app and secret), made on first use."""
+    memo: VerifiedTokens | None = getattr(middleware, "_verified_tokens", None)
+    if memo is None:
+        memo = VerifiedTokens()
+        middleware._verified_tokens = memo  # type: ignore[attr-defined]
+    return memo
+
+
 async def user_of_headers(
     ctx: Any, headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]]
 ) -> AuthUser | None:
     """Whose request this is, for routes outside Litestar's authentication (the instance proxy):
     an API key or an access token in `Authorization: Bearer …`, checked exactly as the
-    middleware checks them; None when there is no valid one. The one place a browser session
-    (a cookie) will be read once there is one."""
+    middleware checks them; None when there is no valid one. Never the console's session cookie
+    (services/api/browser_session.py): that is good on the console's own routes only."""
     if isinstance(headers, Mapping):
         value = headers.get("authorization", "")
     else:

@@ -30,7 +30,7 @@ def error_response(code: int, message: str, headers: dict[str, str] | None = Non
     )
 
 
-def _validation_message(exc: ValidationException) -> str:
+def validation_message(exc: ValidationException) -> str:
     problems = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if not isinstance(item, dict):
@@ -60,7 +60,7 @@ def _validation_message(exc: ValidationException) -> str:
 def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     code = exc.status_code
     if isinstance(exc, ValidationException):
-        message = _validation_message(exc)
+        message = validation_message(exc)
     elif isinstance(exc, NotAuthorizedException):
         message = (
             f"{exc.detail}; send `Authorization: Bearer <access_token>` from /auth/login,"

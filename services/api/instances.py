@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -10,6 +11,8 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from msgspec import Meta
 
+from events.container import ContainerConfig
+from ledger.consumer import CHECKPOINT as LEDGER_CHECKPOINT
 from ledger.money import MICROS_PER_USD
 from ledger.rate_card import first_resources, gpu_type_ids, in_force
 from ledger.usage import instance_usage
@@ -30,7 +33,7 @@ from services.api.container_fields import (
 )
 from services.api.context import context_of
 from services.api.instance_proxy.routing import proxy_urls
-from services.api.pagination import Page
+from services.api.pagination import ListPage, Page
 from services.api.request_ids import is_retry, new_resource_id
 from services.api.spending import costs_to_date, ensure_affordable, hourly_cost
 from services.api.templates import TEMPLATES, Name
@@ -165,6 +168,40 @@ def disk_cost_per_hour(state: InstanceState) -> int:
     )
 
 
+def launch_container(made: ContainerConfig, data: InstanceIn) -> ContainerConfig:
+    """The template's container (its image, command and registry credential included), with the
+    body's overrides."""
+    return msgspec.structs.replace(
+        made,
+        env={**made.env, **(data.env or {})},
+        ports=data.ports if data.ports is not None else made.ports,
+        container_disk_in_gb=data.container_disk_in_gb or made.container_disk_in_gb,
+        volume_in_gb=data.volume_in_gb if data.volume_in_gb is not None else made.volume_in_gb,
+        volume_mount_path=data.volume_mount_path or made.volume_mount_path,
+    )
+
+
+def launch_cost_per_hour(data: InstanceIn, container: ContainerConfig, at: datetime) -> int:
+    """What an instance launched from `data` costs per hour while it runs: its GPUs at the price
+    in force at `at`, and its disks (what a create must be able to afford; the console's
+    estimate). 0 for a GPU type the rate card does not list."""
+    gpu = in_force(at).gpu(data.gpu_type_id)
+    if gpu is None:
+        return 0
+    disks = instance_usage(
+        running=True,
+        host_lost=False,
+        terminated=False,
+        gpu_type_id=gpu.id,
+        gpu_count=0,
+        cloud_type=data.cloud_type,
+        container_disk_gb=container.container_disk_in_gb,
+        volume_gb=container.volume_in_gb,
+        network_volume=data.network_volume_id is not None,
+    )
+    return gpu.per_hour(data.cloud_type) * data.gpu_count + hourly_cost(disks, at)
+
+
 def running_cost_per_hour(state: InstanceState) -> int:
     """Its GPUs at the price it was created with, and its disks."""
     return state.price_per_hour_micros * state.gpu_count + disk_cost_per_hour(state)
@@ -274,10 +311,21 @@ class InstanceController(Controller):
         request: Request[Any, Any, Any],
         page: Page,
     ) -> Response[list[InstanceOut]]:
-        positions, states = await read_models.list_page(
-            context_of(request).pool, INSTANCES, request.user.id, page
+        ctx = context_of(request)
+
+        async def load() -> ListPage:
+            positions, states = await read_models.list_page(
+                ctx.pool, INSTANCES, request.user.id, page
+            )
+            return page.of_rows(positions, await views(request, states))
+
+        key = f"{request.user.id}\n{page.limit}\n{page.cursor or ''}\n{_base_url(request)}"
+        # An instance's host (lost or not) and its cost to date are part of its view; the cost
+        # moves every second it runs, and is billed by the second: a page is good for its second.
+        listed = await ctx.cache.get_or_load(
+            (INSTANCES.name, HOSTS.name, LEDGER_CHECKPOINT), key, load, moment=int(time.time())
         )
-        return page.response(request, page.of_rows(positions, await views(request, states)))
+        return page.response(request, listed)
 
     @post("/", status_code=201, summary="Rent a GPU instance")
     async def create_instance(
@@ -320,17 +368,7 @@ class InstanceController(Controller):
             or not (template.is_public or template.owner_id == request.user.id)
         ):
             raise BadRequest(f"field `templateId`: no template {data.template_id!r}")
-        made = template.container
-        # The template's container (its image, command and registry credential included), with
-        # the body's overrides.
-        container = msgspec.structs.replace(
-            made,
-            env={**made.env, **(data.env or {})},
-            ports=data.ports if data.ports is not None else made.ports,
-            container_disk_in_gb=data.container_disk_in_gb or made.container_disk_in_gb,
-            volume_in_gb=data.volume_in_gb if data.volume_in_gb is not None else made.volume_in_gb,
-            volume_mount_path=data.volume_mount_path or made.volume_mount_path,
-        )
+        container = launch_container(template.container, data)
         # The instance's own disks (a network volume replaces its volume) must fit its host.
         need_gb = container.container_disk_in_gb + (
             0 if data.network_volume_id else container.volume_in_gb
@@ -358,25 +396,8 @@ class InstanceController(Controller):
         instance_id = new_resource_id(request)
         if is_retry(request) and (done := await _created_before(request, instance_id)):
             return view(done, request)
-        gpus = command.price_per_hour_micros * command.gpu_count
         await ensure_affordable(
-            ctx.pool,
-            request.user.id,
-            gpus
-            + hourly_cost(
-                instance_usage(
-                    running=True,
-                    host_lost=False,
-                    terminated=False,
-                    gpu_type_id=gpu.id,
-                    gpu_count=0,
-                    cloud_type=data.cloud_type,
-                    container_disk_gb=container.container_disk_in_gb,
-                    volume_gb=container.volume_in_gb,
-                    network_volume=command.network_volume_id is not None,
-                ),
-                now,
-            ),
+            ctx.pool, request.user.id, launch_cost_per_hour(data, container, now)
         )
         async with ctx.quotas.held(request.user.id) as usage:
             await usage.check_gpus(data.gpu_count)

@@ -162,7 +162,7 @@ class HealthWorkers(msgspec.Struct, kw_only=True, omit_defaults=True):
     reasons: list[str] = []
 
 
-class HealthOut(msgspec.Struct):
+class EndpointHealthOut(msgspec.Struct):
     jobs: HealthJobs
     workers: HealthWorkers
 
@@ -329,13 +329,13 @@ class JobController(Controller):
         return PurgeOut(removed=result.removed, status="completed")
 
     @get("/health", summary="Jobs and workers of the endpoint right now")
-    async def health(self, request: Request[Any, Any, Any], endpoint_id: str) -> HealthOut:
+    async def health(self, request: Request[Any, Any, Any], endpoint_id: str) -> EndpointHealthOut:
         ctx = context_of(request)
         endpoint = await owned_endpoint(request, endpoint_id)
         activity = (await activity_of(ctx.pool, [endpoint], ctx.settings.worker_lost_after_s))[
             endpoint.id
         ]
-        return HealthOut(
+        return EndpointHealthOut(
             jobs=HealthJobs(
                 completed=activity.completed,
                 failed=activity.failed,

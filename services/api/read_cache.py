@@ -12,8 +12,9 @@ but not kept."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from services.api.consistency import CheckpointWatcher
@@ -36,7 +37,10 @@ class ReadCache(Generic[Value]):
         self._size_of = size_of
         self._max = max_entries
         self._max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, str], tuple[int, Value, int]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], tuple[tuple[int, ...], Value, int]] = (
+            OrderedDict()
+        )
+        self._loading: dict[tuple[tuple[str, str], tuple[int, ...]], asyncio.Future[Value]] = {}
         self.bytes = 0
         self.hits = 0
 
@@ -44,21 +48,58 @@ class ReadCache(Generic[Value]):
         return len(self._entries)
 
     async def get_or_load(
-        self, projection: str, key: str, load: Callable[[], Awaitable[Value]]
+        self,
+        projections: str | Sequence[str],
+        key: str,
+        load: Callable[[], Awaitable[Value]],
+        moment: int | None = None,
     ) -> Value:
+        """`projections`: every read model the value is made of; `moment`: for a value that also
+        moves with time (a cost to date), the time it is good for, in whatever unit it moves."""
         if not self._watcher.connected:
             return await load()
-        stamp = self._watcher.seen(projection)
-        entry = self._entries.get((projection, key))
+        names = (projections,) if isinstance(projections, str) else tuple(projections)
+        stamp = tuple(self._watcher.seen(name) for name in names)
+        if moment is not None:
+            stamp += (moment,)
+        slot = (",".join(names), key)
+        entry = self._entries.get(slot)
         if entry is not None and entry[0] == stamp:
             self.hits += 1
-            self._entries.move_to_end((projection, key))
+            self._entries.move_to_end(slot)
             return entry[1]
-        value = await load()
-        self._store((projection, key), stamp, value)
-        return value
+        # Single flight: when a stamp moves, every request in flight misses at once; one load
+        # serves them all instead of each running the same queries.
+        flight = self._loading.get((slot, stamp))
+        if flight is not None:
+            try:
+                shared = await asyncio.shield(flight)
+            except asyncio.CancelledError:
+                if not flight.cancelled():
+                    raise  # this request itself was cancelled
+                return await load()  # the request that was loading went away: load here
+            self.hits += 1
+            return shared
+        flight = asyncio.get_running_loop().create_future()
+        self._loading[(slot, stamp)] = flight
+        try:
+            value = await load()
+        except asyncio.CancelledError:
+            flight.cancel()
+            raise
+        except Exception as exc:
+            flight.set_exception(exc)
+            # Nobody else may be waiting: the exception is the caller's, not an unread one.
+            flight.exception()
+            raise
+        else:
+            flight.set_result(value)
+            self._store(slot, stamp, value)
+            return value
+        finally:
+            del self._loading[(slot, stamp)]
 
-    def _store(self, key: tuple[str, str], stamp: int, value: Value) -> None:
+    def _store(self, key: tuple[str, str], stamp: tuple[int, ...], value: Value) -> None:
         old = self._entries.pop(key, None)
         if old is not None:
             self.bytes -= old[2]

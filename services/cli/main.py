@@ -140,9 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_role(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "api":
+        from services import event_loop
         from services.roles.api import run_api
 
-        asyncio.run(run_api(settings, args.host, args.port))
+        event_loop.run(run_api(settings, args.host, args.port))
     elif args.command == "deciders":
         from services.roles.deciders import run_deciders
 

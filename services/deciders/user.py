@@ -104,8 +104,20 @@ class RotateRefreshToken(Command, frozen=True, kw_only=True):
     expires_at: datetime
 
 
+class EndSession(Command, frozen=True, kw_only=True):
+    """Log out: the family of the presented token (current, not retired) ends for good."""
+
+    presented_hash: str
+
+
 UserCommand = (
-    SignUp | StartSession | RotateRefreshToken | GrantCredit | SetSpendControls | SetSshPublicKeys
+    SignUp
+    | StartSession
+    | RotateRefreshToken
+    | EndSession
+    | GrantCredit
+    | SetSpendControls
+    | SetSshPublicKeys
 )
 
 
@@ -222,6 +234,16 @@ def decide(state: UserState | None, command: UserCommand) -> list[msgspec.Struct
                     expires_at=command.expires_at,
                 )
             ]
+        case EndSession():
+            found = state.family_of(command.presented_hash) if state else None
+            if state is None or state.id != command.actor or found is None:
+                raise Unauthorized("session is not valid; log in again")
+            family_id, family = found
+            if family.revoked_reason is not None:
+                return []  # ended already (a logout sent twice)
+            if command.presented_hash != family.current_hash:
+                raise Unauthorized("session is not valid; log in again")
+            return [RefreshFamilyRevoked(family_id=family_id, reason="logout")]
     raise BadRequest(f"unknown command {type(command).__name__}")
 
 

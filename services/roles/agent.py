@@ -44,12 +44,17 @@ def docker_reachable() -> bool:
 
 
 def simulated_runtime(host_id: str) -> SimulatedRuntime:
-    """Its containers outlive the agent when GPUWORKER_AGENT_STATE_DIR names a folder for them."""
+    """Its containers outlive the agent when GPUWORKER_AGENT_STATE_DIR names a folder for them.
+    GPUWORKER_SIMULATED_START_DELAY (seconds) is how long a start or stop takes: long enough,
+    and a person (or a browser test) sees an instance pass through STARTING."""
+    delay = float(os.environ.get("GPUWORKER_SIMULATED_START_DELAY") or 0.05)
     state_dir = os.environ.get("GPUWORKER_AGENT_STATE_DIR")
     if not state_dir:
-        return SimulatedRuntime(host_id)
+        return SimulatedRuntime(host_id, start_delay_s=delay)
     Path(state_dir).mkdir(parents=True, exist_ok=True)
-    return SimulatedRuntime(host_id, state_file=Path(state_dir) / f"simulated-{host_id}.json")
+    return SimulatedRuntime(
+        host_id, state_file=Path(state_dir) / f"simulated-{host_id}.json", start_delay_s=delay
+    )
 
 
 def choose_runtime(requested: str | None, host_id: str) -> Runtime:

@@ -28,6 +28,8 @@ def server_config(settings: Settings, host: str, port: int) -> uvicorn.Config:
         forwarded_allow_ips=list(settings.trusted_proxies),
         # WebSockets (the instance proxy's) through the `websockets` package, never guessed.
         ws="websockets-sansio",
+        # llhttp's C parser, named rather than auto-detected: a missing wheel fails loudly.
+        http="httptools",
     )
 
 

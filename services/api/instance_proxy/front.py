@@ -65,6 +65,8 @@ class InstanceProxy:
         self, scope: HTTPScope | WebSocketScope, route: ProxyRoute
     ) -> tuple[str, Upstream]:
         """(user id, upstream); raises GpuWorkerError."""
+        # A bearer credential only, never the console's session cookie: `/proxy/…` shares the
+        # api's origin, so a page an instance serves there would run as the console's own.
         user = await user_of_headers(self._ctx, scope["headers"])
         upstream = await self._targets.upstream(user.id if user else None, route)
         return user.id if user else "", upstream

@@ -1,11 +1,15 @@
 """Which headers cross the proxy. Hop-by-hop headers belong to one connection and stop here (RFC
 9110 §7.6.1). The caller's `Authorization` is ours (their GPUWorker token or API key) and is never
 handed to the container, whose code may be anyone's; the forwarding headers are written by the
-proxy alone, from what it saw, so a client cannot choose what the instance believes about it."""
+proxy alone, from what it saw, so a client cannot choose what the instance believes about it.
+The console's cookies (its session and CSRF token) are ours in the same way: they are taken out
+of the `Cookie` header, and the instance's other cookies pass."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from services.api.browser_session import CONSOLE_COOKIES
 
 HOP_BY_HOP = frozenset(
     {
@@ -59,6 +63,15 @@ def headers_size(headers: Iterable[tuple[bytes, bytes]]) -> int:
     return sum(len(k) + len(v) + 4 for k, v in headers)
 
 
+def _without_console_cookies(value: bytes) -> bytes:
+    kept = [
+        pair.strip()
+        for pair in value.split(b";")
+        if pair.strip() and pair.partition(b"=")[0].strip().decode("latin-1") not in CONSOLE_COOKIES
+    ]
+    return b"; ".join(kept)
+
+
 def upstream_headers(
     headers: Headers,
     client: str | None,
@@ -70,6 +83,11 @@ def upstream_headers(
     the app sees the name it was reached by), and the proxy's own forwarding headers."""
     skip = HOP_BY_HOP | OURS | drop | _named_in_connection(headers)
     kept = [(k.lower(), v) for k, v in headers if k.lower() not in skip]
+    kept = [
+        (k, _without_console_cookies(v)) if k == b"cookie" else (k, v)
+        for k, v in kept
+        if k != b"cookie" or _without_console_cookies(v)
+    ]
     host = next((v for k, v in headers if k.lower() == b"host"), b"")
     kept.append((b"x-forwarded-proto", scheme.encode()))
     if client:
@@ -82,7 +100,18 @@ def upstream_headers(
 
 
 def downstream_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """The instance's response headers as the client gets them: end-to-end ones only."""
+    """The instance's response headers as the client gets them: end-to-end ones only, and no
+    `Set-Cookie` of the console's own cookies (on the api's origin it would replace the
+    browser's session or CSRF token)."""
     listed = list(headers)
     skip = HOP_BY_HOP | _named_in_connection(listed)
-    return [(k.lower(), v) for k, v in listed if k.lower() not in skip]
+    return [
+        (k.lower(), v)
+        for k, v in listed
+        if k.lower() not in skip and not (k.lower() == b"set-cookie" and _sets_console_cookie(v))
+    ]
+
+
+def _sets_console_cookie(value: bytes) -> bool:
+    name = value.partition(b"=")[0].strip().decode("latin-1")
+    return name in CONSOLE_COOKIES
