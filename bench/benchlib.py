@@ -159,13 +159,18 @@ class Stack:
     the api, deciders and projector roles."""
 
     def __init__(
-        self, workdir: Path, nats: NatsServer | None = None, up_args: list[str] | None = None
+        self,
+        workdir: Path,
+        nats: NatsServer | None = None,
+        up_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """nats: use that nats-server instead of the embedded one `up` would start; up_args:
-        more arguments for `gpuworker up` (e.g. `--runtime simulated --gpus …`)."""
+        """nats: use that nats-server instead of the embedded one `up` would start; up_args and
+        env: more for `gpuworker up` (e.g. `--runtime docker`, the autoscaler's settings)."""
         self.workdir = workdir
         self.nats = nats
         self.up_args = up_args or []
+        self.extra_env = env or {}
         self.data_dir = workdir / "gpuworker"
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
@@ -190,6 +195,7 @@ class Stack:
             env.setdefault(f"GPUWORKER_QUOTA_{quota}", "0")
         # Creates are refused (402) without money: benchmark users start with plenty.
         env.setdefault("GPUWORKER_SIGNUP_CREDIT", BENCH_CREDIT_USD)
+        env.update(self.extra_env)
         args = [
             venv_bin("gpuworker"), "up", "--host", HOST, "--port", str(self.port),
             "--data-dir", str(self.data_dir), *self.up_args,

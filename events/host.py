@@ -48,12 +48,20 @@ class HostRecovered(msgspec.Struct, frozen=True):
     pass
 
 
-@register()
+def upcast_gpus_allocated_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """v2 may name a serverless worker's endpoint; every v1 lease was an instance's."""
+    return {**payload, "endpoint_id": None}
+
+
+@register(version=2, upcasters={1: upcast_gpus_allocated_v1_v2})
 class GpusAllocated(msgspec.Struct, frozen=True, kw_only=True):
+    # Who holds the GPUs: an instance, or a serverless worker (its id) of `endpoint_id`.
     instance_id: str
     # Names this allocation: a late release of an earlier lease never frees a newer one.
     lease_id: str
     gpu_uuids: list[str]
+    # Set when the holder is a worker of this endpoint (events/endpoint.py, WorkerPlaced).
+    endpoint_id: str | None = None
 
 
 @register()

@@ -1,5 +1,6 @@
 """Spend control: when a customer's balance is used up or this month's budget is spent, what runs
-on their account is stopped (not terminated: their data stays), and creates answer 402.
+on their account is stopped (not terminated: their data stays), their serverless endpoints are
+held at zero workers (and let go again once they can pay), and creates and new jobs answer 402.
 
 `verdict` is the rule, pure; `over_limit` reads what it needs from the ledger's tables."""
 
@@ -90,3 +91,35 @@ async def running_instances(conn: psycopg.AsyncConnection[Any], user_id: str) ->
         (user_id,),
     )
     return [row[0] for row in await cur.fetchall()]
+
+
+async def endpoints_to_hold(conn: psycopg.AsyncConnection[Any], user_id: str) -> list[str]:
+    """The customer's endpoints that are not held at zero yet."""
+    cur = await conn.execute(
+        "SELECT id FROM endpoints WHERE owner_id = %s AND NOT deleted"
+        " AND doc->>'suspended' IS NULL ORDER BY id",
+        (user_id,),
+    )
+    return [row[0] for row in await cur.fetchall()]
+
+
+async def held_endpoints(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, str]]:
+    """(endpoint, owner) of every endpoint held at zero workers."""
+    cur = await conn.execute(
+        "SELECT id, owner_id FROM endpoints WHERE NOT deleted"
+        " AND doc->>'suspended' IS NOT NULL ORDER BY id"
+    )
+    return [(row[0], row[1]) for row in await cur.fetchall()]
+
+
+async def limit_reached(
+    conn: psycopg.AsyncConnection[Any], user_id: str, now: datetime
+) -> Verdict | None:
+    """The customer's verdict now, whether or not anything of theirs runs."""
+    balance, spent = await account(conn, user_id, now)
+    cur = await conn.execute(
+        "SELECT (doc->>'monthly_budget_micros')::bigint FROM users WHERE id = %s", (user_id,)
+    )
+    row = await cur.fetchone()
+    budget = None if row is None or row[0] is None else int(row[0])
+    return verdict(user_id, balance, spent, budget)

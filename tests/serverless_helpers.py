@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import runpod
 
 from services.security.worker_tokens import WorkerTokens
 from services.worker_env import worker_env
@@ -27,6 +28,9 @@ from tests.api_helpers import signup
 from tests.servers import Stack
 
 SERVERLESS_ENV = {
+    # These tests run their workers by hand (SDK workers, the example workers): no autoscaler
+    # adds simulated ones beside them (tests/test_workers_*.py test it).
+    "GPUWORKER_AUTOSCALER": "0",
     "GPUWORKER_WORKER_PING_INTERVAL": "1",
     "GPUWORKER_WORKER_LOST_AFTER": "3",
     "GPUWORKER_JOB_POLL_MAX": "2",
@@ -46,6 +50,21 @@ def account(stack: Stack) -> tuple[str, httpx.Client]:
     assert response.status_code == 201, response.text
     key: str = response.json()["key"]
     return key, stack.client(key)
+
+
+@contextmanager
+def runpod_sdk(stack: Stack) -> Iterator[tuple[str, httpx.Client]]:
+    """The runpod SDK pointed at the stack with a fresh user's API key; the key and its http
+    client."""
+    key, client = account(stack)
+    saved = (runpod.api_key, runpod.endpoint_url_base)
+    runpod.api_key = key
+    runpod.endpoint_url_base = f"{stack.url}/endpoints"
+    try:
+        yield key, client
+    finally:
+        runpod.api_key, runpod.endpoint_url_base = saved
+        client.close()
 
 
 def create_endpoint(client: httpx.Client, **fields: Any) -> dict[str, Any]:

@@ -211,6 +211,8 @@ def test_cli_endpoints_jobs_and_worker_env(serverless_stack: Stack, tmp_path: Pa
     assert endpoint["workersMax"] == 2
     listed = cli("endpoints", "list")
     assert listed.returncode == 0 and "cli-ep" in listed.stdout and "QUEUED" in listed.stdout
+    # Its workers by state.
+    assert all(word in listed.stdout for word in ("RUNNING", "IDLE", "STARTING", "UNHEALTHY"))
     assert json.loads(cli("endpoints", "get", endpoint["id"], "--json").stdout)["name"] == "cli-ep"
 
     queued = cli("jobs", "run", endpoint["id"], "--input", '{"prompt": "hi"}', "--json")

@@ -19,9 +19,9 @@ import runpod
 
 from tests.api_helpers import assert_error, wait_for
 from tests.serverless_helpers import (
-    account,
     create_endpoint,
     run,
+    runpod_sdk,
     sdk_worker,
     status,
     wait_status,
@@ -36,15 +36,8 @@ pytestmark = pytest.mark.timeout(240)
 @pytest.fixture
 def sdk(serverless_stack: Stack) -> Iterator[tuple[str, Any]]:
     """The SDK pointed at the stack with a fresh user's API key; the key and its http client."""
-    key, client = account(serverless_stack)
-    saved = (runpod.api_key, runpod.endpoint_url_base)
-    runpod.api_key = key
-    runpod.endpoint_url_base = f"{serverless_stack.url}/endpoints"
-    try:
-        yield key, client
-    finally:
-        runpod.api_key, runpod.endpoint_url_base = saved
-        client.close()
+    with runpod_sdk(serverless_stack) as pointed:
+        yield pointed
 
 
 def test_sdk_client_and_worker_run_runsync_status_health(

@@ -60,6 +60,7 @@ from services.agent.image_access import (
     pull_failure_reason,
 )
 from services.agent.runtime import (
+    GATEWAY_PLACEHOLDER,
     GIB,
     LABEL_GENERATION,
     LABEL_HOST,
@@ -191,6 +192,12 @@ def container_create_kwargs(
             docker.types.DeviceRequest(device_ids=list(spec.gpu_uuids), capabilities=[["gpu"]])
         ]
     return kwargs
+
+
+def _with_gateway(env: dict[str, str], names: list[str], gateway: str) -> dict[str, str]:
+    """`env` with the gateway's address in place of GATEWAY_PLACEHOLDER in the vars `names`."""
+    host = f"[{gateway}]" if ":" in gateway else gateway
+    return {k: v.replace(GATEWAY_PLACEHOLDER, host) if k in names else v for k, v in env.items()}
 
 
 def parse_docker_time(value: str | None) -> datetime | None:
@@ -475,6 +482,10 @@ class DockerRuntime:
                 )
                 if spec.owner_id:
                     self._ensure_network(spec.owner_id)
+                if spec.gateway_env:
+                    kwargs["environment"] = _with_gateway(
+                        kwargs["environment"], spec.gateway_env, self._gateway(spec.owner_id)
+                    )
                 container = self._client.containers.create(**kwargs)
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: someone created it meanwhile; use that one
@@ -588,6 +599,22 @@ class DockerRuntime:
         # ours joins it (the create fails, and the agent reports it).
         if not self._is_our_network(network):
             raise docker.errors.APIError(f"network {name} exists but was not made by this agent")
+
+    async def tenant_gateway(self, owner_id: str) -> str | None:
+        def gateway() -> str:
+            with self._network_lock:
+                self._ensure_network(owner_id)
+                return self._gateway(owner_id)
+
+        return await asyncio.to_thread(gateway)
+
+    def _gateway(self, owner_id: str) -> str:
+        """The tenant network's gateway: the host's address on it, as Docker assigned it."""
+        network = self._client.networks.get(tenant_network(owner_id, self.host_id))
+        for pool in (network.attrs.get("IPAM") or {}).get("Config") or []:
+            if gateway := pool.get("Gateway"):
+                return str(gateway)
+        raise docker.errors.APIError(f"network {network.name} has no gateway address")
 
     def _is_our_network(self, network: Any) -> bool:
         return is_our_network(network.name, network.attrs.get("Labels") or {}, self.host_id)

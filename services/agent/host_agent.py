@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -19,6 +20,7 @@ from events.host import HostGpu
 from events.instance import LEGACY_RAM_GB_PER_GPU, LEGACY_VCPU_PER_GPU
 from events.subjects import agent_command_subject, heartbeat_subject
 from services.agent.disk_watch import DISK_CHECK_S, over_disk
+from services.agent.host_workers import WORKER_KEY, HostWorkers
 from services.agent.log_service import ContainerLogService
 from services.agent.port_publishing import HostAddresses
 from services.agent.registry_credentials import RegistryCredentialStore
@@ -157,7 +159,10 @@ class HostAgent:
         create_backoff_s: float = CREATE_BACKOFF_S,
         disk_check_s: float = DISK_CHECK_S,
         addresses: HostAddresses | None = None,
+        serverless: Callable[[Callable[[str], None]], HostWorkers] | None = None,
     ) -> None:
+        """`serverless` makes what runs this agent's hosts' serverless workers (given how to
+        schedule one); without it, the agent runs none."""
         self._addresses = addresses or HostAddresses()
         self._disk_check_s = disk_check_s
         self._credentials = credentials
@@ -185,8 +190,10 @@ class HostAgent:
             keep=lambda s: s.host_id in self._hosts,
             on_change=lambda s, _seq: self._schedule(VOLUME_KEY + s.id),
         )
-        # Answers the api's log requests for this agent's instances (services/container_logs.py).
-        self._logs = ContainerLogService(nc, list(self._hosts), runtime, self._instances.get)
+        self._serverless = serverless(self._schedule) if serverless is not None else None
+        # Answers the api's log requests for this agent's instances and workers
+        # (services/container_logs.py).
+        self._logs = ContainerLogService(nc, list(self._hosts), runtime, self._host_of)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -195,6 +202,13 @@ class HostAgent:
 
     def instances(self) -> dict[str, InstanceState]:
         return dict(self._instances.states())
+
+    def _host_of(self, container_id: str) -> str | None:
+        """The host of a live container of this agent's (an instance or a worker)."""
+        state = self._instances.get(container_id)
+        if state is not None:
+            return state.host_id if state.status != "TERMINATED" else None
+        return self._serverless.host_of(container_id) if self._serverless else None
 
     async def start(self) -> None:
         # Bounded concurrency: a simulated fleet registers a thousand hosts at start.
@@ -208,6 +222,8 @@ class HostAgent:
         # Everything they fold before the workers start is scheduled, and done once they do.
         await self._instances.follow(self._nc)
         await self._volumes.follow(self._nc)
+        if self._serverless is not None:
+            await self._serverless.start()
         await self._reconcile_leftovers()
         await self._logs.start()
         self._tasks += [asyncio.create_task(self._work()) for _ in range(self._workers)]
@@ -230,6 +246,8 @@ class HostAgent:
         await self._logs.stop()
         await self._instances.stop()
         await self._volumes.stop()
+        if self._serverless is not None:
+            await self._serverless.stop()
         await self._runtime.close()
 
     async def _register(self, host: HostSpec) -> None:
@@ -324,6 +342,8 @@ class HostAgent:
                 try:
                     if instance_id.startswith(VOLUME_KEY):
                         await self.reconcile_volume(instance_id.removeprefix(VOLUME_KEY))
+                    elif instance_id.startswith(WORKER_KEY) and self._serverless is not None:
+                        await self._serverless.reconcile(instance_id.removeprefix(WORKER_KEY))
                     else:
                         await self.reconcile(instance_id)
                 except asyncio.CancelledError:
@@ -511,6 +531,8 @@ class HostAgent:
         """After a restart: containers with no live instance behind them are removed; instances
         whose containers vanished are found by the first reconcile of each."""
         for container in await self._runtime.list_managed():
+            if self._serverless is not None and self._serverless.knows(container.instance_id):
+                continue  # a live worker's: its own reconcile looks after it
             state = self._instances.get(container.instance_id)
             if state is None or state.status == "TERMINATED":
                 log.warning("removing left-over container of instance %s", container.instance_id)
@@ -562,6 +584,8 @@ class HostAgent:
         async for event in self._runtime.watch():
             if self._instances.get(event.instance_id) is not None:
                 self._schedule(event.instance_id)
+            elif self._serverless is not None and self._serverless.knows(event.instance_id):
+                self._schedule(WORKER_KEY + event.instance_id)
 
     async def _resync(self) -> None:
         while True:
@@ -574,3 +598,10 @@ class HostAgent:
                     volume.provisioned_gb < volume.size_gb and volume.status == "AVAILABLE"
                 ):
                     self._schedule(VOLUME_KEY + volume_id)
+            if self._serverless is not None:
+                for worker_id in self._serverless.worker_ids():
+                    self._schedule(WORKER_KEY + worker_id)
+                try:
+                    await self._serverless.prune_relays()
+                except Exception:
+                    log.exception("pruning worker relays failed")

@@ -1,9 +1,10 @@
 """The agent's side of container logs (the protocol is in services/container_logs.py): answers the
 api's requests for the containers of instances on this agent's hosts, from the runtime.
 
-Which container is never the caller's to say: a request names an instance, and the agent serves it
-only when that instance is on the host whose subject the request came on (and not terminated);
-the runtime finds the container by the name it gave it. Owner checks are the api's (it knows who
+Which container is never the caller's to say: a request names an instance (or a serverless
+worker), and the agent serves it only when that instance is on the host whose subject the request
+came on (and not terminated), or that worker lives there; the runtime finds the container by the
+name it gave it. Owner checks are the api's (it knows who
 asks); this side only makes sure a request cannot reach another host's or nobody's container."""
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from services.container_logs import (
     log_request_subject,
     log_stream_subject,
 )
-from services.deciders.instance import InstanceState
 from services.errors import BadRequest, GpuWorkerError, NotFound, TooManyRequests
 
 log = logging.getLogger("gpuworker.agent.logs")
@@ -75,14 +75,16 @@ class ContainerLogService:
         nc: NatsClient,
         host_ids: list[str],
         runtime: Runtime,
-        instance: Callable[[str], InstanceState | None],
+        # The host a live container of this agent's runs on, by its id (an instance that is not
+        # terminated, or a serverless worker); None for any other id.
+        host_of: Callable[[str], str | None],
         max_streams: int = MAX_STREAMS,
         idle_beat_s: float = IDLE_BEAT_S,
     ) -> None:
         self._nc = nc
         self._host_ids = host_ids
         self._runtime = runtime
-        self._instance = instance
+        self._host_of = host_of
         self._max_streams = max_streams
         self._idle_beat_s = idle_beat_s
         self._subscriptions: list[Subscription] = []
@@ -125,8 +127,7 @@ class ContainerLogService:
             request = self._decode(data)
         except msgspec.ValidationError as exc:
             raise BadRequest(f"not a log request: {exc}") from None
-        state = self._instance(request.instance_id)
-        if state is None or state.host_id != host_id or state.status == "TERMINATED":
+        if self._host_of(request.instance_id) != host_id:
             raise NotFound("instance not found")
         stream_id = request.stream.rpartition(".")[2]
         try:

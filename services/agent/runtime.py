@@ -21,6 +21,10 @@ LABEL_HOST = "gpuworker.host"
 LABEL_GENERATION = "gpuworker.generation"
 # Disk sizes (containerDiskInGb, volumeInGb, a volume's size, a host's disk) count GiB.
 GIB = 2**30
+# Stands for the host's address on the container's own network in the env vars a spec lists in
+# `gateway_env`: the runtime writes the address in when it makes the container (the network, and
+# so its address, may be made anew between the agent's asking and the create).
+GATEWAY_PLACEHOLDER = "gpuworker-gateway"
 
 
 class RegistryCredentials(msgspec.Struct, frozen=True):
@@ -74,6 +78,9 @@ class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
     registry_auth: RegistryCredentials | None = None
     # The instance's configuration generation (bumped when the container must be made anew).
     generation: int = 0
+    # Env vars (the platform's own, never a customer's) in which GATEWAY_PLACEHOLDER is replaced
+    # by the host's address on the container's network (a serverless worker's URLs).
+    gateway_env: list[str] = []
 
 
 ContainerStatus = Literal["created", "running", "exited", "missing"]
@@ -177,6 +184,12 @@ class Runtime(Protocol):
 
     async def storage_gb(self) -> int | None:
         """GiB of disk that this host's containers and volumes share; None if unknown."""
+        ...
+
+    async def tenant_gateway(self, owner_id: str) -> str | None:
+        """The host's own address on `owner_id`'s network (made if it does not exist yet), where
+        that tenant's containers reach a service of the host (services/agent/worker_relay.py);
+        None when the runtime's containers share the host's view of the network (simulated)."""
         ...
 
     async def disk_usage(self, volumes: list[str]) -> DiskUsage:

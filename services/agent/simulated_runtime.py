@@ -16,6 +16,10 @@ Each instance is an in-memory state machine that changes on timers and shows wha
   nothing listens there.
 - `logs` holds what `write_log` (a test hook, like a process printing) and the simulation itself
   wrote ("started", "stopped"), in memory only.
+- A container whose env is a serverless worker's runs a simulated worker
+  (services/agent/simulated_worker.py) while it runs: it takes jobs from the api through the
+  worker protocol and completes them. Its containers share the host's view of the network, so
+  `tenant_gateway` is None (the agent gives such workers the api's own address).
 
 Given a `state_file`, the simulated containers and volumes outlive the agent process, as Docker's
 do: an agent that restarts finds its instances as they were (running ones still running) instead
@@ -34,8 +38,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import msgspec
 
+from services.agent import simulated_worker
 from services.agent.host_ports import DEFAULT_HOST_PORTS
 from services.agent.image_access import NOT_FOUND_OR_DENIED, ImageAccess, pull_failed
 from services.agent.runtime import (
@@ -73,6 +79,8 @@ class _Container:
     # What it "printed", and a wake-up for followers.
     output: list[LogLine] = field(default_factory=list)
     printed: asyncio.Event = field(default_factory=asyncio.Event)
+    # The simulated serverless worker it runs, if its env is a worker's.
+    worker: asyncio.Task[None] | None = None
 
     def state(self) -> ContainerState:
         return ContainerState(
@@ -162,6 +170,7 @@ class SimulatedRuntime:
         self.volumes: dict[str, dict[str, str]] = {}
         self._watches: set[_Watch] = set()
         self._state_file = state_file
+        self._http: httpx.AsyncClient | None = None
         self._load()
 
     def _load(self) -> None:
@@ -215,7 +224,35 @@ class SimulatedRuntime:
                 container.started_at = self._clock()
                 self._save()
                 self.write_log(instance_id, "simulated container started")
+                self._run_inside(container)
         return self._state(instance_id)
+
+    def _run_inside(self, container: _Container) -> None:
+        """What the image would run: a simulated worker for a worker's env; and an exit right
+        after the start when the env asks for one (a crash-looping template)."""
+        env = container.spec.env
+        code = simulated_worker.exit_code(env)
+        if code is not None:
+            asyncio.get_running_loop().call_soon(self._exit_now, container, code)
+        elif simulated_worker.is_worker(env):
+            if self._http is None:
+                self._http = httpx.AsyncClient(
+                    timeout=httpx.Timeout(10.0, read=120.0),
+                    limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+                    trust_env=False,
+                )
+            worker = simulated_worker.SimulatedWorker(env, self._http)
+            container.worker = asyncio.create_task(
+                worker.run(), name=f"worker {container.spec.instance_id}"
+            )
+
+    def _exit_now(self, container: _Container, code: int) -> None:
+        if (
+            container.status == "running"
+            and self._containers.get(container.spec.instance_id) is container
+        ):
+            self.write_log(container.spec.instance_id, f"exiting with code {code}")
+            self._die(container, code)
 
     async def stop(self, instance_id: str, timeout_s: float = 10) -> ContainerState:
         container = self._require(instance_id)
@@ -298,9 +335,19 @@ class SimulatedRuntime:
         self._watches.add(watch)
         return watch
 
+    async def tenant_gateway(self, owner_id: str) -> str | None:
+        del owner_id
+        return None
+
     async def close(self) -> None:
         for watch in list(self._watches):
             await watch.aclose()
+        workers = [c.worker for c in self._containers.values() if c.worker is not None]
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()
 
     # -- test hooks: what an operator could do to a real container behind the agent's back ----
 
@@ -340,6 +387,9 @@ class SimulatedRuntime:
     # -- internals ----------------------------------------------------------------------------
 
     def _die(self, container: _Container, exit_code: int) -> None:
+        if container.worker is not None:
+            container.worker.cancel()
+            container.worker = None
         now = self._clock()
         container.status = "exited"
         container.exit_code = exit_code

@@ -56,6 +56,7 @@ from services.api.registry_auth import RegistryAuthController
 from services.api.storage_capacity import StorageGuard, StorageRules
 from services.api.templates import TemplateController
 from services.api.volumes import VolumeController
+from services.api.worker_logs import worker_logs
 from services.api.worker_protocol import WorkerProtocolController
 from services.api.write_locks import WriteLocks
 from services.config import Settings
@@ -190,6 +191,7 @@ def create_app(settings: Settings) -> Litestar:
             VolumeController,
             EndpointController,
             JobController,
+            worker_logs,
             WorkerProtocolController,
             BlogController,
             audit_trail,

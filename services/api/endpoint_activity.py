@@ -1,9 +1,14 @@
 """What an endpoint is doing now, read for its responses and its /health: jobs queued, running and
-finished (from the jobs read model), and its workers (from their pings, `worker_liveness`).
+finished (from the jobs read model), and its workers (from the endpoint's own record of the workers
+the platform runs, and their pings, `worker_liveness`).
 
-A worker is live while it pinged within the dispatcher's `lost_after` (GPUWORKER_WORKER_LOST_AFTER);
-a live worker is running while it holds a job and idle otherwise. Finished jobs are counted while
-their results are kept (their retention), as /status would still show them."""
+A worker the platform placed is initializing until its container runs and it has pinged, then
+running while it holds a job and idle otherwise, and gone once it stopped (whatever its last
+pings said). A worker someone runs by hand (`gpuworker endpoints worker-env`) counts while it
+pinged within the dispatcher's `lost_after` (GPUWORKER_WORKER_LOST_AFTER). An endpoint whose
+workers keep failing (services/deciders/endpoint.py, `unhealthy`) counts one unhealthy worker with
+that reason. Finished jobs are counted while their results are kept (their retention), as /status
+would still show them."""
 
 from __future__ import annotations
 
@@ -69,8 +74,15 @@ async def activity_of(
             " AND l.last_seen > now() - %s * interval '1 second'",
             (ids, lost_after_s),
         )
+        by_id = {e.id: e for e in endpoints}
         for endpoint_id, worker_id, unhealthy, busy in await cur.fetchall():
             counts = found[endpoint_id]
+            endpoint = by_id[endpoint_id]
+            record = endpoint.live_workers.get(worker_id)
+            if record is None and worker_id in endpoint.billed_workers:
+                continue  # one of ours that stopped: its last pings are history
+            if record is not None and record.status == "STARTING":
+                continue  # pinging already, but its host has not reported it running yet
             live[endpoint_id].add(worker_id)
             if unhealthy:
                 counts.workers_unhealthy += 1
@@ -84,7 +96,13 @@ async def activity_of(
     )
     for endpoint in endpoints:
         counts = found[endpoint.id]
-        counts.workers_initializing = len(set(endpoint.workers) - live[endpoint.id])
+        placed = set(endpoint.workers) | {
+            w.id for w in endpoint.live_workers.values() if w.status != "STOPPING"
+        }
+        counts.workers_initializing = len(placed - live[endpoint.id])
+        if (reason := endpoint.unhealthy) is not None:
+            counts.workers_unhealthy += 1
+            counts.unhealthy_reasons.append(reason)
         counts.cost_to_date_micros = sum(costs.get(w, 0) for w in endpoint.billed_workers)
     return found
 

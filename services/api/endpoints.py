@@ -28,6 +28,7 @@ from services.api.context import context_of
 from services.api.endpoint_activity import Activity, activity_of
 from services.api.pagination import Page
 from services.api.request_ids import new_resource_id
+from services.api.spending import ensure_affordable
 from services.api.templates import TEMPLATES, Name
 from services.datacenters import DATACENTERS
 from services.deciders.endpoint import (
@@ -151,6 +152,8 @@ class EndpointOut(msgspec.Struct, rename="camel", kw_only=True):
     unhealthy_reasons: list[str]
     jobs_in_queue: int
     jobs_in_progress: int
+    # Why billing holds it at zero workers (its owner's balance or budget), if it does.
+    suspended_reason: str | None = None
     # Its workers' GPU time so far (the ledger bills workers, never jobs).
     cost_to_date: float
     cost_to_date_micros: int
@@ -183,6 +186,7 @@ def view(state: EndpointState, activity: Activity) -> EndpointOut:
         unhealthy_reasons=activity.unhealthy_reasons,
         jobs_in_queue=activity.in_queue,
         jobs_in_progress=activity.in_progress,
+        suspended_reason=state.suspended,
         cost_to_date=activity.cost_to_date_micros / MICROS_PER_USD,
         cost_to_date_micros=activity.cost_to_date_micros,
         created_at=state.created_at,
@@ -285,6 +289,7 @@ class EndpointController(Controller):
             network_volume_id=data.network_volume_id,
         )
         await _check_placement(request, data.data_center_id, data.network_volume_id)
+        await ensure_affordable(ctx.pool, request.user.id, 0, hourly_limit=False)
         command = CreateEndpoint(
             actor=request.user.id,
             at=datetime.now(UTC),

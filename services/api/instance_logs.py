@@ -140,6 +140,17 @@ async def _body(
             await chunks.aclose()
 
 
+# A logs route's query parameters (an instance's, a serverless worker's).
+Tail = Annotated[
+    int, Parameter(ge=0, le=MAX_TAIL, description="the last N lines (before any new ones)")
+]
+Since = Annotated[
+    datetime | None, Parameter(description="only lines written at or after this time")
+]
+Follow = Annotated[bool, Parameter(description="keep streaming new lines")]
+Timestamps = Annotated[bool, Parameter(description="each line starts with its time")]
+
+
 @get(
     "/instances/{instance_id:str}/logs",
     tags=["instances"],
@@ -149,26 +160,36 @@ async def _body(
 async def instance_logs(
     request: Request[Any, Any, Any],
     instance_id: str,
-    tail: Annotated[
-        int, Parameter(ge=0, le=MAX_TAIL, description="the last N lines (before any new ones)")
-    ] = DEFAULT_TAIL,
-    since: Annotated[
-        datetime | None, Parameter(description="only lines written at or after this time")
-    ] = None,
-    follow: Annotated[bool, Parameter(description="keep streaming new lines")] = False,
-    timestamps: Annotated[bool, Parameter(description="each line starts with its time")] = False,
+    tail: Tail = DEFAULT_TAIL,
+    since: Since = None,
+    follow: Follow = False,
+    timestamps: Timestamps = False,
 ) -> Stream:
     ctx = context_of(request)
     state: InstanceState | None = await read_models.get(ctx.pool, INSTANCES, instance_id)
     if state is None or state.owner_id != request.user.id or state.status in _NO_LOGS:
         raise NotFound("instance not found")
+    return await log_stream(request, state.host_id, state.id, tail, since, follow, timestamps)
+
+
+async def log_stream(
+    request: Request[Any, Any, Any],
+    host_id: str,
+    container_id: str,
+    tail: int,
+    since: datetime | None,
+    follow: bool,
+    timestamps: bool,
+) -> Stream:
+    """The response of a logs route: the container's lines from its host's agent (a followed
+    stream counts against the user's open log streams)."""
     reader: LogReader = request.app.state.log_reader
     held = ExitStack()
     if follow:
         limiter: ConnectionLimiter = request.app.state.log_streams
         held.enter_context(limiter.held(request.user.id))
     try:
-        chunks = await reader.open(state.host_id, state.id, tail, since, follow)
+        chunks = await reader.open(host_id, container_id, tail, since, follow)
     except BaseException:
         held.close()
         raise

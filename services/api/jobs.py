@@ -44,7 +44,7 @@ from services.deciders.job import (
     RetryJob,
     SubmitJob,
 )
-from services.errors import BadRequest, NotFound
+from services.errors import BadRequest, NotFound, PaymentRequired
 from services.processes.job_dispatcher import PurgeQueue, PurgeResult
 from services.webhook_policy import WebhookRefused, check_url
 
@@ -222,6 +222,10 @@ class JobController(Controller):
     ) -> JobState:
         ctx = context_of(request)
         endpoint = await owned_endpoint(request, endpoint_id)
+        if endpoint.suspended is not None:
+            # A job would bring workers up: billing holds the endpoint at zero until its owner
+            # can pay (its decision, so no race with a credit still on its way to the ledger).
+            raise PaymentRequired(f"endpoint {endpoint.id} is {endpoint.suspended}")
         if data.webhook is not None:
             try:
                 check_url(data.webhook, ctx.settings.webhook_allowed_hosts)

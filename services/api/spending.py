@@ -23,6 +23,8 @@ from services.deciders.user import DEFAULT_SPEND_LIMIT_PER_HOUR_MICROS
 from services.errors import PaymentRequired
 
 _progress = msgspec.json.Decoder(Progress)
+# No hourly limit is this high (PostgreSQL's bigint).
+MAX_MICROS = 2**63 - 1
 
 
 class Spending(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,10 +118,14 @@ def check_affordable(
 
 
 async def ensure_affordable(
-    pool: AsyncConnectionPool[Any], user_id: str, added_per_hour_micros: int
+    pool: AsyncConnectionPool[Any],
+    user_id: str,
+    added_per_hour_micros: int,
+    hourly_limit: bool = True,
 ) -> None:
     """402 unless the customer's balance, budget and hourly limit allow `added_per_hour_micros`
-    more."""
+    more. Without `hourly_limit`, only the balance and the budget are checked (a serverless job or
+    endpoint adds no known spend per hour: its workers are what cost, and billing holds them)."""
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT (doc->>'spend_limit_per_hour_micros')::bigint,"
@@ -129,6 +135,8 @@ async def ensure_affordable(
         row = await cur.fetchone()
     limit, budget = row if row is not None else (DEFAULT_SPEND_LIMIT_PER_HOUR_MICROS, None)
     spent = await spending(pool, user_id, datetime.now(UTC))
+    if not hourly_limit:
+        limit = MAX_MICROS
     check_affordable(
         spent,
         added_per_hour_micros,

@@ -35,6 +35,8 @@ ENDPOINT_COLUMNS = (
     ("workersMax", "MAX"),
     ("workersRunning", "RUNNING"),
     ("workersIdle", "IDLE"),
+    ("workersInitializing", "STARTING"),
+    ("workersUnhealthy", "UNHEALTHY"),
     ("jobsInQueue", "QUEUED"),
     ("jobsInProgress", "IN PROGRESS"),
     ("version", "VERSION"),
@@ -184,6 +186,11 @@ def _print(result: Any, as_json: bool, columns: tuple[tuple[str, str], ...] = CO
         print(table([result], columns))
         if result.get("failureReason"):
             print(f"reason: {result['failureReason']}")
+        # An endpoint's: why its workers are unhealthy, why billing holds it at zero.
+        for reason in result.get("unhealthyReasons") or []:
+            print(f"unhealthy: {reason}")
+        if result.get("suspendedReason"):
+            print(f"held: {result['suspendedReason']}")
 
 
 def login(url: str, email: str, password: str | None) -> int:

@@ -194,6 +194,10 @@ def up(
         env.setdefault("GPUWORKER_SIGNUP_CREDIT", DEFAULT_SIGNUP_CREDIT)
         env["GPUWORKER_SUPERVISOR_STATUS"] = str(data_dir / STATUS_FILE)
         env.setdefault("GPUWORKER_AGENT_STATE_DIR", str(data_dir / "agent"))
+        # This machine's agent relays its serverless workers' protocol traffic to this api.
+        reach = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
+        reach = f"[{reach}]" if ":" in reach else reach
+        env.setdefault("GPUWORKER_AGENT_API_URL", f"http://{reach}:{port}")
         if runtime:
             env["GPUWORKER_RUNTIME"] = runtime
         if gpus:

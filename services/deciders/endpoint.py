@@ -7,11 +7,23 @@ the same things in the same words (a PATCH is checked against the endpoint it ch
 `config_version` starts at 1 and grows whenever the container changes (another template, or other
 env): the dispatcher gives no new job to a worker of an older version, and the autoscaler replaces
 such workers. The endpoint also folds the `WorkerStarted`/`WorkerStopped` facts of its workers, so
-its cost to date can be read from the ledger by worker id."""
+its cost to date can be read from the ledger by worker id.
+
+Its workers live here (`live_workers`), from `WorkerPlaced` to `WorkerStopped` (or
+`WorkerStartFailed`): STARTING until its host reports the container running, RUNNING, STOPPING once
+a stop was asked for. The rules the autoscaler's decisions must keep are checked here, on the
+endpoint's own state, so no race between deciders can break them: never more live workers than
+`workersMax` (a stopping one still holds its GPUs), no worker for a deleted or suspended endpoint.
+Deleting or suspending asks every worker to stop in the same decision.
+
+Health: `failures` counts the workers in a row that never started or ended on their own (exited,
+crashed, killed, host lost) within HEALTHY_AFTER_S of their start; a worker that ran longer, or was
+asked to stop, breaks the run. UNHEALTHY_AFTER such failures make the endpoint unhealthy (its reason
+shown on the endpoint and in /health), and the autoscaler backs off exponentially meanwhile."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
@@ -20,14 +32,20 @@ from events.container import ContainerConfig
 from events.endpoint import (
     EndpointCreated,
     EndpointDeleted,
+    EndpointResumed,
     EndpointSettings,
+    EndpointSuspended,
     EndpointUpdated,
+    WorkerPlaced,
+    WorkerPlacement,
     WorkerStarted,
+    WorkerStartFailed,
     WorkerStopped,
+    WorkerStopRequested,
 )
 from events.envelope import Envelope
-from services.deciders.decider import Command, Decider
-from services.errors import BadRequest, Conflict, NotFound
+from services.deciders.decider import Command, Decider, is_system, reports_for
+from services.errors import BadRequest, Conflict, Forbidden, NotFound
 
 MAX_NAME_LENGTH = 128
 MAX_GPU_TYPES = 8
@@ -41,8 +59,28 @@ MAX_SCALER_VALUE = 86_400
 DEFAULT_EXECUTION_TIMEOUT_MS = 600_000
 EXECUTION_TIMEOUT_RANGE_MS = (1_000, 7 * 24 * 3600 * 1000)
 NOT_FOUND = "endpoint not found"
+# A worker that ran at least this long before it ended worked: the run of failures is broken.
+HEALTHY_AFTER_S = 60
+# This many failed workers in a row make the endpoint unhealthy.
+UNHEALTHY_AFTER = 3
+ENDPOINT_DELETED = "its endpoint was deleted"
 
 ScalerType = Literal["QUEUE_DELAY", "REQUEST_COUNT"]
+WorkerStatus = Literal["STARTING", "RUNNING", "STOPPING"]
+
+
+class WorkerRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One live worker of the endpoint: placed, and not stopped yet."""
+
+    id: str
+    placement: WorkerPlacement
+    config_version: int
+    active: bool = False
+    status: WorkerStatus
+    placed_at: datetime
+    # When its container started (the host's clock): billed from then.
+    started_at: datetime | None = None
+    stop_reason: str | None = None
 
 
 class EndpointState(msgspec.Struct, kw_only=True, frozen=True):
@@ -61,7 +99,22 @@ class EndpointState(msgspec.Struct, kw_only=True, frozen=True):
     workers: list[str] = []
     # Every worker ever started for it: the ledger's resources its cost to date adds up.
     billed_workers: list[str] = []
+    # Workers placed and not stopped yet, by id.
+    live_workers: dict[str, WorkerRecord] = {}
+    # Workers in a row that failed (see the module's docstring), the last one's time and reason.
+    failures: int = 0
+    last_failure_at: datetime | None = None
+    last_failure: str | None = None
+    # Why billing holds it at zero workers (None: it is not held).
+    suspended: str | None = None
     version: int = 0
+
+    @property
+    def unhealthy(self) -> str | None:
+        """Why its workers are unhealthy, if they are: they keep failing."""
+        if self.failures < UNHEALTHY_AFTER:
+            return None
+        return f"{self.failures} workers in a row failed; the last: {self.last_failure}"
 
 
 class CreateEndpoint(Command, frozen=True, kw_only=True):
@@ -87,7 +140,62 @@ class DeleteEndpoint(Command, frozen=True, kw_only=True):
     pass
 
 
-EndpointCommand = CreateEndpoint | UpdateEndpoint | DeleteEndpoint
+class PlaceWorker(Command, frozen=True, kw_only=True):
+    """The autoscaler's: a worker on GPUs leased on its host in the same decision."""
+
+    worker_id: str
+    placement: WorkerPlacement
+    active: bool = False
+    reason: str
+
+
+class StopWorker(Command, frozen=True, kw_only=True):
+    """The autoscaler's: the worker's host is to stop it."""
+
+    worker_id: str
+    reason: str
+
+
+WorkerObservation = Literal["running", "exited", "failed", "lost"]
+
+
+class ReportWorker(Command, frozen=True, kw_only=True):
+    """From the worker's host (actor `system:agent:<host>`), `at` when it happened there: its
+    container runs ("running"), ended ("exited"), or could not be made or started ("failed"). The
+    autoscaler reports "lost" for a worker whose host stopped answering, `at` when it was last
+    heard."""
+
+    worker_id: str
+    observed: WorkerObservation
+    exit_code: int | None = None
+    reason: str | None = None
+    # The lease of the worker the host saw this happen to (a worker id is never reused, so this
+    # is a check that the report is about this endpoint's worker, not news about another one).
+    lease_id: str | None = None
+
+
+class SuspendEndpoint(Command, frozen=True, kw_only=True):
+    """The ledger's: its owner can no longer pay; scale to zero and stay there."""
+
+    reason: str
+
+
+class ResumeEndpoint(Command, frozen=True, kw_only=True):
+    """The ledger's: its owner can pay again."""
+
+
+EndpointCommand = (
+    CreateEndpoint
+    | UpdateEndpoint
+    | DeleteEndpoint
+    | PlaceWorker
+    | StopWorker
+    | ReportWorker
+    | SuspendEndpoint
+    | ResumeEndpoint
+)
+# Given by the platform only (the autoscaler, the ledger, a host's agent), never by a user.
+PLATFORM_COMMANDS = (PlaceWorker, StopWorker, ReportWorker, SuspendEndpoint, ResumeEndpoint)
 
 
 def settings_problem(settings: EndpointSettings) -> str | None:
@@ -141,7 +249,108 @@ def _owned(state: EndpointState | None, actor: str) -> EndpointState:
     return state
 
 
+def _stop_all(state: EndpointState, reason: str) -> list[msgspec.Struct]:
+    return [
+        WorkerStopRequested(worker_id=w.id, reason=reason)
+        for w in state.live_workers.values()
+        if w.status != "STOPPING"
+    ]
+
+
+def _report(state: EndpointState, command: ReportWorker) -> list[msgspec.Struct]:
+    record = state.live_workers.get(command.worker_id)
+    if record is None:
+        return []  # late news about a worker that ended already
+    if command.observed == "lost":
+        if not is_system(command.actor) or command.actor.startswith("system:agent:"):
+            raise Forbidden("only the platform declares a worker's host lost")
+    elif not reports_for(command.actor, record.placement.host_id):
+        # Another host's agent knows nothing about this worker: it does not exist for it.
+        raise NotFound("worker not found")
+    if command.lease_id is not None and command.lease_id != record.placement.lease_id:
+        return []
+    lease, host = record.placement.lease_id, record.placement.host_id
+    if command.observed == "running":
+        if record.started_at is not None:
+            return []
+        return [
+            WorkerStarted(
+                worker_id=record.id,
+                owner_id=state.owner_id,
+                host_id=record.placement.host_id,
+                gpu_type_id=record.placement.gpu_type_id,
+                gpu_count=record.placement.gpu_count,
+                active=record.active,
+            )
+        ]
+    reason = command.reason or (
+        f"its container exited with code {command.exit_code}"
+        if command.exit_code is not None
+        else "its container ended"
+    )
+    if record.started_at is None:
+        return [WorkerStartFailed(worker_id=record.id, reason=reason, host_id=host, lease_id=lease)]
+    return [
+        WorkerStopped(
+            worker_id=record.id,
+            reason=record.stop_reason
+            if record.status == "STOPPING" and record.stop_reason
+            else reason,
+            host_id=host,
+            lease_id=lease,
+            exit_code=command.exit_code,
+            unexpected=record.status != "STOPPING",
+        )
+    ]
+
+
+def _platform(state: EndpointState | None, command: EndpointCommand) -> list[msgspec.Struct]:
+    if not is_system(command.actor):
+        raise Forbidden(f"{type(command).__name__} is the platform's, not a user's")
+    if state is None:
+        raise NotFound(NOT_FOUND)
+    match command:
+        case PlaceWorker():
+            if command.worker_id in state.live_workers:
+                return []
+            if state.deleted:
+                raise Conflict(f"endpoint {state.id} is deleted: no new workers")
+            if state.suspended is not None:
+                raise Conflict(f"endpoint {state.id} is held at zero workers: {state.suspended}")
+            live = len(state.live_workers)
+            if live >= state.settings.workers_max:
+                raise Conflict(
+                    f"endpoint {state.id} has {live} workers already (workersMax"
+                    f" {state.settings.workers_max})"
+                )
+            return [
+                WorkerPlaced(
+                    worker_id=command.worker_id,
+                    placement=command.placement,
+                    config_version=state.config_version,
+                    active=command.active,
+                    reason=command.reason,
+                )
+            ]
+        case StopWorker():
+            record = state.live_workers.get(command.worker_id)
+            if record is None or record.status == "STOPPING":
+                return []
+            return [WorkerStopRequested(worker_id=record.id, reason=command.reason)]
+        case ReportWorker():
+            return _report(state, command)
+        case SuspendEndpoint():
+            if state.suspended == command.reason:
+                return []
+            return [EndpointSuspended(reason=command.reason), *_stop_all(state, command.reason)]
+        case ResumeEndpoint():
+            return [] if state.suspended is None else [EndpointResumed()]
+    raise BadRequest(f"unknown command {type(command).__name__}")
+
+
 def decide(state: EndpointState | None, command: EndpointCommand) -> list[msgspec.Struct]:
+    if isinstance(command, PLATFORM_COMMANDS):
+        return _platform(state, command)
     match command:
         case CreateEndpoint():
             if state is not None:
@@ -169,9 +378,32 @@ def decide(state: EndpointState | None, command: EndpointCommand) -> list[msgspe
                 changes["name"] = changes["name"].strip()
             return [EndpointUpdated(**changes)] if changes else []
         case DeleteEndpoint():
-            _owned(state, command.actor)
-            return [EndpointDeleted()]
+            current = _owned(state, command.actor)
+            return [EndpointDeleted(), *_stop_all(current, ENDPOINT_DELETED)]
     raise BadRequest(f"unknown command {type(command).__name__}")
+
+
+def _ended(
+    state: EndpointState, record: WorkerRecord | None, at: datetime, reason: str, failed: bool
+) -> dict[str, Any]:
+    """What changes when a worker ends: it leaves the live workers, and its end counts in the
+    endpoint's run of failures (a failure, or one that breaks the run)."""
+    live = {k: v for k, v in state.live_workers.items() if k != (record.id if record else None)}
+    changes: dict[str, Any] = {"live_workers": live}
+    if record is None:
+        return changes
+    if failed:
+        short = record.started_at is None or at - record.started_at < timedelta(
+            seconds=HEALTHY_AFTER_S
+        )
+        changes.update(
+            failures=state.failures + 1 if short else 1,
+            last_failure_at=at,
+            last_failure=reason,
+        )
+    elif record.started_at is not None:
+        changes.update(failures=0)
+    return changes
 
 
 def evolve(state: EndpointState | None, event: Envelope) -> EndpointState:
@@ -208,15 +440,52 @@ def evolve(state: EndpointState | None, event: Envelope) -> EndpointState:
         )
     if isinstance(data, EndpointDeleted):
         return replace(state, deleted=True, updated_at=event.occurred_at, version=bumped)
-    if isinstance(data, WorkerStarted):
-        workers = [w for w in state.workers if w != data.worker_id] + [data.worker_id]
-        billed = state.billed_workers
-        if data.worker_id not in billed:
-            billed = [*billed, data.worker_id]
-        return replace(state, workers=workers, billed_workers=billed, version=bumped)
-    if isinstance(data, WorkerStopped):
-        workers = [w for w in state.workers if w != data.worker_id]
-        return replace(state, workers=workers, version=bumped)
+    at = event.occurred_at
+    match data:
+        case WorkerPlaced():
+            record = WorkerRecord(
+                id=data.worker_id,
+                placement=data.placement,
+                config_version=data.config_version,
+                active=data.active,
+                status="STARTING",
+                placed_at=at,
+            )
+            return replace(
+                state, live_workers={**state.live_workers, record.id: record}, version=bumped
+            )
+        case WorkerStarted():
+            workers = [w for w in state.workers if w != data.worker_id] + [data.worker_id]
+            billed = state.billed_workers
+            if data.worker_id not in billed:
+                billed = [*billed, data.worker_id]
+            live = state.live_workers
+            if (started := live.get(data.worker_id)) is not None:
+                status = "RUNNING" if started.status == "STARTING" else started.status
+                live = {**live, started.id: replace(started, status=status, started_at=at)}
+            return replace(
+                state, workers=workers, billed_workers=billed, live_workers=live, version=bumped
+            )
+        case WorkerStopRequested():
+            live = state.live_workers
+            if (asked := live.get(data.worker_id)) is not None:
+                stopping = replace(asked, status="STOPPING", stop_reason=data.reason)
+                live = {**live, asked.id: stopping}
+            return replace(state, live_workers=live, version=bumped)
+        case WorkerStopped():
+            workers = [w for w in state.workers if w != data.worker_id]
+            ended = state.live_workers.get(data.worker_id)
+            changes = _ended(state, ended, at, data.reason, data.unexpected)
+            return replace(state, workers=workers, version=bumped, **changes)
+        case WorkerStartFailed():
+            never = state.live_workers.get(data.worker_id)
+            wanted_gone = never is not None and never.status == "STOPPING"
+            changes = _ended(state, never, at, data.reason, not wanted_gone)
+            return replace(state, version=bumped, **changes)
+        case EndpointSuspended():
+            return replace(state, suspended=data.reason, updated_at=at, version=bumped)
+        case EndpointResumed():
+            return replace(state, suspended=None, updated_at=at, version=bumped)
     raise TypeError(f"endpoint cannot apply {event.type}")
 
 

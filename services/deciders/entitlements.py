@@ -9,8 +9,8 @@ module decides what a command on that subject may say, so that neither alone has
   `system:agent:<host>`, and a host registers only itself.
 - `cmd.operator.<aggregate>` comes from the operators' command line: blog posts and credits, as
   `system:cli`.
-- `cmd.billing.<aggregate>` comes from the ledger: stopping what a customer can no longer pay for,
-  as `system:billing`.
+- `cmd.billing.<aggregate>` comes from the ledger: stopping what a customer can no longer pay for
+  (instances stopped, serverless endpoints held at zero workers), as `system:billing`.
 
 Pure: no I/O, so every rule is a unit test away."""
 
@@ -45,18 +45,29 @@ API_TARGETS = frozenset(
 )
 # Of the aggregates above, those whose commands the api may send only some of: the rest of the
 # job's commands (take, finish, requeue, time out) are the dispatcher's own.
-API_COMMANDS = {"job": frozenset({"SubmitJob", "CancelJob", "RetryJob"})}
+API_COMMANDS = {
+    "job": frozenset({"SubmitJob", "CancelJob", "RetryJob"}),
+    # The rest of an endpoint's (its workers' placement, stops, reports, billing's suspension)
+    # are the platform's.
+    "endpoint": frozenset({"CreateEndpoint", "UpdateEndpoint", "DeleteEndpoint"}),
+}
 # What an agent reports, by aggregate type: command type names (the wire's tag).
 AGENT_COMMANDS = {
     "host": frozenset({"RegisterHost"}),
     "instance": frozenset({"ReportObservation"}),
     "volume": frozenset({"ReportVolume"}),
+    # A serverless worker's container: running, ended, or never started.
+    "endpoint": frozenset({"ReportWorker"}),
 }
 OPERATOR_COMMANDS = {
     "blog_post": frozenset({"PublishPost"}),
     "user": frozenset({"GrantCredit"}),
 }
-BILLING_COMMANDS = {"instance": frozenset({"StopInstance"})}
+BILLING_COMMANDS = {
+    "instance": frozenset({"StopInstance"}),
+    # Serverless endpoints are scaled to zero (and allowed up again once paid for).
+    "endpoint": frozenset({"SuspendEndpoint", "ResumeEndpoint"}),
+}
 
 
 class CommandHead(msgspec.Struct, frozen=True):

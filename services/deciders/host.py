@@ -21,10 +21,13 @@ from services.errors import BadRequest, Conflict, NotFound
 
 
 class Lease(msgspec.Struct, frozen=True):
+    # The instance, or serverless worker, that holds it.
     instance_id: str
     lease_id: str
     # When the allocation happened (None in states folded before this field existed).
     allocated_at: datetime | None = None
+    # The endpoint of the worker that holds it (None: an instance holds it).
+    endpoint_id: str | None = None
 
 
 class HostState(msgspec.Struct, kw_only=True, frozen=True):
@@ -38,6 +41,8 @@ class HostState(msgspec.Struct, kw_only=True, frozen=True):
     # GiB of disk for containers and volumes; None: unknown (not checked).
     disk_gb: int | None = None
     available: bool = True
+    # While unavailable: when it was last heard (what runs there is not billed from then on).
+    lost_since: datetime | None = None
     # gpu uuid -> who holds it. One key per GPU: a GPU cannot be held twice.
     allocations: dict[str, Lease] = {}
     version: int = 0
@@ -81,10 +86,12 @@ class MarkHostRecovered(Command, frozen=True, kw_only=True):
 
 
 class AllocateGpus(Command, frozen=True, kw_only=True):
+    # The instance, or the serverless worker of `endpoint_id`, that will hold the GPUs.
     instance_id: str
     lease_id: str
     gpu_type_id: str
     count: int
+    endpoint_id: str | None = None
 
 
 class ReleaseGpus(Command, frozen=True, kw_only=True):
@@ -171,6 +178,7 @@ def decide(state: HostState | None, command: HostCommand) -> list[msgspec.Struct
                     instance_id=command.instance_id,
                     lease_id=command.lease_id,
                     gpu_uuids=free[: command.count],
+                    endpoint_id=command.endpoint_id,
                 )
             ]
         case ReleaseGpus():
@@ -215,13 +223,16 @@ def evolve(state: HostState | None, event: Envelope) -> HostState:
     assert state is not None, f"{event.type} before HostRegistered"
     version = state.version + 1
     if isinstance(data, HostLost):
-        return msgspec.structs.replace(state, available=False, version=version)
+        since = data.last_heard_at or event.occurred_at
+        return msgspec.structs.replace(state, available=False, lost_since=since, version=version)
     if isinstance(data, HostRecovered):
-        return msgspec.structs.replace(state, available=True, version=version)
+        return msgspec.structs.replace(state, available=True, lost_since=None, version=version)
     if isinstance(data, GpusAllocated):
         allocations = dict(state.allocations)
         for uuid in data.gpu_uuids:
-            allocations[uuid] = Lease(data.instance_id, data.lease_id, event.occurred_at)
+            allocations[uuid] = Lease(
+                data.instance_id, data.lease_id, event.occurred_at, data.endpoint_id
+            )
         return msgspec.structs.replace(state, allocations=allocations, version=version)
     if isinstance(data, GpusReleased):
         allocations = {u: a for u, a in state.allocations.items() if u not in data.gpu_uuids}

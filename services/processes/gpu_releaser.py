@@ -1,6 +1,6 @@
 """Gives GPUs back: every event that ends an instance's lease (stopped, exited, failed,
-terminated) becomes a ReleaseGpus on the instance's host; a terminated instance is also detached
-from its network volume.
+terminated) or a serverless worker's (stopped, never started) becomes a ReleaseGpus on its host; a
+terminated instance is also detached from its network volume.
 
 A durable consumer, so a release is never lost (at least once), and releases are idempotent by
 lease id, so a redelivery frees nothing twice and never a newer lease."""
@@ -19,9 +19,11 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from events.catalog import decode_event
+from events.endpoint import WorkerStartFailed, WorkerStopped
 from events.instance import InstanceExited, InstanceFailed, InstanceStopped, InstanceTerminated
 from events.subjects import STREAM, aggregate_type_filter
-from services.deciders.host import HostState, ReleaseGpus
+from services.deciders.endpoint import EndpointState
+from services.deciders.host import HostState, Lease, ReleaseGpus
 from services.deciders.instance import InstanceState
 from services.deciders.volume import DetachVolume
 from services.processes.fleet_view import FleetView
@@ -34,6 +36,7 @@ ACTOR = "system:gpu-releaser"
 SWEEP_EVERY_S = 30.0
 ORPHAN_AFTER = timedelta(minutes=2)
 LEASE_ENDING = (InstanceExited, InstanceFailed, InstanceStopped, InstanceTerminated)
+WORKER_LEASE_ENDING = (WorkerStopped, WorkerStartFailed)
 
 
 class GpuReleaser:
@@ -74,8 +77,7 @@ class GpuReleaser:
             for lease in host.leases().values():
                 if lease.allocated_at is None or now - lease.allocated_at < ORPHAN_AFTER:
                     continue
-                instance, _seq = await self._runner.current("instance", lease.instance_id)
-                if isinstance(instance, InstanceState) and instance.lease_id == lease.lease_id:
+                if await self._held(lease):
                     continue
                 log.warning(
                     "freeing orphaned lease %s of instance %s on host %s",
@@ -87,12 +89,28 @@ class GpuReleaser:
                 freed += 1
         return freed
 
+    async def _held(self, lease: Lease) -> bool:
+        """Whether the lease's holder (an instance, or a worker of an endpoint) still holds it."""
+        if lease.endpoint_id is not None:
+            endpoint, _seq = await self._runner.current("endpoint", lease.endpoint_id)
+            worker = (
+                endpoint.live_workers.get(lease.instance_id)
+                if isinstance(endpoint, EndpointState)
+                else None
+            )
+            return worker is not None and worker.placement.lease_id == lease.lease_id
+        instance, _seq = await self._runner.current("instance", lease.instance_id)
+        return isinstance(instance, InstanceState) and instance.lease_id == lease.lease_id
+
     async def _subscribe(self) -> Any:
         await self._js.add_consumer(
             STREAM,
             ConsumerConfig(
                 durable_name=DURABLE,
-                filter_subject=aggregate_type_filter("instance"),
+                filter_subjects=[
+                    aggregate_type_filter("instance"),
+                    aggregate_type_filter("endpoint"),
+                ],
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
                 ack_wait=30,
@@ -112,8 +130,11 @@ class GpuReleaser:
                     continue
                 for msg in msgs:
                     event = decode_event(msg.data, msg.metadata.sequence.stream)
-                    if isinstance(event.data, LEASE_ENDING) and event.data.lease_id:
-                        await self.release(event.aggregate.id, event.data.lease_id)
+                    data = event.data
+                    if isinstance(data, LEASE_ENDING) and data.lease_id:
+                        await self.release(event.aggregate.id, data.lease_id)
+                    if isinstance(data, WORKER_LEASE_ENDING) and data.lease_id and data.host_id:
+                        await self._release_on(data.host_id, data.worker_id, data.lease_id)
                     if isinstance(event.data, InstanceTerminated):
                         await self.detach(event.aggregate.id)
                     await msg.ack()

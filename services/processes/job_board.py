@@ -93,6 +93,12 @@ class WorkerView:
     stops: dict[str, tuple[float, float | None]] = field(default_factory=dict)
     stop_waiters: list[asyncio.Future[None]] = field(default_factory=list)
     unhealthy: str | None = None
+    # When it last held no job (its first sign of life, or its last job's end): the autoscaler
+    # stops it once this is `idleTimeout` ago.
+    idle_since: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.idle_since = self.idle_since or self.last_seen
 
     def seen(self, now: float) -> None:
         self.last_seen = max(self.last_seen, now)
@@ -131,6 +137,7 @@ class WorkerView:
                 gone.append(job_id)
         return gone
 
-    def release(self, job_id: str) -> None:
-        self.held.pop(job_id, None)
+    def release(self, job_id: str, now: float) -> None:
+        if self.held.pop(job_id, None) is not None and not self.held:
+            self.idle_since = now
         self.misses.pop(job_id, None)

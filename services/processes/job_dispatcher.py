@@ -35,7 +35,7 @@ import heapq
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +52,7 @@ from events.job import JobSubmitted
 from events.subjects import STREAM, aggregate_type_filter
 from services.aggregate_follower import AggregateFollower, caught_up
 from services.command_wire import CommandEnvelope, Reply
+from services.deciders.autoscaler import QueueLoad
 from services.deciders.decider import Command
 from services.deciders.endpoint import ENDPOINT, EndpointState
 from services.deciders.job import (
@@ -113,6 +114,15 @@ class DispatchConfig:
     tick_s: float = 0.2
 
 
+def _leaving(endpoint: EndpointState, worker_id: str) -> bool:
+    """A worker the platform placed that was asked to stop, or stopped: it takes no new job.
+    (Workers someone runs by hand are not the endpoint's: they take jobs while they ping.)"""
+    record = endpoint.live_workers.get(worker_id)
+    if record is not None:
+        return record.status == "STOPPING"
+    return worker_id in endpoint.billed_workers
+
+
 class JobDispatcher:
     def __init__(self, nc: NatsClient, runner: DeciderRunner, config: DispatchConfig) -> None:
         self._nc = nc
@@ -125,6 +135,8 @@ class JobDispatcher:
         self._finished: OrderedDict[str, tuple[JobState, int]] = OrderedDict()
         self._queues: dict[str, EndpointQueue] = {}
         self._workers: dict[tuple[str, str], WorkerView] = {}
+        # The same views by endpoint (the autoscaler asks about one endpoint's workers).
+        self._workers_of: dict[str, dict[str, WorkerView]] = {}
         # (when, job id, which deadline, the attempt or queue time it was set for)
         self._deadlines: list[tuple[float, str, str, float]] = []
         # Jobs with a timeout or requeue of ours on the way: one at a time.
@@ -134,6 +146,11 @@ class JobDispatcher:
         self._job_sub: Any = None
         self._ticker: asyncio.Task[None] | None = None
         self._ready = False
+        # Each endpoint's live workers as last seen (a worker that leaves loses its jobs at once).
+        self._live: dict[str, set[str]] = {}
+        # Told when a job enters an endpoint's queue (the autoscaler: a cold start must not wait
+        # for its next tick).
+        self.on_queued: Callable[[str], None] | None = None
 
     # --- life ---------------------------------------------------------------------------------
 
@@ -208,6 +225,70 @@ class JobDispatcher:
     def _endpoint_changed(self, state: EndpointState, _sequence: int) -> None:
         if state.deleted and self._ready:
             self._spawn(self._cancel_all(state.id, ENDPOINT_DELETED))
+        live = set(state.live_workers)
+        gone = self._live.get(state.id, set()) - live
+        self._live[state.id] = live
+        if not self._ready:
+            return
+        leaving = {w for w in gone | set(self._waiting_workers(state.id)) if _leaving(state, w)}
+        if leaving:
+            self._drop_waiters(state.id, leaving)
+        for worker_id in gone:
+            # Stopped, crashed, killed or lost with its host: what it held goes back to the
+            # head of the queue now, not after `lost_after_s` of silence.
+            view = self._workers.get((state.id, worker_id))
+            for job_id in list(view.held) if view is not None else []:
+                entry = self._jobs.get(job_id)
+                if entry is not None and entry[0].status == "IN_PROGRESS":
+                    self._requeue(entry[0], f"its worker {worker_id} stopped")
+
+    def _waiting_workers(self, endpoint_id: str) -> list[str]:
+        queue = self._queues.get(endpoint_id)
+        return [w.worker_id for w in queue.waiters] if queue is not None else []
+
+    def _drop_waiters(self, endpoint_id: str, worker_ids: set[str]) -> None:
+        """Their takes are answered now, with nothing: a worker stopped or stopping must not be
+        handed a job (its container may be gone while its long poll is still open, held by a
+        relay or a proxy)."""
+        queue = self._queues.get(endpoint_id)
+        if queue is None:
+            return
+        for waiter in list(queue.waiters):
+            if waiter.worker_id in worker_ids and waiter.open and not waiter.assigning:
+                queue.waiters.remove(waiter)
+                waiter.future.set_result([])
+
+    # --- what the autoscaler asks --------------------------------------------------------------
+
+    def queue_load(self, endpoint_id: str) -> QueueLoad:
+        """The endpoint's jobs now: queued (normal and low priority), running, the oldest wait."""
+        queue = self._queues.get(endpoint_id)
+        queued = queued_low = 0
+        oldest: datetime | None = None
+        for job_id in queue.queued if queue is not None else ():
+            entry = self._jobs.get(job_id)
+            if entry is None or entry[0].status != "IN_QUEUE":
+                continue
+            state = entry[0]
+            if state.low_priority:
+                queued_low += 1
+                continue
+            queued += 1
+            if oldest is None or state.queued_at < oldest:
+                oldest = state.queued_at
+        views = self._workers_of.get(endpoint_id, {})
+        running = sum(len(view.held) for view in views.values())
+        return QueueLoad(
+            queued=queued, queued_low=queued_low, in_progress=running, oldest_queued_at=oldest
+        )
+
+    def idle_since(self, endpoint_id: str) -> dict[str, datetime | None]:
+        """Each worker of the endpoint it knows: when it last held nothing (None: it runs a
+        job now)."""
+        return {
+            worker_id: None if view.held else datetime.fromtimestamp(view.idle_since, UTC)
+            for worker_id, view in self._workers_of.get(endpoint_id, {}).items()
+        }
 
     async def _on_job_message(self, msg: Msg) -> None:
         sequence = msg.metadata.sequence.stream
@@ -255,7 +336,7 @@ class JobDispatcher:
         held_by = old.worker_id if old is not None and old.status == "IN_PROGRESS" else None
         if held_by is not None and (new.status != "IN_PROGRESS" or new.worker_id != held_by):
             view = self._worker(endpoint_id, held_by)
-            view.release(new.id)
+            view.release(new.id, now)
             ran_it_out = new.status in ("COMPLETED", "FAILED") and new.result is not None
             if not ran_it_out:
                 view.notice_stop(new.id, now)  # cancelled, timed out, requeued: drop it
@@ -274,6 +355,8 @@ class JobDispatcher:
                 self._deadline(deadline, new.id, "queue", new.queued_at.timestamp())
             if self._ready:
                 self._match(endpoint_id)
+                if queue.queued and self.on_queued is not None:
+                    self.on_queued(endpoint_id)
         endpoint = self._endpoints.get(endpoint_id)
         if self._ready and not new.final and endpoint is not None and endpoint.deleted:
             self._spawn(self._cancel(new.id, ENDPOINT_DELETED))
@@ -292,6 +375,7 @@ class JobDispatcher:
         view = self._workers.get(key)
         if view is None:
             view = self._workers[key] = WorkerView(last_seen=time.time())
+            self._workers_of.setdefault(endpoint_id, {})[worker_id] = view
         return view
 
     # --- commands ------------------------------------------------------------------------------
@@ -338,11 +422,11 @@ class JobDispatcher:
 
     # --- taking --------------------------------------------------------------------------------
 
-    def _may_take(self, endpoint_id: str, version: int | None) -> bool:
+    def _may_take(self, endpoint_id: str, version: int | None, worker_id: str) -> bool:
         endpoint = self._endpoints.get(endpoint_id)
         if endpoint is None:
             return True  # not followed yet: the api found it
-        if endpoint.deleted:
+        if endpoint.deleted or _leaving(endpoint, worker_id):
             return False
         # A worker of an older version drains: it finishes what it holds and gets nothing new.
         return version is None or version >= endpoint.config_version
@@ -411,7 +495,7 @@ class JobDispatcher:
         view.seen(time.time())
         view.version = request.version
         offers: list[Offer] = []
-        if not self._may_take(endpoint_id, request.version):
+        if not self._may_take(endpoint_id, request.version, request.worker_id):
             await asyncio.sleep(wait_s)
         else:
             loop = asyncio.get_running_loop()
@@ -561,6 +645,7 @@ class JobDispatcher:
                     )
             if not view.held and not view.stop_waiters and now - view.last_seen > 3600:
                 del self._workers[(endpoint_id, worker_id)]
+                self._workers_of.get(endpoint_id, {}).pop(worker_id, None)
 
     # --- the queue service (cmd.job_queue) ------------------------------------------------------
 

@@ -1,5 +1,7 @@
 """Placement: allocate GPUs on a host and create (or start) the instance that holds them, as one
-atomic decision (see `PlacementService`)."""
+atomic decision (see `PlacementService`); and the same for a serverless worker (`place_worker`),
+whose GPUs come from the same host aggregates and leases, so a worker never shares a GPU with an
+instance."""
 
 from __future__ import annotations
 
@@ -13,11 +15,15 @@ from typing import Any
 import msgspec
 
 from events.container import ContainerConfig
+from events.endpoint import WorkerPlacement
 from events.envelope import AggregateRef
 from events.ids import derived_id
+from events.instance import LEGACY_RAM_GB_PER_GPU, LEGACY_VCPU_PER_GPU
+from ledger.rate_card import first_resources, in_force
 from services.command_wire import CommandEnvelope, Reply
 from services.deciders.decider import Command, is_system
-from services.deciders.host import AllocateGpus, HostState
+from services.deciders.endpoint import EndpointState, PlaceWorker
+from services.deciders.host import CLOUD_TYPES, AllocateGpus, HostState
 from services.deciders.instance import (
     STARTABLE,
     CreateInstance,
@@ -63,6 +69,26 @@ class StartPlacedInstance(Command, frozen=True, kw_only=True):
 
 
 PlacementCommand = PlaceInstance | StartPlacedInstance
+
+
+class PlaceWorkerOn(Command, frozen=True, kw_only=True):
+    """The autoscaler's request for a worker (in process: never on the wire); placement chooses
+    the host, its GPUs and the lease."""
+
+    worker_id: str
+    active: bool = False
+    reason: str
+
+
+def _resources(gpu_type_id: str) -> tuple[int, int]:
+    """vCPUs and GB of RAM per GPU of the type, from the rate card (as for instances)."""
+    gpu = in_force(datetime.now(UTC)).gpu(gpu_type_id)
+    resources = (gpu.resources if gpu else None) or first_resources(gpu_type_id)
+    if resources is None:
+        return LEGACY_VCPU_PER_GPU, LEGACY_RAM_GB_PER_GPU
+    return resources.vcpu_per_gpu, resources.ram_gb_per_gpu
+
+
 # The error type a host's refusal to allocate travels under, so placement tries the next host.
 NO_GPUS = "no_gpus_on_host"
 
@@ -208,6 +234,96 @@ class PlacementService:
 
         return plan
 
+    async def place_worker(
+        self, endpoint: EndpointState, command: PlaceWorkerOn, command_id: str
+    ) -> Reply:
+        """A worker for `endpoint` on the first host with free GPUs of its types, tried in the
+        endpoint's order of preference (any cloud, its data center if it names one, the host of
+        its network volume if it has one); the lease and the worker are one atomic append.
+        Answers the endpoint's state, or 409 when no host has room (or the endpoint refuses)."""
+        settings = endpoint.settings
+        only_host = None
+        if settings.network_volume_id is not None:
+            volume, _seq = await self._runner.current("volume", settings.network_volume_id)
+            if not isinstance(volume, VolumeState) or volume.status == "DELETED":
+                raise Conflict(f"its network volume {settings.network_volume_id} is gone")
+            only_host = volume.host_id
+        target = AggregateRef("endpoint", endpoint.id)
+        envelope = CommandEnvelope.wrap(
+            endpoint.id, command, f"autoscale:{endpoint.id}", command_id
+        )
+        lease_id = derived_id("lease", command_id)
+        tried: set[tuple[str, str]] = set()
+        for gpu_type_id in settings.gpu_ids:
+            for cloud_type in CLOUD_TYPES:
+                for _ in range(MAX_HOSTS_TRIED):
+                    host_id = best_fit(
+                        self._fleet.free(gpu_type_id),
+                        self._fleet.states_view(),
+                        settings.gpu_count,
+                        settings.datacenter_id,
+                        cloud_type,
+                        self._claiming,
+                        {h for h, t in tried if t == gpu_type_id},
+                        only_host,
+                    )
+                    if host_id is None:
+                        break
+                    tried.add((host_id, gpu_type_id))
+                    plan = self._worker_plan(
+                        endpoint, command, host_id, gpu_type_id, lease_id, command.worker_id
+                    )
+                    reply = await self._claim(host_id, settings.gpu_count, envelope, target, plan)
+                    if reply.error is not None and reply.error.type == NO_GPUS:
+                        continue
+                    return reply
+        raise Conflict(
+            f"no capacity: no host has {settings.gpu_count} free"
+            f" {' or '.join(settings.gpu_ids)} GPU{'s' if settings.gpu_count > 1 else ''}"
+            f"{' in ' + settings.datacenter_id if settings.datacenter_id else ''} right now"
+        )
+
+    def _worker_plan(
+        self,
+        endpoint: EndpointState,
+        command: PlaceWorkerOn,
+        host_id: str,
+        gpu_type_id: str,
+        lease_id: str,
+        worker_id: str,
+    ) -> Callable[[Decision], Awaitable[None]]:
+        count = endpoint.settings.gpu_count
+        resources = _resources(gpu_type_id)
+
+        async def plan(decision: Decision) -> None:
+            await decision.ensure_new("endpoint", endpoint.id)
+            held = await self._allocate(
+                decision, host_id, worker_id, lease_id, gpu_type_id, count, endpoint.id
+            )
+            placement = WorkerPlacement(
+                host_id=host_id,
+                gpu_type_id=gpu_type_id,
+                gpu_count=count,
+                gpu_uuids=held,
+                lease_id=lease_id,
+                vcpu_count=resources[0] * count,
+                memory_in_gb=resources[1] * count,
+            )
+            await decision.decide(
+                "endpoint",
+                endpoint.id,
+                PlaceWorker(
+                    actor=command.actor,
+                    at=command.at,
+                    worker_id=worker_id,
+                    placement=placement,
+                    active=command.active,
+                    reason=command.reason,
+                ),
+            )
+
+        return plan
+
     async def _allocate(
         self,
         decision: Decision,
@@ -216,6 +332,7 @@ class PlacementService:
         lease_id: str,
         gpu_type_id: str,
         count: int,
+        endpoint_id: str | None = None,
     ) -> list[str]:
         try:
             state = await decision.decide(
@@ -228,6 +345,7 @@ class PlacementService:
                     lease_id=lease_id,
                     gpu_type_id=gpu_type_id,
                     count=count,
+                    endpoint_id=endpoint_id,
                 ),
             )
         except Conflict as exc:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from events.host import HostGpu
 from events.store import JetStreamEventStore
 from services.agent.declared_inventory import DeclaredInventory
 from services.agent.host_agent import HostAgent, HostSpec
+from services.agent.host_workers import DEFAULT_RELAY_PORT, HostWorkers
 from services.agent.inventory import GpuInventory
 from services.agent.inventory_detect import detect_inventory
 from services.agent.port_publishing import HostAddresses
@@ -22,8 +24,11 @@ from services.nats_connection import connect_role
 from services.nats_permissions import agent_user
 from services.roles.lifecycle import until_signalled, wait_for_stream
 from services.security.secret_box import SecretBox
+from services.security.worker_tokens import WorkerTokens
 
 log = logging.getLogger("gpuworker.agent")
+
+DEFAULT_API_URL = "http://127.0.0.1:8080"
 
 
 def docker_reachable() -> bool:
@@ -117,10 +122,34 @@ async def run_agent(
     nc = await connect_role(settings, agent_user(host_id))
     await wait_for_stream(nc)
     credentials = RegistryCredentialStore(JetStreamEventStore(nc), SecretBox(settings.secret_key))
+    bus = CommandBus(nc, settings.request_timeout_s)
+    # The api as this host reaches it: serverless workers' protocol traffic is relayed there.
+    api_url = os.environ.get("GPUWORKER_AGENT_API_URL") or DEFAULT_API_URL
+    relay_port = int(os.environ.get("GPUWORKER_WORKER_RELAY_PORT") or DEFAULT_RELAY_PORT)
+    nvml_hosts = {h.host_id for h in hosts if h.inventory_source == "nvml"}
+    log.info("serverless workers reach the api at %s (relayed on port %d)", api_url, relay_port)
+    # The relay's and simulated workers' client: a line per request is noise at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    def serverless(schedule: Callable[[str], None]) -> HostWorkers:
+        return HostWorkers(
+            nc,
+            bus,
+            {h.host_id: h for h in hosts},
+            runtime,
+            schedule,
+            api_url=api_url,
+            tokens=WorkerTokens(settings.secret_key),
+            ping_interval_s=settings.worker_ping_interval_s,
+            credentials=credentials,
+            relay_port=relay_port,
+            real_gpus=lambda host_id: host_id in nvml_hosts,
+        )
+
     agent = HostAgent(
         host_id,
         nc,
-        CommandBus(nc, settings.request_timeout_s),
+        bus,
         hosts,
         runtime,
         credentials=credentials,
@@ -129,6 +158,7 @@ async def run_agent(
         # One simulated process may stand for many hosts: give it workers to match.
         workers=min(256, max(16, 4 * len(hosts))),
         addresses=HostAddresses.from_env(),
+        serverless=serverless,
     )
     await agent.start()
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from events.store import JetStreamEventStore
 from services.config import Settings
@@ -10,6 +11,7 @@ from services.deciders.builtin_templates import builtin_templates
 from services.deciders.catalog import DECIDERS
 from services.nats_connection import connect_role
 from services.nats_permissions import DECIDERS_USER
+from services.processes.autoscaler import Autoscaler
 from services.processes.fleet_view import FleetView
 from services.processes.gpu_releaser import GpuReleaser
 from services.processes.host_monitor import HostMonitor
@@ -20,6 +22,12 @@ from services.processes.server import DeciderServer
 from services.roles.lifecycle import ensure_stream, until_signalled
 
 log = logging.getLogger("gpuworker.deciders")
+
+
+def autoscaling() -> bool:
+    """GPUWORKER_AUTOSCALER=0 leaves serverless workers to be run by hand (an operator's, or a
+    test's, with `gpuworker endpoints worker-env`)."""
+    return os.environ.get("GPUWORKER_AUTOSCALER", "1").lower() not in ("0", "off", "false")
 
 
 async def seed_builtins(runner: DeciderRunner) -> None:
@@ -52,11 +60,19 @@ async def run_deciders(settings: Settings) -> None:
     await monitor.start()
     releaser = GpuReleaser(nc, runner, fleet)
     await releaser.start()
+    autoscaler = None
+    if autoscaling():
+        autoscaler = Autoscaler(nc, runner, placement, dispatcher, fleet)
+        await autoscaler.start()
+    else:
+        log.warning("the autoscaler is off (GPUWORKER_AUTOSCALER): no serverless workers start")
     await seed_builtins(runner)
     log.info("deciders ready")
     try:
         await until_signalled()
     finally:
+        if autoscaler is not None:
+            await autoscaler.stop()
         await dispatcher.stop()
         await releaser.stop()
         await monitor.stop()

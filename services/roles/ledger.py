@@ -19,11 +19,19 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from events.subjects import billing_command_subject
 from ledger.accruals import accrue_open_sessions
 from ledger.consumer import LedgerProjection
-from ledger.spend_control import over_limit, running_instances
+from ledger.spend_control import (
+    Verdict,
+    endpoints_to_hold,
+    held_endpoints,
+    limit_reached,
+    over_limit,
+    running_instances,
+)
 from projections.migrate import migrate
 from projections.runner import ProjectionRunner
 from services.api.command_bus import CommandBus
 from services.config import Settings
+from services.deciders.endpoint import ResumeEndpoint, SuspendEndpoint
 from services.deciders.entitlements import BILLING_ACTOR
 from services.deciders.instance import StopInstance
 from services.errors import GpuWorkerError
@@ -51,6 +59,8 @@ class Accruals:
         self._task: asyncio.Task[None] | None = None
         # Stops already asked for (user, instance): asked again only if it is still running later.
         self._asked: set[tuple[str, str]] = set()
+        # Endpoints held at zero already (user, endpoint), likewise.
+        self._holding: set[tuple[str, str]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ledger-accruals")
@@ -84,6 +94,17 @@ class Accruals:
                 for v in verdicts
                 for instance_id in await running_instances(conn, v.user_id)
             ]
+            holds = [
+                (v, endpoint_id)
+                for v in verdicts
+                for endpoint_id in await endpoints_to_hold(conn, v.user_id)
+            ]
+            over = {v.user_id for v in verdicts}
+            releases = [
+                endpoint_id
+                for endpoint_id, owner_id in await held_endpoints(conn)
+                if owner_id not in over and await limit_reached(conn, owner_id, now) is None
+            ]
         still = {(v.user_id, i) for v, i in stops}
         self._asked &= still
         for v, instance_id in stops:
@@ -91,18 +112,49 @@ class Accruals:
                 continue
             await self._stop(instance_id, f"stopped by billing: {v.message}")
             self._asked.add((v.user_id, instance_id))
+        await self._hold_endpoints(holds, releases)
         return posted
 
-    async def _stop(self, instance_id: str, reason: str) -> None:
-        command = StopInstance(actor=BILLING_ACTOR, at=datetime.now(UTC), reason=reason)
+    async def _hold_endpoints(self, holds: list[tuple[Verdict, str]], releases: list[str]) -> None:
+        """Serverless endpoints of customers past a limit are held at zero workers (their
+        autoscaler stops every worker and adds none); those of customers who can pay again are
+        let go. The read model lags the commands: the endpoint's decider ignores a repeat."""
+        asked = {(v.user_id, e) for v, e in holds}
+        self._holding &= asked
+        for v, endpoint_id in holds:
+            if (v.user_id, endpoint_id) in self._holding:
+                continue
+            # The limit without the instance's advice ("then start it again"): an endpoint is
+            # let go on its own.
+            limit = v.message.rsplit(": ", 1)[0]
+            reason = f"held at zero workers by billing: {limit}; let go once you can pay again"
+            if await self._billing("endpoint", endpoint_id, SuspendEndpoint, reason=reason):
+                log.warning("endpoint %s %s", endpoint_id, reason)
+            self._holding.add((v.user_id, endpoint_id))
+        for endpoint_id in releases:
+            if await self._billing("endpoint", endpoint_id, ResumeEndpoint):
+                log.info("endpoint %s let go by billing: its owner can pay again", endpoint_id)
+
+    async def _billing(
+        self, aggregate: str, aggregate_id: str, command_type: type[Any], **fields: Any
+    ) -> bool:
+        command = command_type(actor=BILLING_ACTOR, at=datetime.now(UTC), **fields)
         try:
             await self._bus.send_on(
-                billing_command_subject("instance"), instance_id, command, f"billing:{instance_id}"
+                billing_command_subject(aggregate),
+                aggregate_id,
+                command,
+                f"billing:{aggregate_id}",
             )
-            log.warning("instance %s %s", instance_id, reason)
         except GpuWorkerError as exc:
-            # 409: already stopping or stopped; the next cycle looks again if it still runs.
-            log.info("instance %s not stopped by billing: %s", instance_id, exc.message)
+            log.info("%s %s: billing's %s refused: %s", aggregate, aggregate_id, command, exc)
+            return False
+        return True
+
+    async def _stop(self, instance_id: str, reason: str) -> None:
+        # Refused (409: already stopping or stopped): the next cycle looks again if it still runs.
+        if await self._billing("instance", instance_id, StopInstance, reason=reason):
+            log.warning("instance %s %s", instance_id, reason)
 
 
 async def run_ledger(settings: Settings) -> None:

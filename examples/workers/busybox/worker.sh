@@ -2,8 +2,9 @@
 # A serverless worker in busybox sh and wget, speaking the runpod worker protocol (the same URLs
 # and token the runpod SDK gets: RUNPOD_WEBHOOK_GET_JOB, RUNPOD_WEBHOOK_POST_OUTPUT,
 # RUNPOD_WEBHOOK_PING, RUNPOD_AI_API_KEY, RUNPOD_POD_ID). Its handler echoes each job's input back
-# as its output: {"output": <input>}. Runs on the local test image (`local/busybox:latest`: sh,
-# wget, sed, sleep) with `sh worker.sh`.
+# as its output: {"output": <input>}, after `sleep` seconds when the input has a whole number
+# `sleep` (a long job). Runs on the local test image (`local/busybox:latest`: sh, wget, sed,
+# sleep) with `sh worker.sh`.
 #
 # It pings every RUNPOD_PING_INTERVAL ms with the job it runs, so the platform knows both the
 # worker and its job are alive; a worker that stops pinging loses its job to another worker.
@@ -44,7 +45,15 @@ while :; do
     input=$(printf '%s' "$job" | sed -n 's/^{"id":"[^"]*","input":\(.*\)}$/\1/p')
     [ -n "$id" ] || { echo "unexpected job: $job" >&2; continue; }
     printf '%s' "$id" > "$STATE/running"
+    # An input object with a whole number `sleep` takes that many seconds (a long job).
+    took=$(printf '%s' "$input" | sed -n 's/^{.*"sleep": *\([0-9][0-9]*\) *[,}].*$/\1/p')
+    [ -z "$took" ] || sleep "$took"
     url="${DONE//\$ID/$id}&isStream=false"
-    until call "$url" "{\"output\":$input}" > /dev/null; do sleep 1; done
+    # Tried again while the api is unreachable, but not forever: a result refused (the job was
+    # cancelled, or timed out and went to another worker) stays refused.
+    tries=0
+    until call "$url" "{\"output\":$input}" > /dev/null; do
+        tries=$((tries + 1)); [ "$tries" -lt 5 ] || break; sleep 1
+    done
     : > "$STATE/running"
 done
