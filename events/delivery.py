@@ -1,8 +1,8 @@
 """Where a JetStream message sits in the stream, read straight from its reply subject.
 
 nats-py's `Msg.metadata` parses every token of the reply subject into dataclasses and a datetime;
-a rebuild needs only the stream sequence and the pending count, and that parse was a quarter of
-its CPU. The subject is `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`
+a reader needs only the sequences and the pending count, and that parse was a quarter of a
+rebuild's CPU. The subject is `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`
 (v1, 9 tokens) or, from servers with domains, `$JS.ACK.<domain>.<account>.<stream>.…` (v2, 12
 tokens, sometimes 11): the same fields two places later. Anything else goes to nats-py."""
 
@@ -26,6 +26,13 @@ def stream_sequence(msg: Msg) -> int:
     if tokens is None:
         return int(msg.metadata.sequence.stream)
     return int(tokens[5] if len(tokens) == _V1 else tokens[7])
+
+
+def consumer_sequence(msg: Msg) -> int:
+    tokens = _tokens(msg)
+    if tokens is None:
+        return int(msg.metadata.sequence.consumer)
+    return int(tokens[6] if len(tokens) == _V1 else tokens[8])
 
 
 def pending(msg: Msg) -> int:

@@ -25,6 +25,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from events.delivery import consumer_sequence, pending
 from events.ids import new_id
 from events.subjects import STREAM
 
@@ -157,12 +158,12 @@ class OrderedPull:
             description = (msg.headers or {}).get("Description", "")
             self._fail(Gap(f"pull ended with status {status} {description}".strip()))
             return
-        delivery = msg.metadata.sequence.consumer
+        delivery = consumer_sequence(msg)
         if delivery != self._next_delivery:
             self._fail(Gap(f"delivery {delivery} arrived where {self._next_delivery} was due"))
             return
         self._next_delivery += 1
-        self.pending = int(msg.metadata.num_pending or 0)
+        self.pending = pending(msg)
         self._buffer.append(msg)
         self._requested -= 1
         if self._requested <= 0:

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.msg import Msg
 
-from events.delivery import pending, stream_sequence
+from events.delivery import consumer_sequence, pending, stream_sequence
 
 counts = st.integers(min_value=0, max_value=2**63)
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_ABC0123456789-", min_size=1, max_size=12)
@@ -23,6 +23,7 @@ def test_v1_reply_subjects(
 ) -> None:
     msg = message(f"$JS.ACK.{stream}.{consumer}.{delivered}.{sseq}.{cseq}.{ts}.{left}")
     assert stream_sequence(msg) == msg.metadata.sequence.stream == sseq
+    assert consumer_sequence(msg) == msg.metadata.sequence.consumer == cseq
     assert pending(msg) == msg.metadata.num_pending == left
 
 
@@ -53,4 +54,5 @@ def test_v2_reply_subjects_with_domain_and_account(
     reply = f"$JS.ACK.{domain}.{account}.{stream}.{consumer}.{delivered}.{sseq}.{cseq}.{ts}.{left}"
     msg = message(reply + tail)
     assert stream_sequence(msg) == msg.metadata.sequence.stream == sseq
+    assert consumer_sequence(msg) == msg.metadata.sequence.consumer == cseq
     assert pending(msg) == msg.metadata.num_pending == left

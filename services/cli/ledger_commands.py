@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from events.catalog import decode_event
+from events.delivery import stream_sequence
 from ledger.consumer import CHECKPOINT, SUBJECTS
 from ledger.export import (
     ExportRange,
@@ -44,7 +45,7 @@ async def replay(settings: Settings, upto: int) -> Replayed:
         await pull.open()
         while True:
             msgs = await pull.next(timeout=5.0)
-            events = [decode_event(m.data, m.metadata.sequence.stream) for m in msgs]
+            events = [decode_event(m.data, stream_sequence(m)) for m in msgs]
             replayed.apply(e for e in events if e.sequence <= upto)
             if not msgs or events[-1].sequence >= upto or pull.pending == 0:
                 return replayed

@@ -19,6 +19,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from events.catalog import decode_event
+from events.delivery import stream_sequence
 from events.endpoint import WorkerStartFailed, WorkerStopped
 from events.instance import InstanceExited, InstanceFailed, InstanceStopped, InstanceTerminated
 from events.subjects import STREAM, aggregate_type_filter
@@ -129,7 +130,7 @@ class GpuReleaser:
                 except TimeoutError:
                     continue
                 for msg in msgs:
-                    event = decode_event(msg.data, msg.metadata.sequence.stream)
+                    event = decode_event(msg.data, stream_sequence(msg))
                     data = event.data
                     if isinstance(data, LEASE_ENDING) and data.lease_id:
                         await self.release(event.aggregate.id, data.lease_id)

@@ -46,6 +46,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from events.catalog import decode_event
+from events.delivery import stream_sequence
 from events.envelope import Envelope
 from events.ids import derived_id
 from events.job import JobSubmitted
@@ -291,7 +292,7 @@ class JobDispatcher:
         }
 
     async def _on_job_message(self, msg: Msg) -> None:
-        sequence = msg.metadata.sequence.stream
+        sequence = stream_sequence(msg)
         try:
             await self._follow(decode_event(msg.data, sequence))
         except Exception:
