@@ -124,7 +124,7 @@ class InstanceOut(ContainerFieldsOut, kw_only=True):
     port_mappings: dict[str, int] | None
 
 
-def _base_url(request: Request[Any, Any, Any] | None) -> str:
+def public_base_url(request: Request[Any, Any, Any] | None) -> str:
     """Where the client reached the api (the proxy's URLs start there): GPUWORKER_PUBLIC_URL
     when the operator set it, else the request's own scheme and host."""
     if request is None:
@@ -139,7 +139,9 @@ def _reach(
 ) -> tuple[list[str], str | None, dict[str, int] | None]:
     proxy = getattr(request.app.state, "instance_proxy", None) if request else None
     http = [int(p.partition("/")[0]) for p in state.container.ports if p.endswith("/http")]
-    urls = proxy_urls(state.id, http, _base_url(request), proxy.settings.domain if proxy else None)
+    urls = proxy_urls(
+        state.id, http, public_base_url(request), proxy.settings.domain if proxy else None
+    )
     if state.status != "RUNNING":
         return urls, None, None
     mappings = {
@@ -319,7 +321,7 @@ class InstanceController(Controller):
             )
             return page.of_rows(positions, await views(request, states))
 
-        key = f"{request.user.id}\n{page.limit}\n{page.cursor or ''}\n{_base_url(request)}"
+        key = f"{request.user.id}\n{page.limit}\n{page.cursor or ''}\n{public_base_url(request)}"
         # An instance's host (lost or not) and its cost to date are part of its view; the cost
         # moves every second it runs, and is billed by the second: a page is good for its second.
         listed = await ctx.cache.get_or_load(

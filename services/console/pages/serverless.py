@@ -13,6 +13,7 @@ from litestar.response import Template
 from services.api.catalog import GpuTypeOut
 from services.api.endpoints import EndpointIn, EndpointOut
 from services.api.errors import error_response
+from services.api.instances import public_base_url
 from services.api.jobs import EndpointHealthOut
 from services.api.templates import TemplateOut
 from services.console.answers import see_other
@@ -25,13 +26,6 @@ HERE = "/console/serverless"
 # How long the tester's runsync waits for the job before answering with its status so far.
 TESTER_WAIT_MS = 30_000
 FIELDS = ("name", "templateId", "gpuIds", "workersMin", "workersMax", "idleTimeout")
-
-
-def api_base(request: Request[Any, Any, Any]) -> str:
-    """The api's address as customers reach it (GPUWORKER_PUBLIC_URL, else this request's)."""
-    proxy = getattr(request.app.state, "instance_proxy", None)
-    configured = proxy.settings.public_url if proxy else None
-    return (configured or str(request.base_url)).rstrip("/")
 
 
 async def _list_page(
@@ -87,7 +81,7 @@ async def endpoint_page(request: Request[Any, Any, Any], endpoint_id: str) -> Te
         "endpoint.html",
         endpoint=endpoint,
         health=health,
-        base=api_base(request),
+        base=public_base_url(request).rstrip("/"),
         wait_ms=TESTER_WAIT_MS,
     )
 
