@@ -44,6 +44,11 @@ class PathSpec:
     parse: Callable[[str, int], Point]
 
 
+def doubling(largest: int) -> Callable[[int], list[int]]:
+    """`steps` sizes, each twice the one before, ending at `largest`."""
+    return lambda steps: [largest >> (steps - 1 - i) for i in range(steps)]
+
+
 def _number(pattern: str, text: str) -> float:
     match = re.search(pattern, text)
     if match is None:
@@ -82,28 +87,28 @@ PATHS = {
         PathSpec(
             "rebuild",
             "µs per event",
-            lambda steps: [100_000 >> (steps - 1 - i) for i in range(steps)],
+            doubling(100_000),
             lambda n: ["rebuild.py", "--aggregates", str(n)],
             _rebuild,
         ),
         PathSpec(
             "accrual",
             "µs per open session per cycle",
-            lambda steps: [100_000 >> (steps - 1 - i) for i in range(steps)],
+            doubling(100_000),
             lambda n: ["accrual.py", "--sessions", str(n), "--users", str(max(n // 10, 1))],
             _accrual,
         ),
         PathSpec(
             "export",
             "µs per posting",
-            lambda steps: [1_000_000 >> (steps - 1 - i) for i in range(steps)],
+            doubling(1_000_000),
             lambda n: ["export.py", "--postings", str(n)],
             _export,
         ),
         PathSpec(
             "placement",
             "µs per placement",
-            lambda steps: [500 >> (steps - 1 - i) for i in range(steps)],
+            doubling(500),
             lambda n: ["placement.py", "--hosts", str(n)],
             _placement,
         ),
