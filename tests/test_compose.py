@@ -40,7 +40,12 @@ from services.nats_permissions import (
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
 ROLES = ("api", "deciders", "projector", "ledger", "audit")
-NATS_PASSWORDS = {password_variable(user): f"dummy-nats-{user}-password" for user in ROLE_USERS}
+# The GPU hosts compose.yaml's NATS users cover: its own simulated agent and one that joins.
+COMPOSE_AGENTS = [("host-1", False), ("host-2", False)]
+NATS_PASSWORDS = {
+    password_variable(user.name): f"dummy-nats-{user.name}-password"
+    for user in deployment_users(COMPOSE_AGENTS)
+}
 SECRETS = {
     "POSTGRES_PASSWORD": "dummy-postgres-password",
     "GPUWORKER_SECRET_KEY": "ZHVtbXktc2VjcmV0LWtleS1mb3ItY29tcG9zZS10ZXN0IQ==",
@@ -214,7 +219,7 @@ def test_nats_nodes_require_a_login_with_each_roles_permissions(compose: dict[st
             assert env[variable] == value, f"{name}: {variable}"
     # The shipped users are exactly what `gpuworker nats authorization` renders.
     shipped = (ROOT / "deploy/nats/auth.conf").read_text()
-    assert authorization_block(deployment_users()) in shipped
+    assert authorization_block(deployment_users(COMPOSE_AGENTS)) in shipped
 
 
 def test_roles_are_real_cli_commands_from_one_image(compose: dict[str, Any]) -> None:
@@ -264,13 +269,33 @@ def test_roles_get_the_cluster_the_database_and_secrets(compose: dict[str, Any])
             assert deps[dep]["condition"] == "service_healthy", f"{role} -> {dep}"
         if "migrate" in services:
             assert deps["migrate"]["condition"] == "service_completed_successfully"
-    ports = services["api"]["ports"]
-    published = {
-        (str(p["published"]), str(p["target"])) if isinstance(p, dict) else tuple(p.split(":")[-2:])
-        for p in ports
-    }
-    assert ("8080", "8080") in published, ports
+    # The api and the NATS nodes listen on loopback unless the operator says otherwise.
+    for name, target in (("api", 8080), *((node, 4222) for node in sorted(nodes))):
+        assert published_ports(services[name]) == [("127.0.0.1", target)], name
     assert "healthcheck" in services["postgres"]
+
+
+def published_ports(service: dict[str, Any]) -> list[tuple[str, int]]:
+    """(host address, container port) of each published port, short or long syntax."""
+    found = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            found.append((str(port.get("host_ip", "")), int(port["target"])))
+        else:
+            host_ip, _, target = str(port).rsplit(":", 2)
+            found.append((host_ip, int(target.split("/")[0])))
+    return found
+
+
+def test_the_gpu_host_agent_gets_only_nats_and_its_own_login(compose: dict[str, Any]) -> None:
+    agent = services_of(compose)["agent"]
+    env = agent["environment"]
+    assert as_list(agent["command"])[:2] == ["gpuworker", "agent"]
+    assert env["GPUWORKER_NATS_USER"] == "agent-host-1"
+    assert env["GPUWORKER_NATS_PASSWORD"] == NATS_PASSWORDS[password_variable("agent-host-1")]
+    # No database, no JWT secret: a compromised host cannot use what it was never given.
+    assert not {"DATABASE_URL", "PGPASSWORD", "GPUWORKER_JWT_SECRET"} & env.keys(), env.keys()
+    assert "postgres" not in agent.get("depends_on", {})
 
 
 def test_dockerfile_installs_every_package_and_runs_unprivileged() -> None:

@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_nats_command(args)
     try:
-        return _run_role(args, Settings.from_env())
+        return _run_role(args, Settings.from_env(gpu_host=args.command == "agent"))
     except ConfigurationError as exc:
         print(f"gpuworker: {exc}", file=sys.stderr)
         return 2
