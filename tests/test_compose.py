@@ -31,7 +31,6 @@ from services.cli.main import _parser
 from services.nats_connection import NatsLogin, connect_nats, nats_servers
 from services.nats_permissions import (
     DECIDERS_USER,
-    ROLE_USERS,
     authorization_block,
     deployment_users,
     password_variable,
