@@ -112,7 +112,8 @@ class CarefulClient:
         if r is None:
             return None
         if r.status_code != 201:
-            if not (kind == "instance" and r.status_code == 409):  # no capacity is fine
+            # No capacity, or an account at its quota (long runs reach it), is a fine answer.
+            if r.status_code != 409 or (kind != "instance" and "quota" not in r.text):
                 self.record.note(f"create {kind} -> {r.status_code} {r.text}")
             return None
         resource = r.json()
