@@ -28,6 +28,7 @@ from events.delivery import stream_sequence
 from events.envelope import Envelope
 from projections import checkpoints
 from projections.ordered_pull import Gap, OrderedPull
+from services.role_metrics import PROJECTOR_PENDING, PROJECTOR_POSITION
 
 log = logging.getLogger("gpuworker.projector")
 
@@ -189,11 +190,15 @@ class ProjectionRunner:
                 applied, failure = await _apply_prefix(conn, p, fresh)
                 if applied:
                     await checkpoints.advance(conn, p.name, applied[-1].sequence, pending)
+            if applied:
+                PROJECTOR_POSITION.labels(p.name).set(applied[-1].sequence)
+            PROJECTOR_PENDING.labels(p.name).set(pending)
             if failure is not None:
                 raise failure
         return stream_sequence(msgs[-1])
 
     async def _report(self, p: Projection, pending: int) -> None:
+        PROJECTOR_PENDING.labels(p.name).set(pending)
         try:
             async with self._pool.connection() as conn:
                 await checkpoints.report(conn, p.name, pending)

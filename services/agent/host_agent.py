@@ -39,6 +39,7 @@ from services.deciders.host import RegisterHost
 from services.deciders.instance import INSTANCE, InstanceState, Observation, ReportObservation
 from services.deciders.volume import VOLUME, ReportVolume, VolumeState
 from services.errors import GpuWorkerError
+from services.role_metrics import AGENT_HEARTBEATS
 
 log = logging.getLogger("gpuworker.agent")
 
@@ -576,6 +577,7 @@ class HostAgent:
                 try:
                     for host_id in self._hosts:
                         await self._nc.publish(heartbeat_subject(host_id), beat)
+                    AGENT_HEARTBEATS.labels(self.name).inc()
                 except Exception as exc:
                     log.debug("heartbeat not sent: %s", exc)
             await asyncio.sleep(self._heartbeat_s)

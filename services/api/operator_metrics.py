@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import psycopg
 from prometheus_client.core import REGISTRY, GaugeMetricFamily, Metric
@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from projections import checkpoints
 from services.deciders.entitlements import BILLING_ACTOR
+from services.deciders.instance import Status as InstanceStatus
 
 log = logging.getLogger("gpuworker.metrics")
 
@@ -144,8 +145,10 @@ class OperatorCollector(Collector):
         instances = GaugeMetricFamily(
             "gpuworker_instances", "Instances by status", labels=["status"]
         )
-        for status, count in sorted(s.instances.items()):
-            instances.add_metric([status], count)
+        # Every status, 0 when none: a series that vanishes with its last instance reads as "no
+        # data" rather than zero, and breaks rates and alerts over it.
+        for status in get_args(InstanceStatus):
+            instances.add_metric([status], s.instances.get(status, 0))
         yield instances
 
         lag = GaugeMetricFamily(

@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The long-running roles that serve metrics of their own (the api serves them on /metrics).
+METRICS_ROLES = ("deciders", "projector", "ledger", "audit", "agent")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "endpoints" and args.action == "worker-env":
@@ -139,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_role(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command in METRICS_ROLES and getattr(args, "action", None) is None:
+        from services import role_metrics
+
+        role_metrics.serve(args.command)
     if args.command == "api":
         from services import event_loop
         from services.roles.api import run_api

@@ -202,11 +202,17 @@ def up(
             env["GPUWORKER_RUNTIME"] = runtime
         if gpus:
             env["GPUWORKER_GPUS"] = gpus
-        for role in roles():
+        metrics_port = env.pop("GPUWORKER_METRICS_PORT", None)
+        for index, role in enumerate(roles()):
             args = [sys.executable, "-m", "services.cli.main", role]
             if role == "api":
                 args += ["--host", host, "--port", str(port)]
-            child = RoleProcess(role, args, env)
+            role_env = env
+            if metrics_port and role != "api":
+                # One process per role here: each gets its own port, the next one up.
+                role_env = {**env, "GPUWORKER_METRICS_PORT": str(int(metrics_port) + index)}
+                log.info("%s metrics on port %s", role, role_env["GPUWORKER_METRICS_PORT"])
+            child = RoleProcess(role, args, role_env)
             supervisor.add(child.supervised())
             children.append(child)
         url = f"http://{host}:{port}"

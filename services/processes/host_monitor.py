@@ -20,6 +20,7 @@ from events.subjects import HEARTBEATS_ROOT, host_of_heartbeat
 from services.deciders.host import HostState, MarkHostLost, MarkHostRecovered
 from services.processes.fleet_view import FleetView
 from services.processes.runner import DeciderRunner
+from services.role_metrics import HEARTBEAT_AGES
 
 log = logging.getLogger("gpuworker.hosts")
 
@@ -42,8 +43,14 @@ class HostMonitor:
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(f"{HEARTBEATS_ROOT}.>", cb=self._on_heartbeat)
         self._task = asyncio.create_task(self._check_forever())
+        HEARTBEAT_AGES.sources.append(self._heard_from)
+
+    def _heard_from(self) -> dict[str, float]:
+        return dict(self._last_seen)
 
     async def stop(self) -> None:
+        if self._heard_from in HEARTBEAT_AGES.sources:
+            HEARTBEAT_AGES.sources.remove(self._heard_from)
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

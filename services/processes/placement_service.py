@@ -35,6 +35,7 @@ from services.deciders.volume import AttachVolume, VolumeState
 from services.errors import BadRequest, Conflict, ErrorBody, GpuWorkerError, NotFound
 from services.processes.fleet_view import FleetView
 from services.processes.runner import DeciderRunner, Decision
+from services.role_metrics import PLACEMENT_KINDS, PLACEMENT_SECONDS
 
 log = logging.getLogger("gpuworker.placement")
 
@@ -132,13 +133,17 @@ class PlacementService:
         self._decode = msgspec.json.Decoder(PlacementCommand).decode
         self._claiming: defaultdict[str, int] = defaultdict(int)
         self._host_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        for kind in PLACEMENT_KINDS:
+            PLACEMENT_SECONDS.labels(kind)
 
     async def handle(self, envelope: CommandEnvelope) -> Reply:
         try:
             command = self._decode(envelope.command)
             if isinstance(command, PlaceInstance):
-                return await self._place(envelope, command)
-            return await self._start(envelope, command)
+                with PLACEMENT_SECONDS.labels("instance").time():
+                    return await self._place(envelope, command)
+            with PLACEMENT_SECONDS.labels("instance_start").time():
+                return await self._start(envelope, command)
         except GpuWorkerError as err:
             return Reply(error=err.body())
 
@@ -241,6 +246,12 @@ class PlacementService:
         endpoint's order of preference (any cloud, its data center if it names one, the host of
         its network volume if it has one); the lease and the worker are one atomic append.
         Answers the endpoint's state, or 409 when no host has room (or the endpoint refuses)."""
+        with PLACEMENT_SECONDS.labels("worker").time():
+            return await self._place_worker(endpoint, command, command_id)
+
+    async def _place_worker(
+        self, endpoint: EndpointState, command: PlaceWorkerOn, command_id: str
+    ) -> Reply:
         settings = endpoint.settings
         only_host = None
         if settings.network_volume_id is not None:

@@ -35,6 +35,11 @@ from events.store import (
 from services.command_wire import CommandEnvelope, Reply
 from services.deciders.decider import Decider
 from services.errors import GpuWorkerError, ServiceUnavailable
+from services.role_metrics import (
+    DECIDER_COMMANDS,
+    DECIDER_CONFLICTS,
+    DECIDER_RETRIES,
+)
 
 log = logging.getLogger("gpuworker.deciders")
 
@@ -204,6 +209,10 @@ class DeciderRunner:
         self._cache: OrderedDict[AggregateRef, _Known] = OrderedDict()
         self._decoders = {t: msgspec.json.Decoder(d.command_type) for t, d in deciders.items()}
         self.conflicts = 0
+        # Every aggregate's series exist from the start, at 0: a rate over them needs a first point.
+        for aggregate_type in deciders:
+            DECIDER_CONFLICTS.labels(aggregate_type)
+            DECIDER_RETRIES.labels(aggregate_type)
 
     def decider(self, aggregate_type: str) -> Decider[Any]:
         return self._deciders[aggregate_type]
@@ -230,10 +239,15 @@ class DeciderRunner:
         atomically, planning again on fresh state after a concurrent append. Answers with the
         state of `target`; errors come back in the Reply, in the seed's shape."""
         try:
-            return await self._decide(envelope, target, plan)
+            reply = await self._decide(envelope, target, plan)
+        except ServiceUnavailable as err:
+            DECIDER_COMMANDS.labels(target.type, "unavailable").inc()
+            return Reply(error=err.body())
         except GpuWorkerError as err:
+            DECIDER_COMMANDS.labels(target.type, "refused").inc()
             return Reply(error=err.body())
         except AppendOutcomeUnknown as exc:
+            DECIDER_COMMANDS.labels(target.type, "unavailable").inc()
             log.warning("append outcome unknown: %s", exc)
             return Reply(
                 error=ServiceUnavailable(
@@ -242,12 +256,14 @@ class DeciderRunner:
                 ).body()
             )
         except EventStoreUnavailable as exc:
+            DECIDER_COMMANDS.labels(target.type, "unavailable").inc()
             log.warning("event store unavailable: %s", exc)
             return Reply(
                 error=ServiceUnavailable(
                     "the event store is unavailable; nothing was changed, retry shortly"
                 ).body()
             )
+        return reply
 
     async def _decide(
         self,
@@ -262,10 +278,12 @@ class DeciderRunner:
             try:
                 await plan(decision)
             except AlreadyApplied:
+                DECIDER_RETRIES.labels(target.type).inc()
                 known = await self.catch_up(target, self.known(target))
                 return _reply(known.state, known.sequence)
             writes = decision.writes()
             if not writes:
+                DECIDER_COMMANDS.labels(target.type, "unchanged").inc()
                 return decision.result(target, {})
             if decision.expired():
                 raise ServiceUnavailable(
@@ -275,11 +293,13 @@ class DeciderRunner:
                 last = await self._store.append_all(writes)
             except WrongExpectedSequence:
                 self.conflicts += 1
+                DECIDER_CONFLICTS.labels(target.type).inc()
                 for touched in decision.touched():
                     await self.catch_up(touched, self.known(touched))
                 continue
             sequences = {w.aggregate: seq for w, seq in zip(writes, last, strict=True)}
             decision.committed(sequences)
+            DECIDER_COMMANDS.labels(target.type, "applied").inc()
             return decision.result(target, sequences)
         raise ServiceUnavailable("too much contention on this resource; retry shortly")
 

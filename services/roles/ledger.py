@@ -37,6 +37,7 @@ from services.deciders.instance import StopInstance
 from services.errors import GpuWorkerError
 from services.nats_connection import connect_role
 from services.nats_permissions import LEDGER_USER
+from services.role_metrics import LEDGER_ACCRUED, LEDGER_BUDGET_STOPS, LEDGER_LAST_ACCRUAL
 from services.roles.lifecycle import until_signalled, wait_for_stream
 
 log = logging.getLogger("gpuworker.ledger")
@@ -74,7 +75,8 @@ class Accruals:
         while True:
             started = asyncio.get_running_loop().time()
             try:
-                await self.cycle(datetime.now(UTC))
+                LEDGER_ACCRUED.inc(await self.cycle(datetime.now(UTC)))
+                LEDGER_LAST_ACCRUAL.set_to_current_time()
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, PoolTimeout) as exc:
@@ -111,6 +113,7 @@ class Accruals:
             if (v.user_id, instance_id) in self._asked:
                 continue
             await self._stop(instance_id, f"stopped by billing: {v.message}")
+            LEDGER_BUDGET_STOPS.inc()
             self._asked.add((v.user_id, instance_id))
         await self._hold_endpoints(holds, releases)
         return posted

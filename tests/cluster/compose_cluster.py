@@ -37,6 +37,7 @@ class Cluster:
         self.api_port = free_port()
         self.nats_ports = {node: free_port() for node in NODES}
         self.url = f"http://127.0.0.1:{self.api_port}"
+        self.prometheus_url = f"http://127.0.0.1:{free_port()}"
         users = [*ROLE_USERS, *(agent_user(h) for h in HOSTS)]
         self.passwords = {user: secrets.token_urlsafe(24) for user in users}
         self.secrets = {
@@ -51,6 +52,7 @@ class Cluster:
             "COMPOSE_PROJECT_NAME": self.project,
             "GPUWORKER_API_PORT": str(self.api_port),
             **{f"GPUWORKER_NATS{i + 1}_PORT": str(self.nats_ports[n]) for i, n in enumerate(NODES)},
+            "GPUWORKER_PROMETHEUS_PORT": self.prometheus_url.rsplit(":", 1)[1],
             "GPUWORKER_SIGNUP_CREDIT": SIGNUP_CREDIT,
         }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -273,6 +274,90 @@ def test_a_gpu_host_joins_over_the_network(cluster: Cluster) -> None:
             host.process.wait(20)
         except subprocess.TimeoutExpired:
             host.process.kill()
+
+
+# What an operator watches (issue 14): each name must be in Prometheus after a small workload.
+OPERATOR_METRICS = {
+    # the api, from the read models
+    "gpuworker_gpus": "GPUs by data center, type and state (allocated, free, unavailable)",
+    "gpuworker_hosts": "hosts by data center and availability",
+    "gpuworker_instances": "instances by status",
+    "gpuworker_projection_lag_events": "projection lag, per projection",
+    "gpuworker_job_queue_depth": "job queue depth, per endpoint",
+    "gpuworker_job_oldest_queued_seconds": "oldest queued job's age, per endpoint",
+    "gpuworker_ledger_accrual_lag_seconds": "ledger accrual lag",
+    # the deciders
+    "gpuworker_placement_seconds_bucket": "placement latency",
+    "gpuworker_decider_conflicts_total": "decider conflicts",
+    "gpuworker_decider_retried_commands_total": "decider retries",
+    "gpuworker_decider_commands_total": "commands by outcome",
+    "gpuworker_agent_heartbeat_age_seconds": "agent heartbeat age, per host",
+    # the projector and audit
+    "gpuworker_projector_pending_events": "each projection reader's pending events",
+    # the ledger
+    "gpuworker_ledger_last_accrual_timestamp_seconds": "the ledger's last accrual",
+    "gpuworker_ledger_budget_stops_total": "budget stops the ledger asked for",
+    # the agent
+    "gpuworker_agent_heartbeats_total": "heartbeats sent",
+}
+SCRAPED = ("api", "deciders", "projector", "ledger", "audit", "agent")
+
+
+def prometheus(cluster: Cluster, path: str, **params: str) -> Any:
+    answer = httpx.get(f"{cluster.prometheus_url}{path}", params=params, timeout=10)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def test_prometheus_scrapes_every_role_and_the_dashboard_reads_what_exists(
+    cluster: Cluster,
+) -> None:
+    _, client, _ = account(cluster)
+    # A job nobody can take (no workers allowed) keeps a queue to show.
+    endpoint = client.post(
+        "/endpoints",
+        json={"name": "queued", "templateId": TEMPLATE, "gpuIds": GPU, "workersMax": 0},
+    )
+    assert endpoint.status_code == 201, endpoint.text
+    queued = client.post(f"/endpoints/{endpoint.json()['id']}/run", json={"input": {}})
+    assert queued.status_code == 200, queued.text
+
+    def every_role_up() -> bool:
+        targets = prometheus(cluster, "/api/v1/targets")["activeTargets"]
+        healthy = {t["labels"]["job"] for t in targets if t["health"] == "up"}
+        return set(SCRAPED) <= healthy
+
+    wait_for(every_role_up, 90, f"Prometheus scrapes {SCRAPED}")
+
+    def missing() -> set[str]:
+        names = set(prometheus(cluster, "/api/v1/label/__name__/values"))
+        return set(OPERATOR_METRICS) - names
+
+    try:
+        wait_for(lambda: not missing(), 60, "every operator metric is in Prometheus")
+    except AssertionError:
+        raise AssertionError(f"not in Prometheus: {sorted(missing())}") from None
+    gpus = prometheus(cluster, "/api/v1/query", query='sum(gpuworker_gpus{gpu_type=~".*4090"})')
+    assert gpus["result"] and float(gpus["result"][0]["value"][1]) >= 8, gpus
+    depth = prometheus(cluster, "/api/v1/query", query="sum(gpuworker_job_queue_depth)")
+    assert depth["result"] and float(depth["result"][0]["value"][1]) >= 1, depth
+
+    # The dashboard queries only metrics that exist: renaming one fails here, not in Grafana.
+    dashboard = json.loads((ROOT / "deploy/grafana/gpuworker.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert len(exprs) >= len(OPERATOR_METRICS) // 2, exprs
+    known = set(prometheus(cluster, "/api/v1/label/__name__/values"))
+    used = {name for expr in exprs for name in re.findall(r"\bgpuworker_[a-z_]+", expr)}
+    assert used and used <= known, sorted(used - known)
+    for expr in exprs:
+        prometheus(cluster, "/api/v1/query", query=expr.replace("$__rate_interval", "1m"))
+    assert client.delete(f"/endpoints/{endpoint.json()['id']}").status_code in (202, 204)
+    print(
+        f"\ncluster: Prometheus scrapes {len(SCRAPED)} roles; {len(OPERATOR_METRICS)} operator"
+        f" metrics present; the dashboard's {len(exprs)} queries all evaluate"
+    )
 
 
 @dataclass
