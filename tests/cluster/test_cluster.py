@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 import nats
 import nats.errors
+import pytest
 
 from services.cli.embedded import free_port
 from tests.api_helpers import template_body, wait_for
@@ -40,6 +41,9 @@ from tests.careful_clients import CarefulClient, Record, check_acknowledged
 from tests.cluster.compose_cluster import ROOT, Cluster
 from tests.instance_helpers import RTX_4090, get_instance, wait_gone, wait_status
 from tests.serverless_helpers import GPU, TEMPLATE
+
+# The first test also waits for the images (a first build takes about 3 minutes) and `up`.
+pytestmark = pytest.mark.timeout(900)
 
 PASSWORD = "correct horse battery"
 JOINING_GPU = "NVIDIA RTX A6000"
