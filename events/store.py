@@ -151,6 +151,10 @@ class JetStreamEventStore:
                 if exc.err_code == BATCH_DUPLICATE:  # a duplicate id, yet not ours: a bug
                     raise EventStoreUnavailable(f"JetStream refused the append: {exc}") from None
                 error: Exception = exc
+            except nats.errors.NoRespondersError as exc:
+                # No stream took the subject (none, or its leader is being elected): the message
+                # reached no one, so nothing was stored by this attempt.
+                error = exc
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 ambiguous = True
                 error = exc

@@ -11,6 +11,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +44,11 @@ class Record:
     def note(self, problem: str) -> None:
         with self.lock:
             self.unexpected.append(problem)
+
+    def assert_clean(self) -> None:
+        """Nothing but definite answers: no 5xx other than 503, no request hung."""
+        assert not self.unexpected, self.unexpected[:20]
+        assert not self.hangs, self.hangs[:20]
 
 
 class CarefulClient:
@@ -234,3 +241,23 @@ def check_acknowledged(url: str, record: Record, gpu_type: str) -> int:
         for client in owners:
             client.close()
     return len(seen)
+
+
+@contextmanager
+def careful_load(url: str, clients: int) -> Iterator[Record]:
+    """`clients` careful clients (seeds 0, 1, …) at work until the block ends; then they finish
+    what they were doing (retries included) and the record is complete."""
+    record = Record()
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=CarefulClient(url, record, seed).run, args=(stop,))
+        for seed in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield record
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(RETRY_FOR_S + 30)

@@ -67,6 +67,13 @@ def settings_env(database_url: str, nats: EmbeddedNats) -> dict[str, str]:
     }
 
 
+def agent_command(runtime: str, gpus: str, host_id: str | None = None) -> list[str]:
+    """`gpuworker agent` as a test starts it: this interpreter, a runtime and a GPU inventory."""
+    command = [sys.executable, "-m", "services.cli.main", "agent", "--runtime", runtime]
+    command += ["--gpus", gpus]
+    return command + (["--host-id", host_id] if host_id else [])
+
+
 @dataclass
 class Stack:
     """`gpuworker up` against test servers, as a user would run it."""

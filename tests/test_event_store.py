@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -15,7 +16,13 @@ from events.catalog import decode_event, version_of
 from events.container import ContainerChanges, ContainerConfig
 from events.envelope import AggregateRef, Envelope, encode_envelope
 from events.ids import new_id
-from events.store import Append, JetStreamEventStore, WrongExpectedSequence
+from events.store import (
+    Append,
+    AppendOutcomeUnknown,
+    EventStoreUnavailable,
+    JetStreamEventStore,
+    WrongExpectedSequence,
+)
 from events.subjects import STREAM
 from events.template import TemplateCreated, TemplateUpdated
 from services.cli.embedded import EmbeddedNats
@@ -24,7 +31,7 @@ from services.deciders.catalog import DECIDERS
 from services.deciders.template import CreateTemplate, TemplateState, UpdateTemplate
 from services.nats_permissions import DECIDERS_USER
 from services.processes.runner import DeciderRunner
-from tests.servers import connect_as
+from tests.servers import connect_as, new_nats
 
 AT = datetime(2026, 11, 29, tzinfo=UTC)
 
@@ -289,3 +296,21 @@ async def test_a_lost_acknowledgement_is_settled_not_reported_as_nothing_changed
         assert stored.sequence == sequence
     finally:
         await client.close()
+
+
+async def test_an_append_no_stream_listens_to_is_known_not_stored(tmp_path: Path) -> None:
+    """No responders (no stream takes the subject: none yet, or its leader is being elected) means
+    nothing was stored: the 503 says so instead of "may or may not have been applied"."""
+    server = new_nats(tmp_path)
+    try:
+        client = await connect_as(server, DECIDERS_USER)
+        try:
+            store = JetStreamEventStore(client, timeout=0.5, patience_s=0.3)
+            ref = AggregateRef("template", new_id())
+            with pytest.raises(EventStoreUnavailable) as refused:
+                await store.append(ref, [envelope(ref, created())], expected_sequence=0)
+            assert not isinstance(refused.value, AppendOutcomeUnknown), refused.value
+        finally:
+            await client.close()
+    finally:
+        server.stop()

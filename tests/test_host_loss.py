@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import Stack, running_stack
+from tests.servers import Stack, agent_command, running_stack
 
 HOST = f"loss-{uuid.uuid4().hex[:6]}"
 GPU = "NVIDIA L40S"
@@ -36,18 +35,7 @@ def start_agent(stack: Stack) -> subprocess.Popen[bytes]:
     stack.nats.add_agent(HOST)
     env = {**stack.env, "GPUWORKER_HEARTBEAT": "0.5"}
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.cli.main",
-            "agent",
-            "--runtime",
-            "simulated",
-            "--gpus",
-            f"{GPU}:2",
-            "--host-id",
-            HOST,
-        ],
+        agent_command("simulated", f"{GPU}:2", HOST),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ from tests.instance_helpers import (
     wait_available,
     wait_status,
 )
-from tests.servers import Stack, running_stack
+from tests.servers import Stack, agent_command, running_stack
 
 GPUS = "NVIDIA GeForce RTX 4090:2"
 REPO = Path(__file__).resolve().parents[1]
@@ -260,18 +259,7 @@ class AgentProcess:
         self.stack.nats.add_agent(self.host_id)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "services.cli.main",
-                    "agent",
-                    "--runtime",
-                    "docker",
-                    "--gpus",
-                    GPUS,
-                    "--host-id",
-                    self.host_id,
-                ],
+                agent_command("docker", GPUS, self.host_id),
                 env=self.stack.env,
                 cwd=REPO,
                 stdout=log,

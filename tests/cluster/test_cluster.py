@@ -21,7 +21,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -37,10 +36,11 @@ import pytest
 
 from services.cli.embedded import free_port
 from tests.api_helpers import template_body, wait_for
-from tests.careful_clients import CarefulClient, Record, check_acknowledged
+from tests.careful_clients import careful_load, check_acknowledged
 from tests.cluster.compose_cluster import ROOT, Cluster
 from tests.instance_helpers import RTX_4090, get_instance, wait_gone, wait_status
 from tests.serverless_helpers import GPU, TEMPLATE
+from tests.servers import agent_command
 
 # The first test also waits for the images (a first build takes about 3 minutes) and `up`.
 pytestmark = pytest.mark.timeout(900)
@@ -193,16 +193,7 @@ def join_host(cluster: Cluster, host_id: str) -> JoiningHost:
     }
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "services.cli.main",
-                "agent",
-                "--runtime",
-                "simulated",
-                "--gpus",
-                f"{JOINING_GPU}:2",
-            ],
+            agent_command("simulated", f"{JOINING_GPU}:2"),
             env=env,
             cwd=ROOT,
             stdout=out,
@@ -593,23 +584,13 @@ def test_two_replicas_share_the_work_and_one_can_die(cluster: Cluster) -> None:
     wait_for(lambda: len(cluster.containers("deciders")) == 2, 60, "two deciders")
     wait_for(lambda: len(cluster.containers("projector")) == 2, 60, "two projectors")
     cluster.wait_healthy(60)
-    record = Record()
-    stop = threading.Event()
-    clients = [CarefulClient(cluster.url, record, seed) for seed in range(4)]
-    threads = [threading.Thread(target=c.run, args=(stop,)) for c in clients]
-    for thread in threads:
-        thread.start()
-    try:
+    with careful_load(cluster.url, 4) as record:
         time.sleep(8)
         delivered = {c["cid"]: c["out_msgs"] for c in nats_connections(cluster, "deciders")}
         victims = [cluster.containers("deciders")[0], cluster.containers("projector")[-1]]
         for victim in victims:
             cluster.crash(victim)
         time.sleep(12)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(120)
     seen = check_acknowledged(cluster.url, record, RTX_4090)
     working = sorted(n for n in delivered.values() if n > 0)
     print(
@@ -618,8 +599,7 @@ def test_two_replicas_share_the_work_and_one_can_die(cluster: Cluster) -> None:
         f" GPU leaks 0 ({seen} resources); messages delivered to each decider replica before"
         f" the kill {working}; statuses {dict(record.statuses)}"
     )
-    assert not record.unexpected, record.unexpected[:20]
-    assert not record.hangs, record.hangs[:20]
+    record.assert_clean()
     assert len(working) >= 2, f"the replicas did not share the commands: {delivered}"
     assert len(record.created) > 10
     # Exits non-zero (and fails the test) on any broken ledger invariant.

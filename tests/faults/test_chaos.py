@@ -22,7 +22,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 
@@ -33,9 +32,9 @@ from projections.catalog import PROJECTIONS
 from tests.api_helpers import template_body
 from tests.careful_clients import (
     HANG_S,
-    RETRY_FOR_S,
     CarefulClient,
     Record,
+    careful_load,
     check_acknowledged,
 )
 from tests.faults.stack import Up
@@ -88,16 +87,10 @@ def first_difference(a: bytes, b: bytes) -> str:
 
 
 def test_careful_clients_lose_nothing_while_processes_are_killed(up: Up) -> None:
-    record = Record()
-    stop = threading.Event()
-    clients = [CarefulClient(up.url, record, seed) for seed in range(CLIENTS)]
-    threads = [threading.Thread(target=c.run, args=(stop,)) for c in clients]
-    for thread in threads:
-        thread.start()
     rng = random.Random(42)
     kills: Counter[str] = Counter()
     recovery: list[float] = []
-    try:
+    with careful_load(up.url, CLIENTS) as record:
         # Recovery is probed by an account of its own, so the load's doings never mask it.
         prober = CarefulClient(up.url, Record(), seed=99)
         prober.sign_up()
@@ -113,10 +106,6 @@ def test_careful_clients_lose_nothing_while_processes_are_killed(up: Up) -> None
                 time.sleep(0.2)
             recovery.append(time.monotonic() - killed_at)
             time.sleep(rng.uniform(3, 8))
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(RETRY_FOR_S + 30)
 
     verdict = verify(up, record)
     print(
@@ -125,8 +114,7 @@ def test_careful_clients_lose_nothing_while_processes_are_killed(up: Up) -> None
         f" 503s {record.statuses[503]}; recovery p50 {statistics.median(recovery):.1f} s,"
         f" max {max(recovery):.1f} s; {verdict}"
     )
-    assert not record.unexpected, record.unexpected[:20]
-    assert not record.hangs, record.hangs[:20]
+    record.assert_clean()
     assert max(recovery) < 120, recovery
 
 
