@@ -48,7 +48,7 @@ class InstanceProxy:
         self._ctx = ctx
         self.settings = settings
         self._limiter = limiter
-        self._targets = InstanceTargets(ctx.pool)
+        self._targets = InstanceTargets(ctx.pool, ctx.watcher)
         self._http = HttpRelay(settings)
         self._websocket = WebSocketRelay(settings)
 
