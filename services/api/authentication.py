@@ -56,7 +56,7 @@ class ApiKeyOrJwtMiddleware(JWTAuthenticationMiddleware):
         if credential is None:
             return await super().authenticate_request(connection)
         if not credential.startswith(PREFIX):
-            verified = _verified_tokens(self)
+            verified: VerifiedTokens = connection.app.state.ctx.verified_tokens
             token = verified.get(credential)
             if token is not None:
                 return AuthenticationResult(user=AuthUser(id=token.sub), auth=token)
@@ -69,15 +69,6 @@ class ApiKeyOrJwtMiddleware(JWTAuthenticationMiddleware):
         if holder is None:
             raise NotAuthorizedException(INVALID_KEY)
         return AuthenticationResult(user=AuthUser(id=holder.user_id), auth=holder)
-
-
-def _verified_tokens(middleware: JWTAuthenticationMiddleware) -> VerifiedTokens:
-    """One memo per middleware (per app and secret), made on first use."""
-    memo: VerifiedTokens | None = getattr(middleware, "_verified_tokens", None)
-    if memo is None:
-        memo = VerifiedTokens()
-        middleware._verified_tokens = memo  # type: ignore[attr-defined]
-    return memo
 
 
 async def user_of_headers(
@@ -98,6 +89,12 @@ async def user_of_headers(
     if credential.startswith(PREFIX):
         holder = await ctx.api_keys.holder_of(credential)
         return AuthUser(id=holder.user_id) if holder is not None else None
+    # The middleware's memo: a token either path verified is not decoded again until it expires
+    # (the proxy checks one on every request, as the middleware does).
+    verified: VerifiedTokens = ctx.verified_tokens
+    remembered = verified.get(credential)
+    if remembered is not None:
+        return AuthUser(id=remembered.sub)
     jwt: JWTAuth[Any, Token] = ctx.jwt
     try:
         token = jwt.token_cls.decode(
@@ -113,4 +110,5 @@ async def user_of_headers(
         )
     except NotAuthorizedException:
         return None
+    verified.remember(credential, token)
     return AuthUser(id=token.sub)

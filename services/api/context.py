@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -23,6 +23,7 @@ from services.api.quotas import QuotaGuard
 from services.api.read_cache import ReadCache
 from services.api.request_ids import derived
 from services.api.storage_capacity import StorageGuard
+from services.api.verified_tokens import VerifiedTokens
 from services.config import Settings
 from services.deciders.decider import Command
 from services.security.secret_box import SecretBox
@@ -45,6 +46,8 @@ class ApiContext:
     api_keys: ApiKeyLookup
     worker_tokens: WorkerTokens
     job_waits: JobWaits
+    # Access tokens already verified, for the api's middleware and the instance proxy alike.
+    verified_tokens: VerifiedTokens = field(default_factory=VerifiedTokens)
 
     async def execute(
         self,

@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 
 from tests.api_helpers import assert_error, signup
 from tests.docker_fixtures import python_image  # noqa: F401
+from tests.instance_helpers import wait_status
 from tests.security.conftest import (
     PROXY_CONNECTIONS_PER_USER,
     PROXY_IDLE_TIMEOUT_S,
@@ -297,3 +298,29 @@ async def test_connections_per_user_are_limited_and_idle_websockets_close(
     async with connect(url, additional_headers=headers, proxy=None) as again:
         await again.send("free again")
         assert await asyncio.wait_for(again.recv(), 10) == "free again"
+
+
+def test_a_stop_or_terminate_closes_the_proxy_at_once(
+    security_stack: SecurityStack, owner: tuple[httpx.Client, str]
+) -> None:
+    """The proxy keeps what it read of an instance only while the instances projection has not
+    moved: the request right after a stop or terminate answered is refused, however recently
+    the instance was reached."""
+    client, _ = owner
+    with running_instance(client, "local/busybox:latest", HTTPD_COMMAND, HTTPD_PORTS) as running:
+        instance_id = running["id"]
+        path = _proxied(client, instance_id, "/")
+        assert _served(client, path).status_code == 200
+
+        stopped = client.post(f"/instances/{instance_id}/stop")
+        assert stopped.status_code == 200, stopped.text
+        assert_error(client.get(path), 409, "only while it is RUNNING")
+
+        wait_status(client, instance_id, "STOPPED", 40)
+        started = client.post(f"/instances/{instance_id}/start")
+        assert started.status_code == 200, started.text
+        wait_status(client, instance_id, "RUNNING", 40)
+        assert _served(client, path).status_code == 200
+
+        assert client.delete(f"/instances/{instance_id}").status_code == 204
+        assert_error(client.get(path), 409, "is TERMINATING")

@@ -21,7 +21,7 @@ from services.api.authentication import user_of_headers
 from services.api.connection_limits import ConnectionLimiter, proxy_limiter
 from services.api.instance_proxy.headers import headers_size
 from services.api.instance_proxy.http_relay import HttpRelay
-from services.api.instance_proxy.meter import CONNECTIONS, InstanceMeter
+from services.api.instance_proxy.meter import OPEN_HTTP, OPEN_WEBSOCKETS, InstanceMeters
 from services.api.instance_proxy.routing import (
     ProxyRoute,
     is_proxy_path,
@@ -48,9 +48,10 @@ class InstanceProxy:
         self._ctx = ctx
         self.settings = settings
         self._limiter = limiter
-        self._targets = InstanceTargets(ctx.pool)
+        self._targets = InstanceTargets(ctx.pool, ctx.watcher)
         self._http = HttpRelay(settings)
         self._websocket = WebSocketRelay(settings)
+        self._meters = InstanceMeters()
 
     async def close(self) -> None:
         await self._http.close()
@@ -86,13 +87,13 @@ class InstanceProxy:
                 await _send_redirect(send, f"{route.prefix}/")
                 return
             with self._limiter.held(user_id):
-                CONNECTIONS.labels(kind="http").inc()
+                OPEN_HTTP.inc()
                 try:
                     await self._http.relay(
-                        scope, receive, send, route, upstream, InstanceMeter(upstream.instance_id)
+                        scope, receive, send, route, upstream, self._meters.of(upstream.instance_id)
                     )
                 finally:
-                    CONNECTIONS.labels(kind="http").dec()
+                    OPEN_HTTP.dec()
         except GpuWorkerError as exc:
             await _send_error(send, exc)
 
@@ -105,7 +106,7 @@ class InstanceProxy:
             user_id, upstream = await self._owner_route(scope, route)
             with self._limiter.held(user_id):
                 connection = await self._websocket.open(scope, route, upstream)
-                CONNECTIONS.labels(kind="websocket").inc()
+                OPEN_WEBSOCKETS.inc()
                 try:
                     await send(
                         {
@@ -115,10 +116,10 @@ class InstanceProxy:
                         }
                     )
                     await self._websocket.relay(
-                        receive, send, connection, InstanceMeter(upstream.instance_id)
+                        receive, send, connection, self._meters.of(upstream.instance_id)
                     )
                 finally:
-                    CONNECTIONS.labels(kind="websocket").dec()
+                    OPEN_WEBSOCKETS.dec()
         except GpuWorkerError as exc:
             await _deny_websocket(scope, send, exc)
 

@@ -17,6 +17,10 @@ CONNECTIONS = Gauge(
 )
 TO_INSTANCE = "to_instance"
 FROM_INSTANCE = "from_instance"
+# Looked up once: `labels()` takes a lock and builds a key on every call.
+OPEN_HTTP = CONNECTIONS.labels(kind="http")
+OPEN_WEBSOCKETS = CONNECTIONS.labels(kind="websocket")
+MAX_METERS = 10_000
 
 
 class InstanceMeter:
@@ -33,3 +37,19 @@ class InstanceMeter:
     def from_instance(self, size: int) -> None:
         if size:
             self._out.inc(size)
+
+
+class InstanceMeters:
+    """One meter per instance, kept (at most MAX_METERS, all dropped when full) so a request
+    does not look its counters up again."""
+
+    def __init__(self) -> None:
+        self._meters: dict[str, InstanceMeter] = {}
+
+    def of(self, instance_id: str) -> InstanceMeter:
+        meter = self._meters.get(instance_id)
+        if meter is None:
+            if len(self._meters) >= MAX_METERS:
+                self._meters.clear()
+            meter = self._meters[instance_id] = InstanceMeter(instance_id)
+        return meter

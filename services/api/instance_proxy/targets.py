@@ -2,8 +2,14 @@
 at the host address and port its host reported for it (`InstancePortsPublished`), and nowhere
 else. Anyone but the owner (anonymous included) is told the instance does not exist.
 
-Instances are read from the read model and kept for at most a second: a stop or terminate may let
-a request through for that second more, to a port where nothing listens any more."""
+Instances are read from the read model through a cache stamped by the instances projection's
+checkpoint (services/api/read_cache.py), as the api's list reads are: an entry is good only while
+that checkpoint has not moved, so a stop, a terminate or a change of owner or ports is seen by the
+first request after its event is projected and its NOTIFY has reached this process (milliseconds;
+in this process a stop's own answer waits for it). And for at most MAX_AGE_S whatever the
+checkpoint says, as API keys are (services/api/api_key_lookup.py): that bound still holds should
+a replica's LISTEN connection die without its noticing. While the watcher knows it has lost
+PostgreSQL every request reads the row afresh."""
 
 from __future__ import annotations
 
@@ -14,7 +20,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from projections.catalog import PROJECTIONS
 from services.api import read_models
+from services.api.consistency import CheckpointWatcher
 from services.api.instance_proxy.routing import ProxyRoute
+from services.api.read_cache import ReadCache
 from services.deciders.instance import InstanceState
 from services.errors import Conflict, GpuWorkerError, NotFound, ServiceUnavailable
 
@@ -35,21 +43,30 @@ class BadGateway(GpuWorkerError):
 
 
 class InstanceTargets:
-    def __init__(self, pool: AsyncConnectionPool[Any], max_age_s: float = MAX_AGE_S) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        watcher: CheckpointWatcher,
+        max_age_s: float = MAX_AGE_S,
+    ) -> None:
         self._pool = pool
         self._max_age_s = max_age_s
-        self._cache: dict[str, tuple[float, InstanceState | None]] = {}
+        # Counted in entries: an instance's state is small and of bounded size.
+        self._cache = ReadCache[InstanceState | None](
+            watcher, lambda _: 1, max_entries=MAX_ENTRIES, max_bytes=MAX_ENTRIES
+        )
 
     async def _instance(self, instance_id: str) -> InstanceState | None:
-        now = time.monotonic()
-        cached = self._cache.get(instance_id)
-        if cached is not None and now - cached[0] < self._max_age_s:
-            return cached[1]
-        state: InstanceState | None = await read_models.get(self._pool, INSTANCES, instance_id)
-        if len(self._cache) >= MAX_ENTRIES:
-            self._cache.clear()
-        self._cache[instance_id] = (now, state)
-        return state
+        if not read_models.valid_id(instance_id):
+            return None  # nothing to look up, nor to keep
+
+        async def load() -> InstanceState | None:
+            state: InstanceState | None = await read_models.get(self._pool, INSTANCES, instance_id)
+            return state
+
+        # The age bound as a moment the entry is good for: a new one each `max_age_s`.
+        moment = int(time.monotonic() / self._max_age_s)
+        return await self._cache.get_or_load(INSTANCES.name, instance_id, load, moment)
 
     async def upstream(self, user_id: str | None, route: ProxyRoute) -> Upstream:
         """Raises NotFound (not yours, not there, no such HTTP port), Conflict (not running) or
