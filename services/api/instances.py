@@ -375,8 +375,7 @@ class InstanceController(Controller):
         need_gb = container.container_disk_in_gb + (
             0 if data.network_volume_id else container.volume_in_gb
         )
-        hosts: list[HostState] = await read_models.list_visible(ctx.pool, HOSTS, None)
-        without_room = await ctx.storage.hosts_without_room(hosts, need_gb)
+        without_room = await ctx.storage.hosts_without_room(need_gb)
         command = PlaceInstance(
             actor=request.user.id,
             at=now,

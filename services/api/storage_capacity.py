@@ -12,12 +12,13 @@ did not report its disk (an engine this agent cannot see) is not checked."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from services.api.write_locks import WriteLocks
 from services.deciders.host import HostState
@@ -25,16 +26,28 @@ from services.errors import Conflict
 
 # What holds disk on a host: volumes that are not deleted (or failed), and every instance that is
 # not terminated (a stopped instance keeps its disk), with its own volume unless it mounts a
-# network volume instead.
-_COMMITTED = """
-SELECT doc->>'host_id', sum((doc->>'size_gb')::bigint)
-  FROM volumes WHERE NOT deleted AND doc->>'status' <> 'FAILED' GROUP BY 1
+# network volume instead. One row per holder: (host id, GiB).
+_HOLDERS = """
+SELECT doc->>'host_id' AS host_id, (doc->>'size_gb')::bigint AS gb
+  FROM volumes WHERE NOT deleted AND doc->>'status' <> 'FAILED'
 UNION ALL
-SELECT doc->>'host_id', sum((doc->'container'->>'container_disk_in_gb')::bigint
+SELECT doc->>'host_id', (doc->'container'->>'container_disk_in_gb')::bigint
          + CASE WHEN doc->>'network_volume_id' IS NULL
-                THEN (doc->'container'->>'volume_in_gb')::bigint ELSE 0 END)
-  FROM instances WHERE NOT deleted GROUP BY 1
+                THEN (doc->'container'->>'volume_in_gb')::bigint ELSE 0 END
+  FROM instances WHERE NOT deleted
 """
+
+_COMMITTED = sql.SQL(
+    "SELECT host_id, coalesce(sum(gb), 0) FROM ({holders}) holders GROUP BY 1"
+).format(holders=sql.SQL(_HOLDERS))
+
+# `fits` in SQL, for every live host that reported its disk: the hosts without room.
+_WITHOUT_ROOM = sql.SQL("""
+SELECT h.id FROM hosts h LEFT JOIN ({committed}) AS c (host_id, gb) ON c.host_id = h.id
+ WHERE NOT h.deleted AND jsonb_typeof(h.doc->'disk_gb') = 'number'
+   AND coalesce(c.gb, 0) + %(need)s > (h.doc->>'disk_gb')::bigint * %(ratio)s
+ ORDER BY h.id
+""").format(committed=_COMMITTED)
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ async def committed_gb(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
     cur = await conn.execute(_COMMITTED)
     totals: dict[str, int] = {}
     for host_id, gb in await cur.fetchall():
-        totals[host_id] = totals.get(host_id, 0) + int(gb or 0)
+        totals[host_id] = int(gb)
     return totals
 
 
@@ -77,14 +90,13 @@ class StorageGuard:
         async with self._locks.held(f"storage:{datacenter_id}") as conn:
             yield Storage(conn, self.rules)
 
-    async def hosts_without_room(self, hosts: Iterable[HostState], need_gb: int) -> list[str]:
+    async def hosts_without_room(self, need_gb: int) -> list[str]:
+        """The hosts that reported their disk and have no room for `need_gb` more. Worked out in
+        PostgreSQL: an instance create must not decode every host of the fleet to learn it."""
         async with self._locks.unlocked() as conn:
-            committed = await committed_gb(conn)
-        return sorted(
-            h.id
-            for h in hosts
-            if not fits(h.disk_gb, committed.get(h.id, 0), need_gb, self.rules.overcommit)
-        )
+            params = {"need": need_gb, "ratio": self.rules.overcommit}
+            cur = await conn.execute(_WITHOUT_ROOM, params)
+            return [str(host_id) for (host_id,) in await cur.fetchall()]
 
 
 class Storage:
