@@ -57,7 +57,7 @@ def _seconds(raw: bytes, default_s: float) -> float:
 
 
 class SimulatedWorker:
-    def __init__(self, env: Mapping[str, str], client: httpx.AsyncClient) -> None:
+    def __init__(self, env: Mapping[str, str]) -> None:
         worker_id = env["RUNPOD_POD_ID"]
         self._take = env[TAKE_ENV].replace("$ID", worker_id) + "&job_in_progress=0"
         self._done = env["RUNPOD_WEBHOOK_POST_OUTPUT"].replace("$RUNPOD_POD_ID", worker_id)
@@ -66,7 +66,16 @@ class SimulatedWorker:
         self._ping_s = max(0.1, int(env.get("RUNPOD_PING_INTERVAL", "10000")) / 1000)
         self._takers = max(1, int(env.get("SIMULATED_WORKER_CONCURRENCY", "1") or 1))
         self._job_s = max(0, int(env.get("SIMULATED_JOB_MS", "0") or 0)) / 1000
-        self._client = client
+        # A pool of its own, as a worker in a container has: one shared by every simulated
+        # worker of the agent checks each of its connections on every request (httpx's pool
+        # looks for a dropped one), which took most of the agent's CPU under load.
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, read=120.0),
+            limits=httpx.Limits(
+                max_connections=self._takers + 2, max_keepalive_connections=self._takers + 2
+            ),
+            trust_env=False,
+        )
         self._running: set[str] = set()
         self.completed = 0
 
@@ -79,6 +88,7 @@ class SimulatedWorker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._client.aclose()
 
     async def _pinger(self) -> None:
         while True:
