@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import msgspec
 
 from services.agent import simulated_worker
@@ -170,7 +169,6 @@ class SimulatedRuntime:
         self.volumes: dict[str, dict[str, str]] = {}
         self._watches: set[_Watch] = set()
         self._state_file = state_file
-        self._http: httpx.AsyncClient | None = None
         self._load()
 
     def _load(self) -> None:
@@ -235,13 +233,7 @@ class SimulatedRuntime:
         if code is not None:
             asyncio.get_running_loop().call_soon(self._exit_now, container, code)
         elif simulated_worker.is_worker(env):
-            if self._http is None:
-                self._http = httpx.AsyncClient(
-                    timeout=httpx.Timeout(10.0, read=120.0),
-                    limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
-                    trust_env=False,
-                )
-            worker = simulated_worker.SimulatedWorker(env, self._http)
+            worker = simulated_worker.SimulatedWorker(env)
             container.worker = asyncio.create_task(
                 worker.run(), name=f"worker {container.spec.instance_id}"
             )
@@ -346,8 +338,6 @@ class SimulatedRuntime:
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-        if self._http is not None:
-            await self._http.aclose()
 
     # -- test hooks: what an operator could do to a real container behind the agent's back ----
 

@@ -56,8 +56,19 @@ def _seconds(raw: bytes, default_s: float) -> float:
         return default_s
 
 
+def _connection() -> httpx.AsyncClient:
+    """One kept-alive connection to the api, for one taker (or the pinger): a pool shared by many
+    checks each of its connections on every request (httpx looks for dropped ones), which took
+    most of the agent's CPU with 64 takers in one pool."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(10.0, read=120.0),
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        trust_env=False,
+    )
+
+
 class SimulatedWorker:
-    def __init__(self, env: Mapping[str, str], client: httpx.AsyncClient) -> None:
+    def __init__(self, env: Mapping[str, str]) -> None:
         worker_id = env["RUNPOD_POD_ID"]
         self._take = env[TAKE_ENV].replace("$ID", worker_id) + "&job_in_progress=0"
         self._done = env["RUNPOD_WEBHOOK_POST_OUTPUT"].replace("$RUNPOD_POD_ID", worker_id)
@@ -66,7 +77,6 @@ class SimulatedWorker:
         self._ping_s = max(0.1, int(env.get("RUNPOD_PING_INTERVAL", "10000")) / 1000)
         self._takers = max(1, int(env.get("SIMULATED_WORKER_CONCURRENCY", "1") or 1))
         self._job_s = max(0, int(env.get("SIMULATED_JOB_MS", "0") or 0)) / 1000
-        self._client = client
         self._running: set[str] = set()
         self.completed = 0
 
@@ -81,16 +91,21 @@ class SimulatedWorker:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _pinger(self) -> None:
-        while True:
-            url = f"{self._ping}&job_id={','.join(sorted(self._running))}"
-            with contextlib.suppress(httpx.HTTPError):
-                await self._client.get(url, headers=self._headers)
-            await asyncio.sleep(self._ping_s)
+        async with _connection() as client:
+            while True:
+                url = f"{self._ping}&job_id={','.join(sorted(self._running))}"
+                with contextlib.suppress(httpx.HTTPError):
+                    await client.get(url, headers=self._headers)
+                await asyncio.sleep(self._ping_s)
 
     async def _taker(self) -> None:
+        async with _connection() as client:
+            await self._take_forever(client)
+
+    async def _take_forever(self, client: httpx.AsyncClient) -> None:
         while True:
             try:
-                response = await self._client.get(self._take, headers=self._headers)
+                response = await client.get(self._take, headers=self._headers)
             except httpx.HTTPError:
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
@@ -102,11 +117,11 @@ class SimulatedWorker:
             job = msgspec.json.decode(response.content, type=_Job)
             self._running.add(job.id)
             try:
-                await self._run_job(job)
+                await self._run_job(client, job)
             finally:
                 self._running.discard(job.id)
 
-    async def _run_job(self, job: _Job) -> None:
+    async def _run_job(self, client: httpx.AsyncClient, job: _Job) -> None:
         took = _seconds(bytes(job.input), self._job_s)
         if took:
             await asyncio.sleep(took)
@@ -114,7 +129,7 @@ class SimulatedWorker:
         url = self._done.replace("$ID", job.id) + "&isStream=false"
         for _ in range(DONE_ATTEMPTS):
             try:
-                response = await self._client.post(
+                response = await client.post(
                     url, content=body, headers={**self._headers, "content-type": "application/json"}
                 )
             except httpx.HTTPError:

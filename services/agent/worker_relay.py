@@ -32,6 +32,7 @@ from litestar.enums import ScopeType
 from litestar.types import HTTPScope, Receive, Scope, Send
 
 from services.api.body_limit import RESULT_BODY_BYTES
+from services.http_keep_alive import KEEP_ALIVE_S, KeepAliveHttpProtocol
 from services.worker_env import WORKER_ROUTES
 
 log = logging.getLogger("gpuworker.agent.relay")
@@ -113,7 +114,8 @@ class WorkerRelay:
                 lifespan="off",
                 log_config=None,
                 access_log=False,
-                timeout_keep_alive=75,
+                http=KeepAliveHttpProtocol,
+                timeout_keep_alive=KEEP_ALIVE_S,
             )
             server = _QuietServer(config)
             task = asyncio.create_task(server.serve(sockets=[sock]), name=f"relay {address}")

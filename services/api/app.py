@@ -105,7 +105,10 @@ def create_app(settings: Settings) -> Litestar:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             settings.database_url,
             min_size=2,
-            max_size=16,
+            # Serverless traffic holds one for each job's input, take, result and answer: at 16,
+            # 64 runsync clients with 64 takers queued ~100 ms for a connection per statement
+            # (bench/jobs.py). PostgreSQL's default max_connections (100) still fits every role.
+            max_size=32,
             timeout=3.0,
             open=False,
             # Reads are single statements: no BEGIN/COMMIT round trips. Multi-statement work

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -17,10 +19,28 @@ from services.api.notifications import listen_forever
 RECHECK_S = 1.0
 
 
+class JobWatch:
+    """One waiter's watch on one job, begun before the job was submitted: a job that becomes
+    final while its submit is still being answered is not missed."""
+
+    def __init__(self) -> None:
+        self._final = asyncio.Event()
+
+    def announce(self) -> None:
+        self._final.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Return once the job was announced final since the last wait, or after `timeout` (at
+        most RECHECK_S): the caller reads the job again either way."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._final.wait(), min(timeout, RECHECK_S))
+        self._final.clear()
+
+
 class JobWaits:
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
-        self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        self._watches: dict[str, set[JobWatch]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self.connected = False
 
@@ -32,26 +52,23 @@ class JobWaits:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def notified(self, job_id: str, timeout: float) -> None:
-        """Return when `job_id` is announced final, or after `timeout` (at most RECHECK_S):
-        the caller reads the job again either way."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters[job_id].append(future)
+    @contextmanager
+    def watching(self, job_id: str) -> Iterator[JobWatch]:
+        """A watch on `job_id` from now on: begin it before the job can become final."""
+        watch = JobWatch()
+        self._watches[job_id].add(watch)
         try:
-            await asyncio.wait_for(future, min(timeout, RECHECK_S))
-        except TimeoutError:
-            pass
+            yield watch
         finally:
-            waiting = self._waiters.get(job_id)
-            if waiting is not None and future in waiting:
-                waiting.remove(future)
-                if not waiting:
-                    del self._waiters[job_id]
+            watches = self._watches.get(job_id)
+            if watches is not None:
+                watches.discard(watch)
+                if not watches:
+                    del self._watches[job_id]
 
     def _wake(self, job_id: str) -> None:
-        for future in self._waiters.pop(job_id, []):
-            if not future.done():
-                future.set_result(None)
+        for watch in self._watches.get(job_id, ()):
+            watch.announce()
 
     async def _listen(self) -> None:
         await listen_forever(

@@ -218,7 +218,12 @@ class JobController(Controller):
     tags = ["jobs"]
 
     async def _submit(
-        self, request: Request[Any, Any, Any], endpoint_id: str, data: RunIn, sync: bool
+        self,
+        request: Request[Any, Any, Any],
+        endpoint_id: str,
+        data: RunIn,
+        sync: bool,
+        job_id: str | None = None,
     ) -> JobState:
         ctx = context_of(request)
         endpoint = await owned_endpoint(request, endpoint_id)
@@ -232,7 +237,7 @@ class JobController(Controller):
             except WebhookRefused as exc:
                 raise BadRequest(f"field `webhook`: {exc}") from None
         policy = data.policy or PolicyIn()
-        job_id = new_resource_id(request)
+        job_id = job_id or new_resource_id(request)
         reference = await job_payloads.put(ctx.pool, job_id, bytes(data.input))
         settings = ctx.settings
         spec = JobSpec(
@@ -272,12 +277,16 @@ class JobController(Controller):
         wait: Annotated[int, Parameter(query="wait", ge=0, le=MAX_WAIT_MS)] = DEFAULT_WAIT_MS,
     ) -> Response[bytes]:
         ctx = context_of(request)
-        state = await self._submit(request, endpoint_id, await run_body(request), sync=True)
+        body = await run_body(request)
+        job_id = new_resource_id(request)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait / 1000
-        while not state.final and (left := deadline - loop.time()) > 0:
-            await ctx.job_waits.notified(state.id, left)
-            state = await read_models.get(ctx.pool, JOBS, state.id) or state
+        # Watched from before the submit: a fast job is often final before the submit returns.
+        with ctx.job_waits.watching(job_id) as watch:
+            state = await self._submit(request, endpoint_id, body, sync=True, job_id=job_id)
+            while not state.final and (left := deadline - loop.time()) > 0:
+                await watch.wait(left)
+                state = await read_models.get(ctx.pool, JOBS, state.id) or state
         return _json(await job_view(ctx.pool, state))
 
     @get("/status/{job_id:str}", summary="A job's status, and its output or error once final")

@@ -8,6 +8,7 @@ from projections.migrate import migrate
 from services.api.app import create_app
 from services.api.instance_proxy.front import ProxyFront
 from services.config import Settings
+from services.http_keep_alive import KEEP_ALIVE_S, KeepAliveHttpProtocol
 
 
 def server_config(settings: Settings, host: str, port: int) -> uvicorn.Config:
@@ -28,8 +29,10 @@ def server_config(settings: Settings, host: str, port: int) -> uvicorn.Config:
         forwarded_allow_ips=list(settings.trusted_proxies),
         # WebSockets (the instance proxy's) through the `websockets` package, never guessed.
         ws="websockets-sansio",
-        # llhttp's C parser, named rather than auto-detected: a missing wheel fails loudly.
-        http="httptools",
+        # llhttp's C parser (uvicorn's httptools protocol, named rather than auto-detected: a
+        # missing wheel fails loudly), with a keep-alive that drops no request already sent.
+        http=KeepAliveHttpProtocol,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 
