@@ -60,7 +60,11 @@ class NatsCredentials(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def new_password() -> str:
-    return secrets.token_urlsafe(32)
+    """256 random bits, as a NATS password that also survives being an environment variable in a
+    nats-server config (compose's `password: $VAR`): the server parses such a value like a config
+    token, so one starting with `-` or made of digits only is refused (a urlsafe token starts with
+    `-` one time in 64). A letter, then hex digits, is always read as a string."""
+    return "n" + secrets.token_hex(32)
 
 
 def new_credentials() -> NatsCredentials:

@@ -29,6 +29,7 @@ from events.store import JetStreamEventStore
 from services.cli.embedded import free_port, nats_server_binary, wait_for_port
 from services.cli.main import _parser
 from services.nats_connection import NatsLogin, connect_nats, nats_servers
+from services.nats_credentials import new_password
 from services.nats_permissions import (
     DECIDERS_USER,
     authorization_block,
@@ -171,6 +172,28 @@ def test_three_nats_nodes_of_a_version_with_subject_filtered_concurrency(
         assert "healthcheck" in svc, name
         # The store lives on a named volume, so JetStream data outlives the container.
         assert any(source in compose["volumes"] for source, _ in mounts(svc)), name
+
+
+def node_accepts(passwords: dict[str, str]) -> bool:
+    """Whether nats-server loads node n1's config with these passwords in its environment."""
+    checked = subprocess.run(
+        [nats_server_binary(), "-t", "-c", str(ROOT / "deploy/nats/n1.conf")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **passwords},
+    )
+    return checked.returncode == 0
+
+
+def test_generated_nats_passwords_load_as_environment_variables() -> None:
+    """nats-server parses `password: $VAR` values like config tokens: a password starting with
+    `-` (one urlsafe token in 64) or made of digits stops the node. Generated ones never do."""
+    variable = password_variable(DECIDERS_USER)
+    assert not node_accepts({**NATS_PASSWORDS, variable: "-" + new_password()[1:]})
+    assert not node_accepts({**NATS_PASSWORDS, variable: "12345"})
+    for _ in range(20):
+        assert node_accepts({**NATS_PASSWORDS, **{v: new_password() for v in NATS_PASSWORDS}})
 
 
 def test_nats_configs_fsync_always_and_route_to_each_other(compose: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from nats.js.api import StreamInfo
 
 from services.cli.embedded import free_port
 from services.nats_connection import nats_servers
+from services.nats_credentials import new_password
 from services.nats_permissions import ROLE_USERS, agent_user, password_variable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +40,7 @@ class Cluster:
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.prometheus_url = f"http://127.0.0.1:{free_port()}"
         users = [*ROLE_USERS, *(agent_user(h) for h in HOSTS)]
-        self.passwords = {user: secrets.token_urlsafe(24) for user in users}
+        self.passwords = {user: new_password() for user in users}
         self.secrets = {
             "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
             "GPUWORKER_SECRET_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
