@@ -133,16 +133,17 @@ class PlacementService:
         self._decode = msgspec.json.Decoder(PlacementCommand).decode
         self._claiming: defaultdict[str, int] = defaultdict(int)
         self._host_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        for kind in PLACEMENT_KINDS:
-            PLACEMENT_SECONDS.labels(kind)
+        # One timer per kind, made up front: its series exist from the start (at 0), and no
+        # placement looks its label up again.
+        self._timers = {kind: PLACEMENT_SECONDS.labels(kind) for kind in PLACEMENT_KINDS}
 
     async def handle(self, envelope: CommandEnvelope) -> Reply:
         try:
             command = self._decode(envelope.command)
             if isinstance(command, PlaceInstance):
-                with PLACEMENT_SECONDS.labels("instance").time():
+                with self._timers["instance"].time():
                     return await self._place(envelope, command)
-            with PLACEMENT_SECONDS.labels("instance_start").time():
+            with self._timers["instance_start"].time():
                 return await self._start(envelope, command)
         except GpuWorkerError as err:
             return Reply(error=err.body())
@@ -246,7 +247,7 @@ class PlacementService:
         endpoint's order of preference (any cloud, its data center if it names one, the host of
         its network volume if it has one); the lease and the worker are one atomic append.
         Answers the endpoint's state, or 409 when no host has room (or the endpoint refuses)."""
-        with PLACEMENT_SECONDS.labels("worker").time():
+        with self._timers["worker"].time():
             return await self._place_worker(endpoint, command, command_id)
 
     async def _place_worker(
