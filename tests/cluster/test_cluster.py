@@ -36,7 +36,7 @@ import pytest
 
 from services.cli.embedded import free_port
 from tests.api_helpers import template_body, wait_for
-from tests.careful_clients import careful_load, check_acknowledged
+from tests.careful_clients import CarefulClient, Record, careful_load, check_acknowledged
 from tests.cluster.compose_cluster import ROOT, Cluster
 from tests.instance_helpers import RTX_4090, get_instance, wait_gone, wait_status
 from tests.serverless_helpers import GPU, TEMPLATE
@@ -377,25 +377,17 @@ class WriteLoad:
         return threads
 
     def _sign_up(self, client: httpx.Client) -> None:
-        """Until signed up: a sign-up may meet the outage too (then 503, or no answer)."""
-        email = f"writer-{uuid.uuid4().hex[:10]}@example.com"
-        account = {"name": "Writer", "email": email, "password": PASSWORD}
-        for _ in range(100):
-            try:
-                signed = client.post("/auth/signup", json=account)
-                if signed.status_code == 409:  # made by an attempt whose answer was lost
-                    signed = client.post("/auth/login", json=account)
-            except httpx.HTTPError:
-                time.sleep(0.2)
-                continue
-            if signed.status_code != 503:
-                break
-            time.sleep(0.2)
-        assert signed.status_code in (200, 201), signed.text
-        token = signed.json()["access_token"]
-        client.headers["authorization"] = f"Bearer {token}"
+        """A new account for `client`, signed up as a careful client does (a sign-up may meet
+        the outage too: retried after a 503 or no answer, logged in if an attempt had made it)."""
+        record = Record()
+        signer = CarefulClient(self.url, record, seed=0)
+        try:
+            signer.sign_up()
+        finally:
+            signer.http.close()
+        client.headers["authorization"] = f"Bearer {signer.token}"
         with self.lock:
-            self.tokens.append(token)
+            self.tokens.extend(record.tokens)
 
     def _write(self) -> None:
         with httpx.Client(base_url=self.url, timeout=15) as client:
