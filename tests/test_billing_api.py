@@ -12,12 +12,16 @@ import os
 import pty
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pyarrow.parquet as pq
 
+from ledger.accruals import WRITER_LOCK
 from tests.api_helpers import assert_error, signup, wait_for
 from tests.instance_helpers import RTX_4090, create_instance, terminate, wait_status
 from tests.servers import Stack
@@ -258,3 +262,19 @@ def test_an_operator_credits_a_customer_from_the_command_line(stack: Stack, tmp_
         assert bad.returncode == 2 and "AMOUNT" in bad.stderr, (amount, bad.stderr)
     blank = gpuworker(stack, tmp_path, "billing", "credit", email, "1", "--reason", " ")
     assert blank.returncode == 2 and "--reason" in blank.stderr
+
+
+def test_the_welcome_credit_is_in_the_balance_when_signup_answers(stack: Stack) -> None:
+    # Before, the ledger posted the credit a moment after signup answered, and a create made
+    # straight away was refused with 402 "your balance is $0.000000". The ledger is held back
+    # here (its writers' lock taken for a second) so that moment is long enough to see.
+    with psycopg.connect(stack.database_url) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+        started = time.monotonic()
+        threading.Timer(1.0, conn.rollback).start()
+        token, _, _ = signup(stack)
+    assert time.monotonic() - started >= 0.9
+    with stack.client(token) as client:
+        balance = client.get("/billing/balance")
+        assert balance.status_code == 200, balance.text
+        assert balance.json()["balanceMicros"] == SIGNUP_CREDIT, balance.text

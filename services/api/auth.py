@@ -10,6 +10,7 @@ from litestar import Controller, Request, post
 from msgspec import Meta
 
 from events.ids import new_id
+from ledger.consumer import CHECKPOINT as LEDGER_CHECKPOINT
 from projections.catalog import PROJECTIONS
 from services.api import read_models
 from services.api.context import context_of, source_address
@@ -111,6 +112,9 @@ class AuthController(Controller):
                 expires_at=_now() + timedelta(seconds=ctx.settings.refresh_token_ttl_s),
             ),
             request,
+            # The welcome credit is in the balance when signup answers: a create straight after
+            # it must not be refused for a balance the ledger has not posted yet.
+            also_visible_in=(LEDGER_CHECKPOINT,) if ctx.settings.signup_credit_micros else (),
         )
         return _tokens(request, user_id, refresh)
 

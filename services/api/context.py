@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,10 +57,12 @@ class ApiContext:
         command: Command,
         request: Request[Any, Any, Any] | None = None,
         via: str | None = None,
+        also_visible_in: tuple[str, ...] = (),
     ) -> Any:
-        """Send a command; once its events are visible in the read model, return the decider's
-        state. If the projection lags past the bound, the decider's state is still the truth and is
-        returned: the write happened and is never reported as failed."""
+        """Send a command; once its events are visible in the read model (and in the projections
+        named in `also_visible_in`), return the decider's state. If a projection lags past the
+        bound, the decider's state is still the truth and is returned: the write happened and is
+        never reported as failed."""
         correlation_id = (request.headers.get("x-request-id") if request else None) or new_id()
         # `via` names a service subject (e.g. "placement") that answers for the aggregate.
         subject = via or projection.decider.aggregate_type
@@ -72,8 +75,12 @@ class ApiContext:
             derived(request, "command", subject, aggregate_id, type(command).__name__),
             source_address(request),
         )
-        await self.watcher.wait(
-            projection.name, reply.sequence, self.settings.read_your_writes_timeout_s
+        timeout = self.settings.read_your_writes_timeout_s
+        await asyncio.gather(
+            *(
+                self.watcher.wait(name, reply.sequence, timeout)
+                for name in (projection.name, *also_visible_in)
+            )
         )
         return msgspec.json.decode(reply.state, type=projection.decider.state_type | None)
 
