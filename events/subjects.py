@@ -110,3 +110,26 @@ def channel_of(subject: str) -> CommandChannel | None:
         except ValueError:
             return None
     return None
+
+
+# Each GPU host's work (services/processes/host_work_router.py): the latest state of every
+# instance, volume and endpoint that has something on the host, one message per subject
+# (`work.<host>.<aggregate type>.<id>`) in a stream of its own, so an agent reads its own work and
+# nothing else (its NATS permissions name its host's filter), never the event stream.
+WORK_STREAM = "WORK"
+WORK_ROOT = "work"
+
+
+def work_subject(host_id: str, aggregate_type: str, aggregate_id: str) -> str:
+    return f"{WORK_ROOT}.{check_host_id(host_id)}.{aggregate_type}.{check_token(aggregate_id)}"
+
+
+def work_filter(host_id: str, fleet: bool = False) -> str:
+    """One host's work; a fleet credential's (hosts `<host_id>.<n>`) covers every host under it."""
+    return f"{WORK_ROOT}.{check_host_id(host_id)}.{'>' if fleet else '*.*'}"
+
+
+def work_consumer(host_id: str) -> str:
+    """The one consumer of the WORK stream a host's agent may make and read (its NATS permissions
+    name it; a consumer name holds no dot)."""
+    return f"work_{check_host_id(host_id).replace('.', '~')}"

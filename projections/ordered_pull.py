@@ -21,6 +21,7 @@ import json
 import logging
 from typing import Any
 
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -49,7 +50,12 @@ class OrderedPull:
         batch: int = 500,
         expires_s: float = 5.0,
         heartbeat_s: float = 1.0,
+        name: str | None = None,
+        last_per_subject: bool = False,
     ) -> None:
+        """`name` fixes the consumer's name (a NATS permission can then name it); a consumer of
+        that name left by an earlier reader is replaced. `last_per_subject` delivers each
+        subject's last message instead of everything from `start_sequence`."""
         self._nc = nc
         self._js = nc.jetstream(timeout=5)
         self._stream = stream
@@ -58,7 +64,9 @@ class OrderedPull:
         self._batch = batch
         self._expires_s = expires_s
         self._heartbeat_s = heartbeat_s
-        self._name = f"ordered_{new_id().replace('-', '')}"
+        self._name = name or f"ordered_{new_id().replace('-', '')}"
+        self._fixed_name = name is not None
+        self._last_per_subject = last_per_subject
         self._inbox = nc.new_inbox()
         self._sub: Any = None
         self._buffer: list[Msg] = []
@@ -76,15 +84,22 @@ class OrderedPull:
         return self._name
 
     async def open(self) -> None:
-        await self._js.add_consumer(
+        if self._fixed_name:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self._js.delete_consumer(self._stream, self._name)
+        deliver = (
+            {"deliver_policy": DeliverPolicy.LAST_PER_SUBJECT}
+            if self._last_per_subject
+            else {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": self._start}
+        )
+        info = await self._js.add_consumer(
             self._stream,
             ConsumerConfig(
                 name=self._name,
                 # One subject as `filter_subject`: servers before 2.10 know no other form.
                 filter_subject=self._filters[0] if len(self._filters) == 1 else None,
                 filter_subjects=self._filters if len(self._filters) > 1 else None,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=self._start,
+                **deliver,
                 ack_policy=AckPolicy.NONE,
                 # The server forgets it soon after this reader dies.
                 inactive_threshold=30.0,
@@ -92,6 +107,7 @@ class OrderedPull:
                 num_replicas=1,
             ),
         )
+        self.pending = info.num_pending or 0
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
         await self._request()
 

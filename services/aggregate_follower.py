@@ -64,6 +64,14 @@ class AggregateFollower(Generic[S]):
     def get(self, aggregate_id: str) -> S | None:
         return self._states.get(aggregate_id)
 
+    @property
+    def state_type(self) -> Any:
+        return self._decider.state_type
+
+    def entry(self, aggregate_id: str) -> tuple[S, int] | None:
+        """The state held and the stream sequence it is known at."""
+        return self._entries.get(aggregate_id)
+
     def states(self) -> Mapping[str, S]:
         """Live, not a copy: read it, don't keep it."""
         return self._states

@@ -78,12 +78,15 @@ class Settings:
     def from_env(cls, gpu_host: bool = False) -> Settings:
         """`gpu_host`: the settings of a GPU host's agent, which never reads PostgreSQL nor signs
         or checks access tokens; a host that joins over the network is given neither the
-        database's address and password nor the JWT secret, so a compromised host cannot use
-        them."""
+        database's address and password, the JWT secret nor the master key, so a compromised
+        host cannot use them."""
         return cls(
             database_url="" if gpu_host else _required("DATABASE_URL"),
             nats_url=_required("NATS_URL"),
-            secret_key=_required("GPUWORKER_SECRET_KEY"),
+            # An agent holds its host's key (GPUWORKER_HOST_KEY, services/roles/agent.py) instead.
+            secret_key=os.environ.get("GPUWORKER_SECRET_KEY", "")
+            if gpu_host
+            else _required("GPUWORKER_SECRET_KEY"),
             jwt_secret="" if gpu_host else _required("GPUWORKER_JWT_SECRET"),
             access_token_ttl_s=int(os.environ.get("GPUWORKER_ACCESS_TOKEN_TTL", "900")),
             refresh_token_ttl_s=int(os.environ.get("GPUWORKER_REFRESH_TOKEN_TTL", "2592000")),

@@ -23,7 +23,11 @@ from events.subjects import (
     HEARTBEATS_ROOT,
     OPERATOR_CHANNEL,
     STREAM,
+    WORK_ROOT,
+    WORK_STREAM,
     check_host_id,
+    work_consumer,
+    work_filter,
 )
 from services.container_logs import LOGS_ROOT
 from services.processes.gpu_releaser import DURABLE as RELEASER_DURABLE
@@ -42,6 +46,14 @@ _API = f"$JS.API.{{}}.{STREAM}"
 STREAM_INFO = _API.format("STREAM.INFO")
 STREAM_CREATE = _API.format("STREAM.CREATE")
 DIRECT_GET = _API.format("DIRECT.GET")
+_WORK_API = f"$JS.API.{{}}.{WORK_STREAM}"
+# The deciders' side of each host's work (services/processes/host_work_router.py).
+WORK_ROUTING = (
+    f"{WORK_ROOT}.>",
+    _WORK_API.format("STREAM.INFO"),
+    _WORK_API.format("STREAM.CREATE"),
+    _WORK_API.format("DIRECT.GET") + ".>",
+)
 # Ordered pulls (projections/ordered_pull.py): short-lived ack-less consumers, each named afresh by
 # its reader (a name cannot be matched by prefix, so any name), read from a checkpoint.
 ORDERED_PULL = (
@@ -60,6 +72,16 @@ FOLLOW = (
 
 def agent_user(host_id: str) -> str:
     return f"{AGENT_USER_PREFIX}{check_host_id(host_id)}"
+
+
+def work_reading(host_id: str, fleet: bool) -> tuple[str, ...]:
+    name = work_consumer(host_id)
+    return (
+        _WORK_API.format("STREAM.INFO"),
+        _WORK_API.format("CONSUMER.CREATE") + f".{name}.{work_filter(host_id, fleet)}",
+        _WORK_API.format("CONSUMER.DELETE") + f".{name}",
+        _WORK_API.format("CONSUMER.MSG.NEXT") + f".{name}",
+    )
 
 
 def inbox_prefix(user: str) -> str:
@@ -118,6 +140,7 @@ def role_permissions(user: str) -> Permissions:
                 DIRECT_GET,
                 *FOLLOW,
                 *_durable(RELEASER_DURABLE),
+                *WORK_ROUTING,
             ),
             subscribe=(
                 f"{COMMANDS_ROOT}.>",
@@ -150,6 +173,8 @@ def role_permissions(user: str) -> Permissions:
                 "$JS.API.STREAM.LIST",
                 STREAM_INFO,
                 _API.format("STREAM.MSG.GET"),
+                _WORK_API.format("STREAM.INFO"),
+                _WORK_API.format("STREAM.MSG.GET"),
                 _API.format("CONSUMER.NAMES"),
                 _API.format("CONSUMER.LIST"),
                 *ORDERED_PULL,
@@ -161,8 +186,10 @@ def role_permissions(user: str) -> Permissions:
 
 
 def agent_permissions(host_id: str, fleet: bool = False) -> Permissions:
-    """One host's agent: its reports and heartbeat, reading the stream, and the log requests of
-    its own host (answered, with its lines on that host's log streams). A fleet credential (one
+    """One host's agent: its reports and heartbeat, its own host's work (one consumer of its
+    own name on the WORK stream, whose filter the server checks against the create subject;
+    services/agent/host_work_feed.py) and never the event stream, and the log requests of its
+    own host (answered, with its lines on that host's log streams). A fleet credential (one
     process simulating hosts `<host_id>.<n>`) covers every host id under its own."""
     check_host_id(host_id)
     own = "*" if not fleet else ">"
@@ -176,9 +203,7 @@ def agent_permissions(host_id: str, fleet: bool = False) -> Permissions:
         publish=(
             f"{COMMANDS_ROOT}.{AGENT_CHANNEL}.{host_id}.{own}",
             *heartbeats,
-            STREAM_INFO,
-            DIRECT_GET,
-            *FOLLOW,
+            *work_reading(host_id, fleet),
             f"{LOGS_ROOT}.out.{host_id}.{'*' if not fleet else '>'}",
         ),
         subscribe=(f"{inbox_prefix(agent_user(host_id))}.>", *log_requests),

@@ -21,10 +21,10 @@ machine, the host's address on the container network, not 127.0.0.1)."""
 
 from __future__ import annotations
 
+from typing import Protocol
 from urllib.parse import quote
 
 from events.subjects import check_token
-from services.security.worker_tokens import WorkerTokens
 
 WORKER_ROUTES = "/worker/v1"
 # The env a customer may not set on an endpoint: the worker protocol's own.
@@ -32,6 +32,22 @@ RESERVED_PREFIXES = ("RUNPOD_WEBHOOK_", "GPUWORKER_")
 RESERVED_NAMES = frozenset(
     {"RUNPOD_AI_API_KEY", "RUNPOD_POD_ID", "RUNPOD_ENDPOINT_ID", "RUNPOD_PING_INTERVAL"}
 )
+
+
+class TokenMinter(Protocol):
+    """services/security/worker_tokens.py's WorkerTokens, or a token handed over ready-made."""
+
+    def mint(self, endpoint_id: str, worker_id: str) -> str: ...
+
+
+class GivenToken:
+    """A token minted elsewhere (an agent gets its workers' tokens sealed, from the deciders)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def mint(self, endpoint_id: str, worker_id: str) -> str:
+        return self._token
 
 
 def reserved(name: str) -> bool:
@@ -43,7 +59,7 @@ def worker_env(
     endpoint_id: str,
     worker_id: str,
     version: int,
-    tokens: WorkerTokens,
+    tokens: TokenMinter,
     ping_interval_s: int,
 ) -> dict[str, str]:
     check_token(endpoint_id)

@@ -50,6 +50,8 @@ async def _stream_blobs(server: EmbeddedNats) -> tuple[Blobs, int]:
         events = 0
         for name in names:
             info = await js.stream_info(name)
+            if not info.state.messages:
+                continue
             for seq in range(info.state.first_seq, info.state.last_seq + 1):
                 try:
                     msg = await js.get_msg(name, seq)

@@ -50,6 +50,7 @@ SECRETS = {
     "POSTGRES_PASSWORD": "dummy-postgres-password",
     "GPUWORKER_SECRET_KEY": "ZHVtbXktc2VjcmV0LWtleS1mb3ItY29tcG9zZS10ZXN0IQ==",
     "GPUWORKER_JWT_SECRET": "dummy-jwt-secret",
+    "GPUWORKER_HOST_1_KEY": "ZHVtbXktaG9zdC1rZXktZm9yLWNvbXBvc2UtdGVzdHMhIQ==",
     **NATS_PASSWORDS,
 }
 
@@ -315,8 +316,11 @@ def test_the_gpu_host_agent_gets_only_nats_and_its_own_login(compose: dict[str, 
     assert as_list(agent["command"])[:2] == ["gpuworker", "agent"]
     assert env["GPUWORKER_NATS_USER"] == "agent-host-1"
     assert env["GPUWORKER_NATS_PASSWORD"] == NATS_PASSWORDS[password_variable("agent-host-1")]
-    # No database, no JWT secret: a compromised host cannot use what it was never given.
-    assert not {"DATABASE_URL", "PGPASSWORD", "GPUWORKER_JWT_SECRET"} & env.keys(), env.keys()
+    # No database, no JWT secret, no master key: a compromised host cannot use what it was never
+    # given. It holds its own host's key instead.
+    never = {"DATABASE_URL", "PGPASSWORD", "GPUWORKER_JWT_SECRET", "GPUWORKER_SECRET_KEY"}
+    assert not never & env.keys(), env.keys()
+    assert env["GPUWORKER_HOST_KEY"] == SECRETS["GPUWORKER_HOST_1_KEY"]
     assert "postgres" not in agent.get("depends_on", {})
 
 

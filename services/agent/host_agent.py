@@ -20,10 +20,11 @@ from events.host import HostGpu
 from events.instance import LEGACY_RAM_GB_PER_GPU, LEGACY_VCPU_PER_GPU
 from events.subjects import agent_command_subject, heartbeat_subject
 from services.agent.disk_watch import DISK_CHECK_S, over_disk
+from services.agent.host_work_feed import HostWorkFeed
 from services.agent.host_workers import WORKER_KEY, HostWorkers
 from services.agent.log_service import ContainerLogService
 from services.agent.port_publishing import HostAddresses
-from services.agent.registry_credentials import RegistryCredentialStore
+from services.agent.registry_credentials import registry_of
 from services.agent.runtime import (
     ContainerSpec,
     ContainerState,
@@ -40,6 +41,7 @@ from services.deciders.instance import INSTANCE, InstanceState, Observation, Rep
 from services.deciders.volume import VOLUME, ReportVolume, VolumeState
 from services.errors import GpuWorkerError
 from services.role_metrics import AGENT_HEARTBEATS
+from services.security.host_keys import HostKeys
 
 log = logging.getLogger("gpuworker.agent")
 
@@ -155,18 +157,19 @@ class HostAgent:
         heartbeat_s: float = 2.0,
         resync_s: float = 15.0,
         workers: int = 16,
-        credentials: RegistryCredentialStore | None = None,
+        keys: HostKeys | None = None,
         create_attempts: int = CREATE_ATTEMPTS,
         create_backoff_s: float = CREATE_BACKOFF_S,
         disk_check_s: float = DISK_CHECK_S,
         addresses: HostAddresses | None = None,
-        serverless: Callable[[Callable[[str], None]], HostWorkers] | None = None,
+        serverless: Callable[[Callable[[str], None], HostWorkFeed], HostWorkers] | None = None,
     ) -> None:
         """`serverless` makes what runs this agent's hosts' serverless workers (given how to
         schedule one); without it, the agent runs none."""
         self._addresses = addresses or HostAddresses()
         self._disk_check_s = disk_check_s
-        self._credentials = credentials
+        # The host's work and its sealed secrets: an agent never reads the event stream.
+        self._feed = HostWorkFeed(nc, name, keys, fleet=any(h.host_id != name for h in hosts))
         self._create_attempts = create_attempts
         self._create_backoff_s = create_backoff_s
         # Per instance: failed creates so far, and when the next one may be tried (loop time).
@@ -191,7 +194,13 @@ class HostAgent:
             keep=lambda s: s.host_id in self._hosts,
             on_change=lambda s, _seq: self._schedule(VOLUME_KEY + s.id),
         )
-        self._serverless = serverless(self._schedule) if serverless is not None else None
+        self._serverless = (
+            serverless(self._schedule, self._feed) if serverless is not None else None
+        )
+        self._feed.add("instance", self._instances)
+        self._feed.add("volume", self._volumes)
+        if self._serverless is not None:
+            self._feed.add("endpoint", self._serverless.endpoints)
         # Answers the api's log requests for this agent's instances and workers
         # (services/container_logs.py).
         self._logs = ContainerLogService(nc, list(self._hosts), runtime, self._host_of)
@@ -221,10 +230,7 @@ class HostAgent:
 
         await asyncio.gather(*(register(h) for h in self._hosts.values()))
         # Everything they fold before the workers start is scheduled, and done once they do.
-        await self._instances.follow(self._nc)
-        await self._volumes.follow(self._nc)
-        if self._serverless is not None:
-            await self._serverless.start()
+        await self._feed.follow()
         await self._reconcile_leftovers()
         await self._logs.start()
         self._tasks += [asyncio.create_task(self._work()) for _ in range(self._workers)]
@@ -245,8 +251,7 @@ class HostAgent:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._logs.stop()
-        await self._instances.stop()
-        await self._volumes.stop()
+        await self._feed.stop()
         if self._serverless is not None:
             await self._serverless.stop()
         await self._runtime.close()
@@ -445,9 +450,12 @@ class HostAgent:
         if self._retry_at.get(state.id, 0.0) > loop.time():
             return None
         auth = None
-        if state.container.registry_auth_id and self._credentials is not None:
-            auth = await self._credentials.for_pull(
-                state.container.registry_auth_id, state.owner_id, state.container.image_name
+        if state.container.registry_auth_id:
+            auth = self._feed.registry_credentials(
+                state.host_id,
+                state.container.registry_auth_id,
+                state.owner_id,
+                registry_of(state.container.image_name),
             )
         host = self._hosts[state.host_id]
         spec = container_spec(

@@ -26,7 +26,8 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 
 from events.subjects import agent_command_subject
-from services.agent.registry_credentials import RegistryCredentialStore
+from services.agent.host_work_feed import HostWorkFeed
+from services.agent.registry_credentials import registry_of
 from services.agent.runtime import (
     GATEWAY_PLACEHOLDER,
     ContainerSpec,
@@ -48,8 +49,7 @@ from services.deciders.endpoint import (
     WorkerRecord,
 )
 from services.errors import GpuWorkerError
-from services.security.worker_tokens import WorkerTokens
-from services.worker_env import worker_env
+from services.worker_env import GivenToken, worker_env
 
 log = logging.getLogger("gpuworker.agent.workers")
 
@@ -104,9 +104,8 @@ class HostWorkers:
         runtime: Runtime,
         schedule: Callable[[str], None],
         api_url: str,
-        tokens: WorkerTokens,
         ping_interval_s: int,
-        credentials: RegistryCredentialStore | None = None,
+        feed: HostWorkFeed,
         relay_port: int = DEFAULT_RELAY_PORT,
         real_gpus: Callable[[str], bool] = lambda _host: False,
     ) -> None:
@@ -116,9 +115,8 @@ class HostWorkers:
         self._runtime = runtime
         self._schedule = schedule
         self._api_url = api_url
-        self._tokens = tokens
         self._ping_interval_s = ping_interval_s
-        self._credentials = credentials
+        self._feed = feed
         self._real_gpus = real_gpus
         self._endpoints = AggregateFollower[EndpointState](ENDPOINT, on_change=self._changed)
         # Live workers of this agent's hosts: worker id -> endpoint id.
@@ -128,11 +126,12 @@ class HostWorkers:
         self._gateways: dict[str, str] = {}
         self.relay = WorkerRelay(api_url, self._relayed, relay_port)
 
-    async def start(self) -> None:
-        await self._endpoints.follow(self._nc)
+    @property
+    def endpoints(self) -> AggregateFollower[EndpointState]:
+        """What the host's work feed fills: the endpoints with workers on these hosts."""
+        return self._endpoints
 
     async def stop(self) -> None:
-        await self._endpoints.stop()
         await self.relay.close()
 
     # --- what the events say ---------------------------------------------------------------------
@@ -256,14 +255,26 @@ class HostWorkers:
         base = (
             self._api_url if gateway is None else f"http://{GATEWAY_PLACEHOLDER}:{self.relay.port}"
         )
+        token = self._feed.worker_token(worker.placement.host_id, worker.id)
+        if token is None:
+            await self._failed(state, worker, "its worker token did not reach the host")
+            return None
         protocol_env = worker_env(
-            base, state.id, worker.id, worker.config_version, self._tokens, self._ping_interval_s
+            base,
+            state.id,
+            worker.id,
+            worker.config_version,
+            GivenToken(token),
+            self._ping_interval_s,
         )
         gateway_env = sorted(k for k, v in protocol_env.items() if GATEWAY_PLACEHOLDER in v)
         auth = None
-        if state.container.registry_auth_id and self._credentials is not None:
-            auth = await self._credentials.for_pull(
-                state.container.registry_auth_id, state.owner_id, state.container.image_name
+        if state.container.registry_auth_id:
+            auth = self._feed.registry_credentials(
+                worker.placement.host_id,
+                state.container.registry_auth_id,
+                state.owner_id,
+                registry_of(state.container.image_name),
             )
         spec = worker_spec(
             state,

@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     authorization.add_argument("--agent", action="append", default=[], metavar="HOST_ID")
     authorization.add_argument("--fleet-agent", action="append", default=[], metavar="HOST_ID")
 
+    host_key_cmd = sub.add_parser(
+        "host-key",
+        help="print a GPU host's key (GPUWORKER_HOST_KEY of its agent), from GPUWORKER_SECRET_KEY",
+    )
+    host_key_cmd.add_argument("host_id")
+
     ledger = sub.add_parser(
         "ledger", help="run the billing ledger (usage, postings, spend control), or inspect it"
     )
@@ -114,6 +120,21 @@ def _parser() -> argparse.ArgumentParser:
 METRICS_ROLES = ("deciders", "projector", "ledger", "audit", "agent")
 
 
+def _print_host_key(host_id: str) -> int:
+    from services.security.host_keys import host_key
+
+    master = os.environ.get("GPUWORKER_SECRET_KEY")
+    if not master:
+        print("gpuworker: set GPUWORKER_SECRET_KEY (the platform's master key)", file=sys.stderr)
+        return 2
+    try:
+        print(host_key(master, host_id))
+    except ValueError as exc:
+        print(f"gpuworker: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "endpoints" and args.action == "worker-env":
@@ -126,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return billing.run(args)
     if args.command in ("logs", "ssh", "ssh-keys"):
         return connect_commands.run(args.command, args)
+    if args.command == "host-key":
+        return _print_host_key(args.host_id)
     configure_logging()
     if args.command == "up":
         from services.cli.up import up

@@ -8,14 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from events.host import HostGpu
-from events.store import JetStreamEventStore
+from events.subjects import WORK_STREAM
 from services.agent.declared_inventory import DeclaredInventory
 from services.agent.host_agent import HostAgent, HostSpec
+from services.agent.host_work_feed import HostWorkFeed
 from services.agent.host_workers import DEFAULT_RELAY_PORT, HostWorkers
 from services.agent.inventory import GpuInventory
 from services.agent.inventory_detect import detect_inventory
 from services.agent.port_publishing import HostAddresses
-from services.agent.registry_credentials import RegistryCredentialStore
 from services.agent.runtime import Runtime
 from services.agent.simulated_runtime import SimulatedRuntime
 from services.api.command_bus import CommandBus
@@ -23,8 +23,7 @@ from services.config import Settings, default_host_id
 from services.nats_connection import connect_role
 from services.nats_permissions import agent_user
 from services.roles.lifecycle import until_signalled, wait_for_stream
-from services.security.secret_box import SecretBox
-from services.security.worker_tokens import WorkerTokens
+from services.security.host_keys import HostKeys, host_key
 
 log = logging.getLogger("gpuworker.agent")
 
@@ -75,6 +74,22 @@ def choose_runtime(requested: str | None, host_id: str) -> Runtime:
     return simulated_runtime(host_id)
 
 
+def agent_host_key(host_id: str) -> str:
+    """GPUWORKER_HOST_KEY (`gpuworker host-key <host-id>` prints it); on a machine that runs the
+    whole platform, derived from GPUWORKER_SECRET_KEY. A host that joins over the network gets
+    only its own key, never the master key."""
+    given = os.environ.get("GPUWORKER_HOST_KEY")
+    if given:
+        return given
+    master = os.environ.get("GPUWORKER_SECRET_KEY")
+    if not master:
+        raise SystemExit(
+            "gpuworker agent: set GPUWORKER_HOST_KEY (run `gpuworker host-key <host-id>` where"
+            " GPUWORKER_SECRET_KEY is set)"
+        )
+    return host_key(master, host_id)
+
+
 def host_spec(host_id: str, inventory: GpuInventory, datacenter: str, cloud: str) -> HostSpec:
     declared_disk = os.environ.get("GPUWORKER_HOST_DISK_GB")
     return HostSpec(
@@ -120,8 +135,8 @@ async def run_agent(
         hosts = [host_spec(host_id, detect_inventory(gpus, host_id), datacenter, cloud_type)]
         runtime = choose_runtime(runtime_name, host_id)
     nc = await connect_role(settings, agent_user(host_id))
-    await wait_for_stream(nc)
-    credentials = RegistryCredentialStore(JetStreamEventStore(nc), SecretBox(settings.secret_key))
+    await wait_for_stream(nc, WORK_STREAM)
+    keys = HostKeys(host_id, agent_host_key(host_id))
     bus = CommandBus(nc, settings.request_timeout_s)
     # The api as this host reaches it: serverless workers' protocol traffic is relayed there.
     api_url = os.environ.get("GPUWORKER_AGENT_API_URL") or DEFAULT_API_URL
@@ -131,7 +146,7 @@ async def run_agent(
     # The relay's and simulated workers' client: a line per request is noise at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    def serverless(schedule: Callable[[str], None]) -> HostWorkers:
+    def serverless(schedule: Callable[[str], None], feed: HostWorkFeed) -> HostWorkers:
         return HostWorkers(
             nc,
             bus,
@@ -139,9 +154,8 @@ async def run_agent(
             runtime,
             schedule,
             api_url=api_url,
-            tokens=WorkerTokens(settings.secret_key),
             ping_interval_s=settings.worker_ping_interval_s,
-            credentials=credentials,
+            feed=feed,
             relay_port=relay_port,
             real_gpus=lambda host_id: host_id in nvml_hosts,
         )
@@ -152,7 +166,7 @@ async def run_agent(
         bus,
         hosts,
         runtime,
-        credentials=credentials,
+        keys=keys,
         heartbeat_s=float(os.environ.get("GPUWORKER_HEARTBEAT", "2")),
         disk_check_s=float(os.environ.get("GPUWORKER_DISK_CHECK_INTERVAL", "60")),
         # One simulated process may stand for many hosts: give it workers to match.

@@ -15,6 +15,7 @@ from services.processes.autoscaler import Autoscaler
 from services.processes.fleet_view import FleetView
 from services.processes.gpu_releaser import GpuReleaser
 from services.processes.host_monitor import HostMonitor
+from services.processes.host_work_router import HostWorkRouter
 from services.processes.job_dispatcher import DispatchConfig, JobDispatcher
 from services.processes.placement_service import PlacementService
 from services.processes.runner import DeciderRunner
@@ -40,7 +41,8 @@ async def seed_builtins(runner: DeciderRunner) -> None:
 async def run_deciders(settings: Settings) -> None:
     nc = await connect_role(settings, DECIDERS_USER)
     await ensure_stream(nc, settings.stream_replicas)
-    runner = DeciderRunner(JetStreamEventStore(nc), DECIDERS)
+    store = JetStreamEventStore(nc)
+    runner = DeciderRunner(store, DECIDERS)
     fleet = FleetView()
     await fleet.follow(nc)
     placement = PlacementService(runner, fleet)
@@ -60,6 +62,8 @@ async def run_deciders(settings: Settings) -> None:
     await monitor.start()
     releaser = GpuReleaser(nc, runner, fleet)
     await releaser.start()
+    work = HostWorkRouter(nc, store, settings.secret_key)
+    await work.start(settings.stream_replicas)
     autoscaler = None
     if autoscaling():
         autoscaler = Autoscaler(nc, runner, placement, dispatcher, fleet)
@@ -75,6 +79,7 @@ async def run_deciders(settings: Settings) -> None:
             await autoscaler.stop()
         await dispatcher.stop()
         await releaser.stop()
+        await work.stop()
         await monitor.stop()
         await fleet.stop()
         await server.stop()

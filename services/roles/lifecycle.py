@@ -41,17 +41,17 @@ async def ensure_stream(nc: NatsClient, replicas: int) -> None:
             delay = min(delay * 2, 2.0)
 
 
-async def wait_for_stream(nc: NatsClient) -> None:
+async def wait_for_stream(nc: NatsClient, stream: str = STREAM) -> None:
     """Readers wait for the deciders to have made the stream (they may not create it)."""
     delay = 0.2
     js = nc.jetstream(timeout=5)
     while True:
         try:
-            await js.stream_info(STREAM)
+            await js.stream_info(stream)
             return
         except Exception as exc:
             logging.getLogger("gpuworker").warning(
-                "waiting for the event stream: %s", exc or type(exc).__name__
+                "waiting for the %s stream: %s", stream, exc or type(exc).__name__
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

@@ -21,15 +21,20 @@ def generate_key() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
 
+def decode_key(key_b64: str) -> bytes:
+    """A configured key (GPUWORKER_SECRET_KEY, GPUWORKER_HOST_KEY): urlsafe base64 of 32 bytes."""
+    try:
+        key = base64.urlsafe_b64decode(key_b64)
+    except ValueError as exc:
+        raise SecretBoxError("the key is not base64") from exc
+    if len(key) != 32:
+        raise SecretBoxError("the key must decode to 32 bytes (AES-256)")
+    return key
+
+
 class SecretBox:
     def __init__(self, key_b64: str) -> None:
-        try:
-            key = base64.urlsafe_b64decode(key_b64)
-        except ValueError as exc:
-            raise SecretBoxError("GPUWORKER_SECRET_KEY is not base64") from exc
-        if len(key) != 32:
-            raise SecretBoxError("GPUWORKER_SECRET_KEY must decode to 32 bytes (AES-256)")
-        self._aead = AESGCM(key)
+        self._aead = AESGCM(decode_key(key_b64))
 
     def seal(self, plaintext: str, bound_to: str) -> str:
         nonce = os.urandom(12)

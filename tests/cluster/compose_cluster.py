@@ -22,6 +22,7 @@ from services.cli.embedded import free_port
 from services.nats_connection import nats_servers
 from services.nats_credentials import new_password
 from services.nats_permissions import ROLE_USERS, agent_user, password_variable
+from services.security.host_keys import host_key
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILES = ("compose.yaml", "deploy/compose.local.yaml")
@@ -41,9 +42,12 @@ class Cluster:
         self.prometheus_url = f"http://127.0.0.1:{free_port()}"
         users = [*ROLE_USERS, *(agent_user(h) for h in HOSTS)]
         self.passwords = {user: new_password() for user in users}
+        master = base64.urlsafe_b64encode(os.urandom(32)).decode()
         self.secrets = {
             "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
-            "GPUWORKER_SECRET_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+            "GPUWORKER_SECRET_KEY": master,
+            # What compose.yaml's own GPU host gets instead of the master key.
+            "GPUWORKER_HOST_1_KEY": host_key(master, "host-1"),
             "GPUWORKER_JWT_SECRET": secrets.token_urlsafe(48),
             **{password_variable(user): pw for user, pw in self.passwords.items()},
         }

@@ -35,6 +35,7 @@ import nats.errors
 import pytest
 
 from services.cli.embedded import free_port
+from services.security.host_keys import host_key
 from tests.api_helpers import template_body, wait_for
 from tests.careful_clients import CarefulClient, Record, careful_load, check_acknowledged
 from tests.cluster.compose_cluster import ROOT, Cluster
@@ -178,7 +179,8 @@ class JoiningHost:
 
 def join_host(cluster: Cluster, host_id: str) -> JoiningHost:
     """`gpuworker agent` on this machine, outside compose, as an operator starts a new GPU host:
-    NATS_URL, its own NATS login and the secret key; no database, no JWT secret."""
+    NATS_URL, its own NATS login and its own host key (`gpuworker host-key`); no database, no
+    JWT secret, no master key."""
     log = cluster.tmp / f"agent-{host_id}.log"
     env = {
         "PATH": os.environ["PATH"],
@@ -186,7 +188,7 @@ def join_host(cluster: Cluster, host_id: str) -> JoiningHost:
         "NATS_URL": cluster.nats_url,
         "GPUWORKER_NATS_USER": f"agent-{host_id}",
         "GPUWORKER_NATS_PASSWORD": cluster.passwords[f"agent-{host_id}"],
-        "GPUWORKER_SECRET_KEY": cluster.secrets["GPUWORKER_SECRET_KEY"],
+        "GPUWORKER_HOST_KEY": host_key(cluster.secrets["GPUWORKER_SECRET_KEY"], host_id),
         "GPUWORKER_HOST_ID": host_id,
         "GPUWORKER_AGENT_API_URL": cluster.url,
         "GPUWORKER_WORKER_RELAY_PORT": str(free_port()),
@@ -257,6 +259,14 @@ def test_a_gpu_host_joins_over_the_network(cluster: Cluster) -> None:
         assert own == [], own
         assert any("permissions violation" in e.lower() for e in forged), forged
         assert any("permissions violation" in e.lower() for e in command), command
+        # It reads its own work only: neither the event stream nor host-1's work.
+        for subject in (
+            "$JS.API.STREAM.INFO.EVENTS",
+            "$JS.API.DIRECT.GET.EVENTS",
+            "$JS.API.CONSUMER.CREATE.WORK.work_host-1.work.host-1.*.*",
+        ):
+            peek = asyncio.run(refused_for(cluster, "host-2", subject))
+            assert any("permissions violation" in e.lower() for e in peek), (subject, peek)
         print(
             f"\ncluster: host-2 joined over NATS alone; GPUs offered {registered_s:.1f} s after"
             " its agent started; its instance ran on it"

@@ -32,8 +32,11 @@ from services.cli.embedded import EmbeddedNats
 from services.deciders.catalog import DECIDERS
 from services.deciders.instance import CreateInstance, InstanceState
 from services.nats_permissions import agent_user
+from services.processes.host_work_router import HostWorkRouter
 from services.processes.runner import DeciderRunner
 from services.processes.server import DeciderServer
+from services.security.host_keys import HostKeys, host_key
+from services.security.secret_box import generate_key
 from tests.docker_fixtures import clean_host
 from tests.servers import connect_as
 
@@ -60,6 +63,11 @@ async def running_agent(
     runner = DeciderRunner(store, DECIDERS)
     server = DeciderServer(nc, runner, {})
     await server.start()
+    # The host's work reaches its agent as the deciders publish it, sealed with its own key.
+    master = generate_key()
+    router = HostWorkRouter(nc, store, master)
+    await router.start()
+    agent_options.setdefault("keys", HostKeys(host, host_key(master, host)))
     # The agent logs in as its host's agent, which may report only about that host.
     nats_server.add_agent(host)
     agent_nc = await connect_as(nats_server, agent_user(host))
@@ -87,6 +95,7 @@ async def running_agent(
     finally:
         await agent.stop()
         await agent_nc.close()
+        await router.stop()
         await server.stop()
         await asyncio.to_thread(clean_host, client, host)
 

@@ -16,9 +16,11 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from events.store import JetStreamEventStore
-from events.subjects import STREAM
+from events.subjects import STREAM, WORK_STREAM, work_consumer, work_filter, work_subject
+from projections.ordered_pull import OrderedPull
 from services.cli.embedded import EmbeddedNats, free_port
 from services.nats_permissions import (
     API_USER,
@@ -27,6 +29,7 @@ from services.nats_permissions import (
     PROJECTOR_USER,
     agent_user,
 )
+from services.processes.host_work_router import ensure_work_stream
 from tests.servers import connect_as, new_nats
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -333,4 +336,59 @@ async def test_only_the_instances_host_answers_log_requests_and_only_the_api_ask
             await projector.nc.close()
     finally:
         await api.nc.close()
+        await agent.nc.close()
+
+
+async def test_an_agent_reads_its_own_work_and_never_the_event_stream(
+    bus: tuple[EmbeddedNats, Listener],
+) -> None:
+    """Issue 14, item 3: a compromised host reads no other host's work and no customer's events
+    (services/processes/host_work_router.py)."""
+    server, _listener = bus
+    deciders = await connect_as(server, DECIDERS_USER)
+    try:
+        await ensure_work_stream(deciders)
+        js = deciders.jetstream()
+        await js.publish(work_subject("h1", "instance", "i-1"), b"mine", stream=WORK_STREAM)
+        await js.publish(work_subject("h2", "instance", "i-2"), b"theirs", stream=WORK_STREAM)
+        await js.publish("ev.user.u-1.UserSignedUp", b"{}")
+    finally:
+        await deciders.close()
+    server.add_agent("h1")
+    server.add_agent("h2")
+    agent = await login(server, agent_user("h1"))
+    try:
+        pull = OrderedPull(
+            agent.nc,
+            [work_filter("h1")],
+            1,
+            stream=WORK_STREAM,
+            name=work_consumer("h1"),
+            last_per_subject=True,
+        )
+        await pull.open()
+        assert [m.data for m in await pull.next(5.0)] == [b"mine"]
+        await pull.close()
+        js = agent.nc.jetstream(timeout=1)
+        # Another host's work: not under its own consumer's name, nor under the other host's.
+        for name, subjects in (
+            (work_consumer("h1"), work_filter("h2")),
+            (work_consumer("h1"), "work.>"),
+            (work_consumer("h2"), work_filter("h2")),
+        ):
+            config = ConsumerConfig(name=name, filter_subject=subjects, ack_policy=AckPolicy.NONE)
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.add_consumer(WORK_STREAM, config)
+            assert await agent.refused(f"$JS.API.CONSUMER.CREATE.{WORK_STREAM}.{name}.{subjects}")
+        # The event stream: neither read by subject nor followed.
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.get_last_msg(STREAM, "ev.user.u-1.UserSignedUp", direct=True)
+        assert await agent.refused(f"$JS.API.DIRECT.GET.{STREAM}")
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.add_consumer(STREAM, ConsumerConfig(ack_policy=AckPolicy.NONE))
+        assert await agent.refused(f"$JS.API.CONSUMER.CREATE.{STREAM}")
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.stream_info(STREAM)
+        assert await agent.refused(f"$JS.API.STREAM.INFO.{STREAM}")
+    finally:
         await agent.nc.close()
