@@ -1,7 +1,8 @@
 """Follow one aggregate type as it is stored: an ordered consumer from stream sequence 1 folds
 every event with the aggregate's own `evolve` into states kept in memory.
 
-Used by the deciders' fleet view (every host) and by agents (their hosts' instances and volumes).
+Used by the deciders' fleet view (every host) and their host work router; an agent's are filled by
+its host's work feed (services/agent/host_work_feed.py) through `offer`.
 A state offered from elsewhere (a command's reply) replaces an older one; events at or below the
 sequence a state is known at are skipped, so nothing is applied twice."""
 
@@ -25,14 +26,37 @@ log = logging.getLogger("gpuworker.follow")
 S = TypeVar("S")
 
 
-async def caught_up(sub: Any, what: str, warn_every_s: float = 30.0) -> None:
-    """Return once the ordered consumer `sub` has handed every event stored so far to its
-    callback, and the callback has run for each (none left on the server or in the client)."""
+class Handled:
+    """How far a subscription's callback has got: the consumer it last handled a delivery of,
+    and that delivery's number. The callback calls `mark` when it is done with a message."""
+
+    def __init__(self) -> None:
+        self.consumer = ""
+        self.delivery = 0
+
+    def mark(self, msg: Msg) -> None:
+        self.consumer = msg.metadata.consumer or ""
+        self.delivery = msg.metadata.sequence.consumer or 0
+
+
+async def caught_up(sub: Any, handled: Handled, what: str, warn_every_s: float = 30.0) -> None:
+    """Return once the ordered consumer `sub` has delivered every event stored so far and its
+    callback has finished each (`handled`). Nothing pending on the server or in the client's
+    queue is not enough: the callback may still be in the middle of the last one (it awaits),
+    so the consumer's last delivery number must be one the callback has marked. An ordered
+    consumer that was made again (after a gap) numbers its deliveries from 1 under a new name."""
     loop = asyncio.get_running_loop()
     started = warned = loop.time()
     while True:
         info = await sub.consumer_info()
-        if not info.num_pending and not sub.pending_msgs:
+        delivered = (info.delivered.consumer_seq or 0) if info.delivered else 0
+        if (
+            not info.num_pending
+            and not sub.pending_msgs
+            and (
+                delivered == 0 or (handled.consumer == info.name and handled.delivery >= delivered)
+            )
+        ):
             return
         if loop.time() - warned > warn_every_s:
             warned = loop.time()
@@ -60,6 +84,7 @@ class AggregateFollower(Generic[S]):
         self._states: dict[str, S] = {}
         self._ignored: set[str] = set()
         self._sub: Any = None
+        self._handled = Handled()
 
     def get(self, aggregate_id: str) -> S | None:
         return self._states.get(aggregate_id)
@@ -102,9 +127,15 @@ class AggregateFollower(Generic[S]):
             deliver_policy=DeliverPolicy.ALL,
             cb=self._on_message,
         )
-        await caught_up(self._sub, self._decider.aggregate_type, warn_every_s)
+        await caught_up(self._sub, self._handled, self._decider.aggregate_type, warn_every_s)
 
     async def _on_message(self, msg: Msg) -> None:
+        try:
+            self._fold(msg)
+        finally:
+            self._handled.mark(msg)
+
+    def _fold(self, msg: Msg) -> None:
         sequence = msg.metadata.sequence.stream
         event = decode_event(msg.data, sequence)
         aggregate_id = event.aggregate.id

@@ -51,7 +51,7 @@ from events.envelope import Envelope
 from events.ids import derived_id
 from events.job import JobSubmitted
 from events.subjects import STREAM, aggregate_type_filter
-from services.aggregate_follower import AggregateFollower, caught_up
+from services.aggregate_follower import AggregateFollower, Handled, caught_up
 from services.command_wire import CommandEnvelope, Reply
 from services.deciders.autoscaler import QueueLoad
 from services.deciders.decider import Command
@@ -145,6 +145,7 @@ class JobDispatcher:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subs: list[Any] = []
         self._job_sub: Any = None
+        self._jobs_handled = Handled()
         self._ticker: asyncio.Task[None] | None = None
         self._ready = False
         # Each endpoint's live workers as last seen (a worker that leaves loses its jobs at once).
@@ -164,7 +165,7 @@ class JobDispatcher:
             deliver_policy=DeliverPolicy.ALL,
             cb=self._on_job_message,
         )
-        await caught_up(self._job_sub, "job")
+        await caught_up(self._job_sub, self._jobs_handled, "job")
         self._ready = True
         now = time.time()
         for view in self._workers.values():
@@ -297,6 +298,8 @@ class JobDispatcher:
             await self._follow(decode_event(msg.data, sequence))
         except Exception:
             log.exception("job event %d could not be followed", sequence)
+        finally:
+            self._jobs_handled.mark(msg)
 
     async def _follow(self, event: Envelope) -> None:
         job_id = event.aggregate.id
@@ -664,7 +667,7 @@ class JobDispatcher:
             raise NotFound("endpoint not found")
         # Every job submitted before this command was sent is in the queue we purge.
         if self._job_sub is not None:
-            await asyncio.wait_for(caught_up(self._job_sub, "job"), 5.0)
+            await asyncio.wait_for(caught_up(self._job_sub, self._jobs_handled, "job"), 5.0)
         queued = self._queue(endpoint_id).ids()
         cancel = CancelJob(actor=command.actor, at=command.at, reason=PURGED, only_queued=True)
         replies = await _bounded(
