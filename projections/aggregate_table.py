@@ -6,6 +6,7 @@ api filters by."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,19 @@ _COLUMNS = ("id", "owner_id", "created_at", "deleted", "last_sequence", "doc")
 AfterApply = Callable[
     [psycopg.AsyncConnection[Any], Sequence[Envelope], dict[str, tuple[Any, int]]], Awaitable[None]
 ]
+
+
+# A JSON string escape for NUL (U+0000) that is not itself an escaped backslash's text.
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def jsonb_text(document: str) -> str:
+    """`document` as PostgreSQL's jsonb takes it: jsonb refuses U+0000, and one event holding
+    it (an agent's report, an event written before the api refused it) would halt the
+    projection for everyone. The read model shows U+FFFD there instead; the event keeps it."""
+    if "\\u0000" not in document:
+        return document
+    return _NUL_ESCAPE.sub(r"\1\\ufffd", document)
 
 
 @dataclass(frozen=True)
@@ -57,7 +71,7 @@ class AggregateTable:
             self.created_at_of(state),
             self.deleted_of(state),
             last_sequence,
-            msgspec.json.encode(state).decode(),
+            jsonb_text(msgspec.json.encode(state).decode()),
         )
 
     def fold(

@@ -91,6 +91,14 @@ def test_billing_routes_name_the_parameter_they_refuse(stack: Stack) -> None:
         assert_error(
             client.get("/billing/volumes", params={"gpuTypeId": RTX_4090}), 400, "`gpuTypeId`"
         )
+        # A NUL byte cannot reach PostgreSQL as a filter: it once answered 500 (schemathesis).
+        for route, name in (
+            ("/billing/instances", "instanceId"),
+            ("/billing/serverless", "endpointId"),
+            ("/billing/volumes", "volumeId"),
+            ("/billing/instances", "gpuTypeId"),
+        ):
+            assert_error(client.get(route, params={name: "i\x00d"}), 400, name)
         assert_error(client.get("/billing/export", params={"format": "xml"}), 400, "`format`")
         assert_error(client.get("/billing/export", params={"startTime": "x"}), 400, "`startTime`")
         # Nothing billed yet: empty arrays, not errors.

@@ -27,6 +27,7 @@ from litestar import Request, get
 from litestar.params import QueryParameter
 from litestar.response import Stream
 
+from events.subjects import ID_PATTERN
 from ledger.export import MEDIA_TYPES, ExportRange, stream_text
 from ledger.money import MICROS_PER_USD
 from ledger.summaries import (
@@ -46,15 +47,21 @@ from services.errors import BadRequest
 _MAX_PARAMETER = 256
 
 
-def _query(name: str) -> Any:
-    return QueryParameter(name=name, max_length=_MAX_PARAMETER)
+def _query(name: str, pattern: str | None = None) -> Any:
+    return QueryParameter(name=name, max_length=_MAX_PARAMETER, pattern=pattern)
+
+
+# What reaches PostgreSQL as a filter must be text it can hold (never a NUL byte): an id, or a GPU
+# type id (printable ASCII, "NVIDIA GeForce RTX 4090").
+def _id_query(name: str) -> Any:
+    return _query(name, ID_PATTERN)
 
 
 StartTime = Annotated[str | None, _query("startTime")]
 EndTime = Annotated[str | None, _query("endTime")]
 BucketSizeParameter = Annotated[str | None, _query("bucketSize")]
 GroupingParameter = Annotated[str | None, _query("grouping")]
-GpuTypeParameter = Annotated[str | None, _query("gpuTypeId")]
+GpuTypeParameter = Annotated[str | None, _query("gpuTypeId", r"^[ -~]+$")]
 
 
 class InstanceRecord(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
@@ -192,7 +199,7 @@ async def instance_billing(
     end_time: EndTime = None,
     bucket_size: BucketSizeParameter = None,
     grouping: GroupingParameter = None,
-    instance_id: Annotated[str | None, _query("instanceId")] = None,
+    instance_id: Annotated[str | None, _id_query("instanceId")] = None,
     gpu_type_id: GpuTypeParameter = None,
 ) -> list[InstanceRecord]:
     query, rows = await _rows(
@@ -221,7 +228,7 @@ async def serverless_billing(
     end_time: EndTime = None,
     bucket_size: BucketSizeParameter = None,
     grouping: GroupingParameter = None,
-    endpoint_id: Annotated[str | None, _query("endpointId")] = None,
+    endpoint_id: Annotated[str | None, _id_query("endpointId")] = None,
     gpu_type_id: GpuTypeParameter = None,
 ) -> list[ServerlessRecord]:
     query, rows = await _rows(
@@ -250,7 +257,7 @@ async def volume_billing(
     end_time: EndTime = None,
     bucket_size: BucketSizeParameter = None,
     grouping: GroupingParameter = None,
-    volume_id: Annotated[str | None, _query("volumeId")] = None,
+    volume_id: Annotated[str | None, _id_query("volumeId")] = None,
 ) -> list[VolumeRecord]:
     query, rows = await _rows(
         request,

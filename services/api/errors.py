@@ -6,6 +6,7 @@ dead dependencies (503) and anything unexpected (500) all pass through here."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import msgspec
@@ -30,7 +31,18 @@ def error_response(code: int, message: str, headers: dict[str, str] | None = Non
     )
 
 
-def validation_message(exc: ValidationException) -> str:
+def _public_name(key: str, sent: Collection[str]) -> str:
+    """Litestar names a query parameter by its Python name (`instance_id`); the client sent its
+    public one (`instanceId`), which is what the message must name."""
+    if key in sent:
+        return key
+    head, *rest = key.split("_")
+    camel = head + "".join(part.title() for part in rest)
+    return camel if camel in sent else key
+
+
+def validation_message(exc: ValidationException, sent: Collection[str] = ()) -> str:
+    """`sent`: the query parameters' names as the request gave them."""
     problems = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if not isinstance(item, dict):
@@ -39,7 +51,7 @@ def validation_message(exc: ValidationException) -> str:
         if "unknown field" in message:
             problems.append(message.replace("Object contains", "request body contains"))
         elif key and item.get("source") == "query":
-            problems.append(f"query parameter `{key}`: {message}")
+            problems.append(f"query parameter `{_public_name(key, sent)}`: {message}")
         elif key == "data":
             # A body's own check (`__post_init__`) already names the field.
             named = message.startswith("field `")
@@ -60,7 +72,7 @@ def validation_message(exc: ValidationException) -> str:
 def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     code = exc.status_code
     if isinstance(exc, ValidationException):
-        message = validation_message(exc)
+        message = validation_message(exc, list(request.query_params))
     elif isinstance(exc, NotAuthorizedException):
         message = (
             f"{exc.detail}; send `Authorization: Bearer <access_token>` from /auth/login,"

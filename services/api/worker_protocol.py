@@ -250,7 +250,8 @@ class WorkerProtocolController(Controller):
         unhealthy = None
         if status == "unhealthy":
             unhealthy = f"{check or 'fitness check'} failed: {reason or 'no reason given'}"
-            unhealthy = unhealthy[:MAX_REASON]
+            # Customer code wrote it: PostgreSQL stores no NUL byte (it would answer 500).
+            unhealthy = unhealthy.replace("\x00", "")[:MAX_REASON]
         await record_ping(ctx.pool, endpoint_id, worker_id, v, running, unhealthy)
         ping = Ping(worker_id=worker_id, job_ids=running, version=v, unhealthy=unhealthy)
         await ctx.nc.publish(worker_subject(endpoint_id, PING), msgspec.json.encode(ping))

@@ -77,7 +77,7 @@ def _on_domain_error(request: Request[Any, Any, Any], exc: GpuWorkerError) -> Re
 
 def _on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     if isinstance(exc, ValidationException):
-        return _error_page(request, 400, validation_message(exc))
+        return _error_page(request, 400, validation_message(exc, list(request.query_params)))
     if exc.status_code == 404:
         return _error_page(request, 404, "Not found: there is no such page here.")
     return _error_page(request, exc.status_code, str(exc.detail))
