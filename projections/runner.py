@@ -58,6 +58,12 @@ class CheckpointMoved(Exception):
     """The checkpoint is behind what this reader handled (a rebuild reset it): start again."""
 
 
+# What PostgreSQL answers about the rows an event makes, not about itself (a value it cannot
+# hold, a broken constraint, a statement it cannot run): retrying changes nothing, so the event
+# halts the projection loudly (/health), never loops as "database unavailable".
+EVENT_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError)
+
+
 class Unappliable(Exception):
     """This event cannot be decoded or folded: the projection stops before it."""
 
@@ -85,8 +91,10 @@ async def _apply_prefix(
         async with conn.transaction():  # a savepoint: the whole batch in one go, usually
             await p.apply(conn, events)
         return events, failure
-    except psycopg.Error:
-        raise
+    except psycopg.Error as exc:
+        if not isinstance(exc, EVENT_ERRORS):
+            raise
+        log.warning("projection %s: a batch failed (%s); applying it event by event", p.name, exc)
     except Exception as exc:
         log.warning("projection %s: a batch failed (%s); applying it event by event", p.name, exc)
     done: list[Envelope] = []
@@ -94,8 +102,10 @@ async def _apply_prefix(
         try:
             async with conn.transaction():
                 await p.apply(conn, [event])
-        except psycopg.Error:
-            raise
+        except psycopg.Error as exc:
+            if not isinstance(exc, EVENT_ERRORS):
+                raise
+            return done, Unappliable(event.sequence, exc)
         except Exception as exc:
             return done, Unappliable(event.sequence, exc)
         done.append(event)

@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from nats.aio.client import Client as NatsClient
 from psycopg_pool import AsyncConnectionPool
 
 from events.container import ContainerChanges, ContainerConfig
+from events.envelope import Envelope
 from events.ids import new_id
 from events.store import JetStreamEventStore
 from projections import checkpoints
@@ -397,6 +399,51 @@ async def test_an_event_that_cannot_be_applied_halts_the_projection_loudly(
         assert status is not None and status.halted, "the halt is recorded for /health"
         # Stopped at the bad event: neither it nor anything after it was stepped over.
         assert await checkpoint(pool, "templates") == before < ack.seq < after
+    finally:
+        await projector.stop()
+
+
+class RefusedByPostgres:
+    """The templates read model, except that PostgreSQL itself refuses the rows of a template
+    named "poison" (a data error, as jsonb once refused U+0000), every time it is tried."""
+
+    name = TEMPLATES.name
+    filter_subjects = TEMPLATES.filter_subjects
+
+    async def apply(self, conn: psycopg.AsyncConnection[Any], events: Sequence[Envelope]) -> None:
+        await TEMPLATES.apply(conn, events)
+        if any(getattr(e.data, "name", None) == "poison" for e in events):
+            await conn.execute("SELECT 1 / 0")
+
+
+async def test_an_event_postgres_refuses_halts_the_projection_loudly(
+    projector_nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner
+) -> None:
+    """Before, such an error was taken for "database unavailable" and retried every second,
+    forever, with /health showing the projection current."""
+
+    def create(name: str) -> CreateTemplate:
+        return CreateTemplate(
+            actor="u", at=AT, name=name, container=ContainerConfig(image_name="i")
+        )
+
+    before = await send(runner, new_id(), create("a"))
+    poison = await send(runner, new_id(), create("poison"))
+    after = await send(runner, new_id(), create("b"))
+    projector = ProjectionRunner(projector_nc, pool, [RefusedByPostgres()])
+    await projector.start()
+    try:
+        await wait_for_checkpoint(pool, "templates", before)
+        status = None
+        for _ in range(100):
+            async with pool.connection() as conn:
+                status = (await checkpoints.statuses(conn))["templates"]
+            if status.halted:
+                break
+            await asyncio.sleep(0.05)
+        assert status is not None and status.halted, "the halt is recorded for /health"
+        assert f"event {poison}" in status.halted and "division by zero" in status.halted
+        assert await checkpoint(pool, "templates") == before < poison < after
     finally:
         await projector.stop()
 
