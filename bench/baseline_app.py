@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 import uvicorn
 from litestar import Litestar, Request, get, post
+from litestar.params import JSONBody
 
 from events.ids import new_id
 from services import event_loop
@@ -101,7 +102,9 @@ def writes_app() -> Litestar:
     insert = f"INSERT INTO {FLOOR_TABLE} (id, owner_id, created_at, doc) VALUES (%s, %s, %s, %s)"
 
     @post("/templates", status_code=201)
-    async def create_template(request: Request[Any, Any, Any], data: TemplateIn) -> TemplateOut:
+    async def create_template(
+        request: Request[Any, Any, Any], data: JSONBody[TemplateIn]
+    ) -> TemplateOut:
         now = datetime.now(UTC)
         out = TemplateOut(
             id=new_id(),

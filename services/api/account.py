@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, get, patch
+from litestar.params import JSONBody
 from msgspec import Meta
 
 from ledger.money import MICROS_PER_USD, usd_to_micros
@@ -125,7 +126,7 @@ async def me(request: Request[Any, Any, Any]) -> UserOut:
     tags=["account"],
     summary="Set your spend limit per hour, monthly budget and SSH public keys",
 )
-async def update_me(request: Request[Any, Any, Any], data: UserPatch) -> UserOut:
+async def update_me(request: Request[Any, Any, Any], data: JSONBody[UserPatch]) -> UserOut:
     ctx = context_of(request)
     user = await current_user(request)
     keys = (

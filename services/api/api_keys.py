@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
 from services.api import read_models
@@ -60,7 +61,9 @@ class ApiKeyController(Controller):
         status_code=201,
         summary="Create an API key: send it as `Authorization: Bearer <key>`; shown only here",
     )
-    async def create_api_key(self, request: Request[Any, Any, Any], data: ApiKeyIn) -> NewApiKeyOut:
+    async def create_api_key(
+        self, request: Request[Any, Any, Any], data: JSONBody[ApiKeyIn]
+    ) -> NewApiKeyOut:
         ctx = context_of(request)
         key_id = new_resource_id(request)
         # Under an Idempotency-Key a retry must show the very key the first attempt stored.
@@ -83,7 +86,7 @@ class ApiKeyController(Controller):
         return NewApiKeyOut(id=state.id, name=state.name, created_at=state.created_at, key=key)
 
     @delete("/{key_id:str}", status_code=204, summary="Revoke an API key: it stops working at once")
-    async def revoke_api_key(self, request: Request[Any, Any, Any], key_id: str) -> None:
+    async def revoke_api_key(self, request: Request[Any, Any, Any], key_id: FromPath[str]) -> None:
         ctx = context_of(request)
         await ctx.execute(
             API_KEYS,

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, post
+from litestar.params import JSONBody
 from msgspec import Meta
 
 from events.ids import new_id
@@ -89,7 +90,7 @@ class AuthController(Controller):
     tags = ["auth"]
 
     @post("/signup", status_code=201, summary="Create an account")
-    async def signup(self, request: Request[Any, Any, Any], data: SignupIn) -> TokensOut:
+    async def signup(self, request: Request[Any, Any, Any], data: JSONBody[SignupIn]) -> TokensOut:
         ctx = context_of(request)
         email = normalise_email(data.email)
         # Accounts made before email claims existed have none: refuse their emails here.
@@ -119,7 +120,7 @@ class AuthController(Controller):
         return _tokens(request, user_id, refresh)
 
     @post("/login", status_code=200, summary="Log in with email and password")
-    async def login(self, request: Request[Any, Any, Any], data: LoginIn) -> TokensOut:
+    async def login(self, request: Request[Any, Any, Any], data: JSONBody[LoginIn]) -> TokensOut:
         ctx = context_of(request)
         email = normalise_email(data.email)
         address = request.client.host if request.client else "unknown"
@@ -152,7 +153,9 @@ class AuthController(Controller):
         return _tokens(request, user_id, refresh)
 
     @post("/refresh", status_code=200, summary="Trade a refresh token for new tokens")
-    async def refresh(self, request: Request[Any, Any, Any], data: RefreshIn) -> TokensOut:
+    async def refresh(
+        self, request: Request[Any, Any, Any], data: JSONBody[RefreshIn]
+    ) -> TokensOut:
         ctx = context_of(request)
         user_id = user_of(data.refresh_token)
         if user_id is None or not read_models.valid_id(user_id):

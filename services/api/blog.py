@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get
+from litestar.params import FromPath
 
 from projections.catalog import PROJECTIONS
 from services.api import read_models
@@ -56,7 +57,7 @@ class BlogController(Controller):
         return page.response(request, page.of_rows(positions, summaries))
 
     @get("/{slug:str}", summary="Read a blog post")
-    async def get_post(self, request: Request[Any, Any, Any], slug: str) -> PostOut:
+    async def get_post(self, request: Request[Any, Any, Any], slug: FromPath[str]) -> PostOut:
         state: PostState | None = await read_models.get(context_of(request).pool, BLOG_POSTS, slug)
         if state is None:
             raise NotFound(f"no blog post {slug!r}")

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
 from events.container import ContainerConfig
@@ -273,7 +274,7 @@ class EndpointController(Controller):
 
     @post("/", status_code=201, summary="Create a serverless endpoint")
     async def create_endpoint(
-        self, request: Request[Any, Any, Any], data: EndpointIn
+        self, request: Request[Any, Any, Any], data: JSONBody[EndpointIn]
     ) -> EndpointOut:
         ctx = context_of(request)
         settings = EndpointSettings(
@@ -303,12 +304,17 @@ class EndpointController(Controller):
         return (await views(request, [state]))[0]
 
     @get("/{endpoint_id:str}", summary="Get an endpoint, with its workers and jobs right now")
-    async def get_endpoint(self, request: Request[Any, Any, Any], endpoint_id: str) -> EndpointOut:
+    async def get_endpoint(
+        self, request: Request[Any, Any, Any], endpoint_id: FromPath[str]
+    ) -> EndpointOut:
         return (await views(request, [await owned_endpoint(request, endpoint_id)]))[0]
 
     @patch("/{endpoint_id:str}", summary="Change an endpoint (template or env: a new version)")
     async def update_endpoint(
-        self, request: Request[Any, Any, Any], endpoint_id: str, data: EndpointPatch
+        self,
+        request: Request[Any, Any, Any],
+        endpoint_id: FromPath[str],
+        data: JSONBody[EndpointPatch],
     ) -> EndpointOut:
         ctx = context_of(request)
         current = await owned_endpoint(request, endpoint_id)
@@ -350,7 +356,9 @@ class EndpointController(Controller):
         status_code=204,
         summary="Delete an endpoint: its queued and running jobs are CANCELLED",
     )
-    async def delete_endpoint(self, request: Request[Any, Any, Any], endpoint_id: str) -> None:
+    async def delete_endpoint(
+        self, request: Request[Any, Any, Any], endpoint_id: FromPath[str]
+    ) -> None:
         ctx = context_of(request)
         command = DeleteEndpoint(actor=request.user.id, at=datetime.now(UTC))
         await ctx.execute(

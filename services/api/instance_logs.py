@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import msgspec
 import nats.errors
 from litestar import Request, get
-from litestar.params import Parameter
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 from nats.aio.client import Client as NatsClient
 from nats.aio.subscription import Subscription
@@ -142,13 +142,13 @@ async def _body(
 
 # A logs route's query parameters (an instance's, a serverless worker's).
 Tail = Annotated[
-    int, Parameter(ge=0, le=MAX_TAIL, description="the last N lines (before any new ones)")
+    int, QueryParameter(ge=0, le=MAX_TAIL, description="the last N lines (before any new ones)")
 ]
 Since = Annotated[
-    datetime | None, Parameter(description="only lines written at or after this time")
+    datetime | None, QueryParameter(description="only lines written at or after this time")
 ]
-Follow = Annotated[bool, Parameter(description="keep streaming new lines")]
-Timestamps = Annotated[bool, Parameter(description="each line starts with its time")]
+Follow = Annotated[bool, QueryParameter(description="keep streaming new lines")]
+Timestamps = Annotated[bool, QueryParameter(description="each line starts with its time")]
 
 
 @get(
@@ -159,7 +159,7 @@ Timestamps = Annotated[bool, Parameter(description="each line starts with its ti
 )
 async def instance_logs(
     request: Request[Any, Any, Any],
-    instance_id: str,
+    instance_id: FromPath[str],
     tail: Tail = DEFAULT_TAIL,
     since: Since = None,
     follow: Follow = False,

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
 from events.container import ContainerConfig
@@ -331,7 +332,7 @@ class InstanceController(Controller):
 
     @post("/", status_code=201, summary="Rent a GPU instance")
     async def create_instance(
-        self, request: Request[Any, Any, Any], data: InstanceIn
+        self, request: Request[Any, Any, Any], data: JSONBody[InstanceIn]
     ) -> InstanceOut:
         ctx = context_of(request)
         now = datetime.now(UTC)
@@ -408,14 +409,19 @@ class InstanceController(Controller):
         return view(state, request)
 
     @get("/{instance_id:str}", summary="Get an instance")
-    async def get_instance(self, request: Request[Any, Any, Any], instance_id: str) -> InstanceOut:
+    async def get_instance(
+        self, request: Request[Any, Any, Any], instance_id: FromPath[str]
+    ) -> InstanceOut:
         ctx = context_of(request)
         state = await read_models.get(ctx.pool, INSTANCES, instance_id)
         return (await views(request, [_mine(state, request.user.id)]))[0]
 
     @patch("/{instance_id:str}", summary="Rename, change image/env/ports, or grow disks")
     async def update_instance(
-        self, request: Request[Any, Any, Any], instance_id: str, data: InstancePatch
+        self,
+        request: Request[Any, Any, Any],
+        instance_id: FromPath[str],
+        data: JSONBody[InstancePatch],
     ) -> InstanceOut:
         ctx = context_of(request)
         check_image_name(data.image_name)
@@ -433,7 +439,9 @@ class InstanceController(Controller):
         )
 
     @delete("/{instance_id:str}", status_code=204, summary="Terminate an instance")
-    async def delete_instance(self, request: Request[Any, Any, Any], instance_id: str) -> None:
+    async def delete_instance(
+        self, request: Request[Any, Any, Any], instance_id: FromPath[str]
+    ) -> None:
         ctx = context_of(request)
         command = TerminateInstance(actor=request.user.id, at=datetime.now(UTC))
         await ctx.execute(
@@ -442,7 +450,7 @@ class InstanceController(Controller):
 
     @post("/{instance_id:str}/start", status_code=200, summary="Start a stopped instance")
     async def start_instance(
-        self, request: Request[Any, Any, Any], instance_id: str
+        self, request: Request[Any, Any, Any], instance_id: FromPath[str]
     ) -> InstanceOut:
         ctx = context_of(request)
         command = StartPlacedInstance(
@@ -465,7 +473,9 @@ class InstanceController(Controller):
         return view(state, request)
 
     @post("/{instance_id:str}/stop", status_code=200, summary="Stop a running instance")
-    async def stop_instance(self, request: Request[Any, Any, Any], instance_id: str) -> InstanceOut:
+    async def stop_instance(
+        self, request: Request[Any, Any, Any], instance_id: FromPath[str]
+    ) -> InstanceOut:
         ctx = context_of(request)
         command = StopInstance(actor=request.user.id, at=datetime.now(UTC))
         return view(
@@ -477,7 +487,7 @@ class InstanceController(Controller):
 
     @post("/{instance_id:str}/restart", status_code=200, summary="Restart a running instance")
     async def restart_instance(
-        self, request: Request[Any, Any, Any], instance_id: str
+        self, request: Request[Any, Any, Any], instance_id: FromPath[str]
     ) -> InstanceOut:
         ctx = context_of(request)
         command = RestartInstance(actor=request.user.id, at=datetime.now(UTC))

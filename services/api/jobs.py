@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, QueryParameter
 from msgspec import Meta
 from psycopg_pool import AsyncConnectionPool
 
@@ -260,7 +260,7 @@ class JobController(Controller):
         summary="Queue a job: {id, status: IN_QUEUE}",
         request_max_body_size=RUN_BODY_BYTES,
     )
-    async def run(self, request: Request[Any, Any, Any], endpoint_id: str) -> Queued:
+    async def run(self, request: Request[Any, Any, Any], endpoint_id: FromPath[str]) -> Queued:
         state = await self._submit(request, endpoint_id, await run_body(request), sync=False)
         return Queued(id=state.id, status=state.status)
 
@@ -273,8 +273,8 @@ class JobController(Controller):
     async def runsync(
         self,
         request: Request[Any, Any, Any],
-        endpoint_id: str,
-        wait: Annotated[int, Parameter(query="wait", ge=0, le=MAX_WAIT_MS)] = DEFAULT_WAIT_MS,
+        endpoint_id: FromPath[str],
+        wait: Annotated[int, QueryParameter(ge=0, le=MAX_WAIT_MS)] = DEFAULT_WAIT_MS,
     ) -> Response[bytes]:
         ctx = context_of(request)
         body = await run_body(request)
@@ -291,14 +291,14 @@ class JobController(Controller):
 
     @get("/status/{job_id:str}", summary="A job's status, and its output or error once final")
     async def status(
-        self, request: Request[Any, Any, Any], endpoint_id: str, job_id: str
+        self, request: Request[Any, Any, Any], endpoint_id: FromPath[str], job_id: FromPath[str]
     ) -> Response[bytes]:
         state = await owned_job(request, endpoint_id, job_id)
         return _json(await job_view(context_of(request).pool, state))
 
     @get("/stream/{job_id:str}", summary="A streaming job's partial outputs not read before")
     async def stream(
-        self, request: Request[Any, Any, Any], endpoint_id: str, job_id: str
+        self, request: Request[Any, Any, Any], endpoint_id: FromPath[str], job_id: FromPath[str]
     ) -> Response[bytes]:
         state = await owned_job(request, endpoint_id, job_id)
         partials = await job_payloads.take_partials(context_of(request).pool, state.id)
@@ -306,7 +306,7 @@ class JobController(Controller):
 
     @post("/cancel/{job_id:str}", status_code=200, summary="Cancel a queued or running job")
     async def cancel(
-        self, request: Request[Any, Any, Any], endpoint_id: str, job_id: str
+        self, request: Request[Any, Any, Any], endpoint_id: FromPath[str], job_id: FromPath[str]
     ) -> Response[bytes]:
         ctx = context_of(request)
         current = await owned_job(request, endpoint_id, job_id)
@@ -315,7 +315,9 @@ class JobController(Controller):
         return _json(await job_view(ctx.pool, state))
 
     @post("/retry/{job_id:str}", status_code=200, summary="Queue a FAILED or TIMED_OUT job again")
-    async def retry(self, request: Request[Any, Any, Any], endpoint_id: str, job_id: str) -> Queued:
+    async def retry(
+        self, request: Request[Any, Any, Any], endpoint_id: FromPath[str], job_id: FromPath[str]
+    ) -> Queued:
         ctx = context_of(request)
         current = await owned_job(request, endpoint_id, job_id)
         command = RetryJob(actor=request.user.id, at=datetime.now(UTC))
@@ -323,7 +325,9 @@ class JobController(Controller):
         return Queued(id=state.id, status=state.status)
 
     @post("/purge-queue", status_code=200, summary="Cancel every job still in the queue")
-    async def purge_queue(self, request: Request[Any, Any, Any], endpoint_id: str) -> PurgeOut:
+    async def purge_queue(
+        self, request: Request[Any, Any, Any], endpoint_id: FromPath[str]
+    ) -> PurgeOut:
         ctx = context_of(request)
         endpoint = await owned_endpoint(request, endpoint_id)
         reply: Reply = await ctx.bus.send(
@@ -338,7 +342,9 @@ class JobController(Controller):
         return PurgeOut(removed=result.removed, status="completed")
 
     @get("/health", summary="Jobs and workers of the endpoint right now")
-    async def health(self, request: Request[Any, Any, Any], endpoint_id: str) -> EndpointHealthOut:
+    async def health(
+        self, request: Request[Any, Any, Any], endpoint_id: FromPath[str]
+    ) -> EndpointHealthOut:
         ctx = context_of(request)
         endpoint = await owned_endpoint(request, endpoint_id)
         activity = (await activity_of(ctx.pool, [endpoint], ctx.settings.worker_lost_after_s))[

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
 from projections.catalog import PROJECTIONS
@@ -60,7 +61,7 @@ class RegistryAuthController(Controller):
 
     @post("/", status_code=201, summary="Save registry credentials")
     async def create_registry_auth(
-        self, request: Request[Any, Any, Any], data: RegistryAuthIn
+        self, request: Request[Any, Any, Any], data: JSONBody[RegistryAuthIn]
     ) -> RegistryAuthOut:
         ctx = context_of(request)
         auth_id = new_resource_id(request)
@@ -74,7 +75,9 @@ class RegistryAuthController(Controller):
         return view(await ctx.execute(REGISTRY_AUTHS, auth_id, command, request))
 
     @delete("/{auth_id:str}", status_code=204, summary="Remove registry credentials")
-    async def delete_registry_auth(self, request: Request[Any, Any, Any], auth_id: str) -> None:
+    async def delete_registry_auth(
+        self, request: Request[Any, Any, Any], auth_id: FromPath[str]
+    ) -> None:
         ctx = context_of(request)
         read_models.checked_id(auth_id, "registry credential")
         await ctx.execute(

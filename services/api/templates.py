@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
 from projections.catalog import PROJECTIONS
@@ -117,7 +118,7 @@ class TemplateController(Controller):
 
     @post("/", status_code=201, summary="Create a template")
     async def create_template(
-        self, request: Request[Any, Any, Any], data: TemplateIn
+        self, request: Request[Any, Any, Any], data: JSONBody[TemplateIn]
     ) -> TemplateOut:
         ctx = context_of(request)
         check_image_name(data.image_name)
@@ -133,14 +134,19 @@ class TemplateController(Controller):
         return view(await ctx.execute(TEMPLATES, new_resource_id(request), command, request))
 
     @get("/{template_id:str}", summary="Get a template")
-    async def get_template(self, request: Request[Any, Any, Any], template_id: str) -> TemplateOut:
+    async def get_template(
+        self, request: Request[Any, Any, Any], template_id: FromPath[str]
+    ) -> TemplateOut:
         ctx = context_of(request)
         state = await read_models.get(ctx.pool, TEMPLATES, template_id)
         return view(visible_to(state, request.user.id))
 
     @patch("/{template_id:str}", summary="Change a template")
     async def update_template(
-        self, request: Request[Any, Any, Any], template_id: str, data: TemplatePatch
+        self,
+        request: Request[Any, Any, Any],
+        template_id: FromPath[str],
+        data: JSONBody[TemplatePatch],
     ) -> TemplateOut:
         ctx = context_of(request)
         read_models.checked_id(template_id, "template")
@@ -159,7 +165,9 @@ class TemplateController(Controller):
         return view(await ctx.execute(TEMPLATES, template_id, command, request))
 
     @delete("/{template_id:str}", status_code=204, summary="Delete a template")
-    async def delete_template(self, request: Request[Any, Any, Any], template_id: str) -> None:
+    async def delete_template(
+        self, request: Request[Any, Any, Any], template_id: FromPath[str]
+    ) -> None:
         ctx = context_of(request)
         read_models.checked_id(template_id, "template")
         await ctx.execute(

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
 from ledger.money import MICROS_PER_USD
@@ -119,7 +120,9 @@ class VolumeController(Controller):
         return page.response(request, page.of_rows(positions, views))
 
     @post("/", status_code=201, summary="Create a network volume")
-    async def create_volume(self, request: Request[Any, Any, Any], data: VolumeIn) -> VolumeOut:
+    async def create_volume(
+        self, request: Request[Any, Any, Any], data: JSONBody[VolumeIn]
+    ) -> VolumeOut:
         ctx = context_of(request)
         if data.data_center_id not in DATACENTERS:
             raise BadRequest(
@@ -169,7 +172,9 @@ class VolumeController(Controller):
             return view(await ctx.execute(VOLUMES, volume_id, command, request))
 
     @get("/{volume_id:str}", summary="Get a network volume")
-    async def get_volume(self, request: Request[Any, Any, Any], volume_id: str) -> VolumeOut:
+    async def get_volume(
+        self, request: Request[Any, Any, Any], volume_id: FromPath[str]
+    ) -> VolumeOut:
         pool = context_of(request).pool
         mine = _mine(await read_models.get(pool, VOLUMES, volume_id), request.user.id)
         costs = await costs_to_date(pool, [mine.id], datetime.now(UTC))
@@ -177,7 +182,7 @@ class VolumeController(Controller):
 
     @patch("/{volume_id:str}", summary="Rename or grow a network volume (volumes only grow)")
     async def update_volume(
-        self, request: Request[Any, Any, Any], volume_id: str, data: VolumePatch
+        self, request: Request[Any, Any, Any], volume_id: FromPath[str], data: JSONBody[VolumePatch]
     ) -> VolumeOut:
         ctx = context_of(request)
         command = UpdateVolume(
@@ -193,7 +198,7 @@ class VolumeController(Controller):
 
     @delete("/{volume_id:str}", status_code=202, summary="Delete a volume: its data is lost")
     async def delete_volume(
-        self, request: Request[Any, Any, Any], volume_id: str
+        self, request: Request[Any, Any, Any], volume_id: FromPath[str]
     ) -> Response[VolumeDeletedOut]:
         ctx = context_of(request)
         command = DeleteVolume(actor=request.user.id, at=datetime.now(UTC))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, get
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from services.api.endpoints import owned_endpoint
@@ -24,8 +25,8 @@ from services.errors import NotFound
 )
 async def worker_logs(
     request: Request[Any, Any, Any],
-    endpoint_id: str,
-    worker_id: str,
+    endpoint_id: FromPath[str],
+    worker_id: FromPath[str],
     tail: Tail = DEFAULT_TAIL,
     since: Since = None,
     follow: Follow = False,

@@ -32,7 +32,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 import nats.errors
 from litestar import Controller, MediaType, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from services.api import job_payloads, read_models
 from services.api.body_limit import RESULT_BODY_BYTES
@@ -154,9 +154,9 @@ class WorkerProtocolController(Controller):
     async def job_take(
         self,
         request: Request[Any, Any, Any],
-        endpoint_id: str,
-        worker_id: str,
-        v: int | None = None,
+        endpoint_id: FromPath[str],
+        worker_id: FromPath[str],
+        v: FromQuery[int | None] = None,
     ) -> Response[bytes]:
         jobs = await self._take(request, endpoint_id, worker_id, 1, v)
         if not jobs:
@@ -168,10 +168,10 @@ class WorkerProtocolController(Controller):
     async def job_take_batch(
         self,
         request: Request[Any, Any, Any],
-        endpoint_id: str,
-        worker_id: str,
-        v: int | None = None,
-        batch_size: Annotated[int, Parameter(ge=1, le=MAX_BATCH)] = 1,
+        endpoint_id: FromPath[str],
+        worker_id: FromPath[str],
+        v: FromQuery[int | None] = None,
+        batch_size: Annotated[int, QueryParameter(ge=1, le=MAX_BATCH)] = 1,
     ) -> Response[bytes]:
         jobs = await self._take(request, endpoint_id, worker_id, batch_size, v)
         if not jobs:
@@ -187,9 +187,9 @@ class WorkerProtocolController(Controller):
     async def job_done(
         self,
         request: Request[Any, Any, Any],
-        endpoint_id: str,
-        worker_id: str,
-        job_id: str,
+        endpoint_id: FromPath[str],
+        worker_id: FromPath[str],
+        job_id: FromPath[str],
     ) -> Response[bytes]:
         ctx, body, held = await _about_a_job(request, endpoint_id, worker_id, job_id)
         job_id = held.id
@@ -219,9 +219,9 @@ class WorkerProtocolController(Controller):
     async def job_stream(
         self,
         request: Request[Any, Any, Any],
-        endpoint_id: str,
-        worker_id: str,
-        job_id: str,
+        endpoint_id: FromPath[str],
+        worker_id: FromPath[str],
+        job_id: FromPath[str],
     ) -> Response[bytes]:
         ctx, body, held = await _about_a_job(request, endpoint_id, worker_id, job_id)
         job_id = held.id
@@ -237,13 +237,13 @@ class WorkerProtocolController(Controller):
     async def ping(
         self,
         request: Request[Any, Any, Any],
-        endpoint_id: str,
-        worker_id: str,
-        v: int | None = None,
-        job_id: str | None = None,
-        status: str | None = None,
-        check: str | None = None,
-        reason: str | None = None,
+        endpoint_id: FromPath[str],
+        worker_id: FromPath[str],
+        v: FromQuery[int | None] = None,
+        job_id: FromQuery[str | None] = None,
+        status: FromQuery[str | None] = None,
+        check: FromQuery[str | None] = None,
+        reason: FromQuery[str | None] = None,
     ) -> Response[bytes]:
         ctx = _authenticated(request, endpoint_id, worker_id)
         running = [j for j in (job_id or "").split(",") if read_models.valid_id(j)][:1000]
@@ -261,8 +261,8 @@ class WorkerProtocolController(Controller):
     async def job_stop(
         self,
         request: Request[Any, Any, Any],
-        endpoint_id: str,
-        worker_id: str,
+        endpoint_id: FromPath[str],
+        worker_id: FromPath[str],
     ) -> Response[bytes]:
         ctx = _authenticated(request, endpoint_id, worker_id)
         wait_s = ctx.settings.job_poll_max_s

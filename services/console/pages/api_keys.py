@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 from litestar.response import Template
 
 from services.api.api_keys import ApiKeyIn, ApiKeyOut, NewApiKeyOut
@@ -46,7 +47,7 @@ async def create_api_key(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 @post(HERE + "/{key_id:str}/revoke")
-async def revoke_api_key(request: Request[Any, Any, Any], key_id: str) -> Response[Any]:
+async def revoke_api_key(request: Request[Any, Any, Any], key_id: FromPath[str]) -> Response[Any]:
     return await after_post(
         HERE,
         lambda: rest_of(request).call(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from services.api.audit import AuditRecordOut
@@ -65,7 +66,7 @@ async def _audit(request: Request[Any, Any, Any], cursor: str | None) -> list[Au
 
 
 @get(HERE + "/{resource:str}", name="console:billing-summary")
-async def billing_page(request: Request[Any, Any, Any], resource: str) -> Template:
+async def billing_page(request: Request[Any, Any, Any], resource: FromPath[str]) -> Template:
     if resource not in RESOURCES:
         raise NotFound(f"no billing summary for {resource!r}; there are {', '.join(RESOURCES)}")
     path, record, groupings = RESOURCES[resource]
@@ -112,7 +113,9 @@ async def billing_page(request: Request[Any, Any, Any], resource: str) -> Templa
 
 
 @get("/console/audit", name="console:audit")
-async def audit_page(request: Request[Any, Any, Any], cursor: str | None = None) -> Template:
+async def audit_page(
+    request: Request[Any, Any, Any], cursor: FromQuery[str | None] = None
+) -> Template:
     """The whole trail, newest first, a page at a time."""
     rows, more = await rest_of(request).listed_page(
         "/audit", request, AuditRecordOut, limit=AUDIT_ROWS, cursor=cursor

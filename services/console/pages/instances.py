@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage, Template
 
 from services.api.connection_limits import ConnectionLimiter
@@ -79,13 +80,13 @@ async def _one(request: Request[Any, Any, Any], instance_id: str) -> InstanceOut
 
 
 @get("/console/instances/{instance_id:str}", name="console:instance")
-async def instance_page(request: Request[Any, Any, Any], instance_id: str) -> Template:
+async def instance_page(request: Request[Any, Any, Any], instance_id: FromPath[str]) -> Template:
     return page(request, "instance.html", instance=await _one(request, instance_id))
 
 
 @post("/console/instances/{instance_id:str}/{action:str}")
 async def instance_action(
-    request: Request[Any, Any, Any], instance_id: str, action: str
+    request: Request[Any, Any, Any], instance_id: FromPath[str], action: FromPath[str]
 ) -> Response[Any]:
     if action not in ACTIONS:
         raise NotFound(f"no action {action!r}; an instance offers {', '.join(ACTIONS)}")

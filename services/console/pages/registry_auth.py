@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 from litestar.response import Template
 
 from services.api.registry_auth import RegistryAuthIn, RegistryAuthOut
@@ -49,7 +50,9 @@ async def create_registry_auth(request: Request[Any, Any, Any]) -> Response[Any]
 
 
 @post(HERE + "/{auth_id:str}/delete")
-async def delete_registry_auth(request: Request[Any, Any, Any], auth_id: str) -> Response[Any]:
+async def delete_registry_auth(
+    request: Request[Any, Any, Any], auth_id: FromPath[str]
+) -> Response[Any]:
     return await after_post(
         HERE,
         lambda: rest_of(request).call(

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 from litestar.response import Template
 
 from services.api.catalog import GpuTypeOut
@@ -64,7 +65,7 @@ async def create_endpoint(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 @get(HERE + "/{endpoint_id:str}", name="console:endpoint")
-async def endpoint_page(request: Request[Any, Any, Any], endpoint_id: str) -> Template:
+async def endpoint_page(request: Request[Any, Any, Any], endpoint_id: FromPath[str]) -> Template:
     rest = rest_of(request)
     endpoint = await rest.call(
         "GET", "/endpoints/{endpoint_id:str}", request, EndpointOut, endpoint_id=endpoint_id
@@ -91,7 +92,7 @@ def _json(body: bytes) -> Response[bytes]:
 
 
 @post(HERE + "/{endpoint_id:str}/runsync")
-async def test_job(request: Request[Any, Any, Any], endpoint_id: str) -> Response[Any]:
+async def test_job(request: Request[Any, Any, Any], endpoint_id: FromPath[str]) -> Response[Any]:
     """The tester's request body is `runsync`'s (`{"input": …}`), sent by the page's script
     with its CSRF token in a header; the answer is `runsync`'s, or its error in the API's shape."""
     try:
@@ -110,7 +111,7 @@ async def test_job(request: Request[Any, Any, Any], endpoint_id: str) -> Respons
 
 @get(HERE + "/{endpoint_id:str}/status/{job_id:str}")
 async def job_status(
-    request: Request[Any, Any, Any], endpoint_id: str, job_id: str
+    request: Request[Any, Any, Any], endpoint_id: FromPath[str], job_id: FromPath[str]
 ) -> Response[Any]:
     """A tested job's status, for the tester to follow a job that outlasted its wait."""
     try:

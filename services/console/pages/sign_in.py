@@ -12,6 +12,7 @@ from typing import Any
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
+from litestar.params import FromQuery
 from litestar.response import Redirect, Template
 
 from services.api.auth import LoginIn, SignupIn, TokensOut
@@ -51,7 +52,9 @@ def _signed_in(request: Request[Any, Any, Any], tokens: TokensOut, to: str) -> R
 
 
 @get("/console/login", name="console:login")
-async def login_page(request: Request[Any, Any, Any], next: str | None = None) -> Template:
+async def login_page(
+    request: Request[Any, Any, Any], next: FromQuery[str | None] = None
+) -> Template:
     return page(request, "login.html", next=_next(next))
 
 

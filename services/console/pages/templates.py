@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 from litestar.response import Template
 
 from services.api.registry_auth import RegistryAuthOut
@@ -70,7 +71,9 @@ async def create_template(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 @post(HERE + "/{template_id:str}/delete")
-async def delete_template(request: Request[Any, Any, Any], template_id: str) -> Response[Any]:
+async def delete_template(
+    request: Request[Any, Any, Any], template_id: FromPath[str]
+) -> Response[Any]:
     return await after_post(
         HERE,
         lambda: rest_of(request).call(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 from litestar.response import Template
 
 from services.api.catalog import DatacenterOut
@@ -52,7 +53,7 @@ async def create_volume(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 @post(HERE + "/{volume_id:str}/delete")
-async def delete_volume(request: Request[Any, Any, Any], volume_id: str) -> Response[Any]:
+async def delete_volume(request: Request[Any, Any, Any], volume_id: FromPath[str]) -> Response[Any]:
     return await after_post(
         HERE,
         lambda: rest_of(request).call(
