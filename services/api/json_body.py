@@ -18,6 +18,7 @@ from litestar import Request
 from services.errors import BadRequest
 
 _NUL = "\x00"
+NUL_REFUSAL = "holds a NUL character (\\u0000), which cannot be stored; remove it"
 
 
 def nul_path(value: Any, path: str = "") -> str | None:
@@ -52,8 +53,5 @@ class JsonBodyRequest(Request[Any, Any, Any]):
         if b"\\u0000" in await self.body():
             where = nul_path(value)
             if where is not None:
-                raise BadRequest(
-                    f"field `{where or 'body'}`: holds a NUL character (\\u0000), which cannot be"
-                    " stored; remove it"
-                )
+                raise BadRequest(f"field `{where or 'body'}`: {NUL_REFUSAL}")
         return value

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Request
 
+from services.api.json_body import NUL_REFUSAL, nul_path
 from services.console.guards import CSRF_FIELD
 from services.errors import BadRequest
 
@@ -34,7 +35,11 @@ def api_words(message: str) -> str:
 
 def body_of(values: Mapping[str, Any], kind: type[T]) -> T:
     """`values` (blank fields left out: the API's defaults apply) as a `kind`; 400 in the API's
-    words when they do not make one."""
+    words when they do not make one. A NUL character is refused as the API refuses it in a JSON
+    body (services/api/json_body.py): nothing downstream can store it."""
+    where = nul_path(dict(values))
+    if where is not None:
+        raise BadRequest(f"field `{where}`: {NUL_REFUSAL}")
     try:
         return msgspec.convert(values, kind, strict=False)
     except msgspec.ValidationError as exc:

@@ -3,6 +3,8 @@ naming the form's field."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 
 from services.api.api_keys import ApiKeyIn
@@ -11,7 +13,7 @@ from services.console.forms import body_of, env_of, lines_of
 from services.errors import BadRequest
 
 
-def _refusal(values: dict[str, str], kind: type[object]) -> str:
+def _refusal(values: Mapping[str, object], kind: type[object]) -> str:
     with pytest.raises(BadRequest) as caught:
         body_of(values, kind)
     return caught.value.message
@@ -33,3 +35,8 @@ def test_form_text_becomes_the_bodys_numbers_lists_and_env() -> None:
     assert env_of("A=1\n\nB = two=2\n") == {"A": "1", "B": " two=2"}
     with pytest.raises(BadRequest, match="field `env`: line 2 is not KEY=value"):
         env_of("A=1\nNOPE")
+
+
+def test_a_nul_character_is_refused_naming_the_field() -> None:
+    form = {"name": "x", "gpuTypeId": "g", "templateId": "t", "env": {"A": "1\u0000"}}
+    assert _refusal(form, InstanceIn).startswith("field `env.A`: holds a NUL character")
