@@ -35,6 +35,11 @@ def check_token(value: str) -> str:
     return value.replace(".", "~")
 
 
+def id_of_token(token: str) -> str:
+    """The aggregate id a subject token stands for (`check_token` back)."""
+    return token.replace("~", ".")
+
+
 def event_subject(aggregate_type: str, aggregate_id: str, event_type: str) -> str:
     return f"{EVENTS_ROOT}.{aggregate_type}.{check_token(aggregate_id)}.{event_type}"
 
@@ -122,6 +127,12 @@ WORK_ROOT = "work"
 
 def work_subject(host_id: str, aggregate_type: str, aggregate_id: str) -> str:
     return f"{WORK_ROOT}.{check_host_id(host_id)}.{aggregate_type}.{check_token(aggregate_id)}"
+
+
+def parse_work_subject(subject: str) -> tuple[str, str, str]:
+    """(host id, aggregate type, aggregate id) of a `work_subject`; host ids may hold dots."""
+    tokens = subject.split(".")
+    return ".".join(tokens[1:-2]), tokens[-2], id_of_token(tokens[-1])
 
 
 def work_filter(host_id: str, fleet: bool = False) -> str:

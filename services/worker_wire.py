@@ -15,7 +15,7 @@ from __future__ import annotations
 import msgspec
 
 from events.job import PayloadRef
-from events.subjects import check_token
+from events.subjects import check_token, id_of_token
 from services.errors import ErrorBody
 
 WORKER_ROOT = "wk"
@@ -38,7 +38,7 @@ def all_workers(operation: str) -> str:
 
 def endpoint_of(subject: str) -> str:
     """The endpoint id a `wk.<endpoint>.<operation>` subject names ("~" back to ".")."""
-    return subject.split(".")[1].replace("~", ".")
+    return id_of_token(subject.split(".")[1])
 
 
 class TakeRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,8 +16,8 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NatsClient
 
-from events.subjects import WORK_STREAM, work_consumer, work_filter
-from projections.ordered_pull import Gap, OrderedPull
+from events.subjects import WORK_STREAM, parse_work_subject, work_consumer, work_filter
+from projections.ordered_pull import OrderedPull
 from services.agent.runtime import RegistryCredentials
 from services.aggregate_follower import AggregateFollower
 from services.host_work_wire import (
@@ -64,10 +64,7 @@ class HostWorkFeed:
                 break
             except Exception as exc:  # the stream not made yet, NATS between leaders, …
                 log.warning("host work not readable yet (%s); retrying", exc or type(exc).__name__)
-                if self._pull is not None:
-                    with contextlib.suppress(Exception):
-                        await self._pull.close()
-                    self._pull = None
+                await self._drop_pull()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self._task = asyncio.create_task(self._run(), name="host-work-feed")
@@ -95,29 +92,29 @@ class HostWorkFeed:
         while pull.pending:
             self._apply(await pull.next(5.0))
 
+    async def _drop_pull(self) -> None:
+        pull, self._pull = self._pull, None
+        if pull is not None:
+            with contextlib.suppress(Exception):
+                await pull.close()
+
     async def _run(self) -> None:
         while True:
-            pull = self._pull
             try:
-                if pull is None:
+                if self._pull is None:
                     await self._open()
                     continue
-                self._apply(await pull.next(5.0))
+                self._apply(await self._pull.next(5.0))
             except asyncio.CancelledError:
                 raise
-            except (Gap, Exception) as exc:
+            except Exception as exc:  # Gap, NATS trouble: read the work again
                 log.warning("host work: %s; reading it again", exc)
-                if pull is not None:
-                    with contextlib.suppress(Exception):
-                        await pull.close()
-                self._pull = None
+                await self._drop_pull()
                 await asyncio.sleep(0.5)
 
     def _apply(self, messages: list[Any]) -> None:
         for msg in messages:
-            tokens = msg.subject.split(".")
-            host_id, kind, aggregate_id = ".".join(tokens[1:-2]), tokens[-2], tokens[-1]
-            aggregate_id = aggregate_id.replace("~", ".")
+            host_id, kind, aggregate_id = parse_work_subject(msg.subject)
             follower = self._followers.get(kind)
             if follower is None:
                 continue
