@@ -367,6 +367,17 @@ async def test_two_projector_replicas_lose_nothing(
         await two.stop()
 
 
+async def recorded_halt(pool: AsyncConnectionPool[Any], name: str) -> str:
+    """Why the projection halted, once that is recorded for /health (fails if it never is)."""
+    for _ in range(100):
+        async with pool.connection() as conn:
+            status = (await checkpoints.statuses(conn))[name]
+        if status.halted:
+            return status.halted
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no halt of {name} is recorded for /health")
+
+
 async def test_an_event_that_cannot_be_applied_halts_the_projection_loudly(
     nc: NatsClient,
     projector_nc: NatsClient,
@@ -389,14 +400,7 @@ async def test_an_event_that_cannot_be_applied_halts_the_projection_loudly(
     await projector.start()
     try:
         await wait_for_checkpoint(pool, "templates", before)
-        status = None
-        for _ in range(100):
-            async with pool.connection() as conn:
-                status = (await checkpoints.statuses(conn))["templates"]
-            if status.halted:
-                break
-            await asyncio.sleep(0.05)
-        assert status is not None and status.halted, "the halt is recorded for /health"
+        await recorded_halt(pool, "templates")  # fails unless the halt is recorded for /health
         # Stopped at the bad event: neither it nor anything after it was stepped over.
         assert await checkpoint(pool, "templates") == before < ack.seq < after
     finally:
@@ -434,15 +438,8 @@ async def test_an_event_postgres_refuses_halts_the_projection_loudly(
     await projector.start()
     try:
         await wait_for_checkpoint(pool, "templates", before)
-        status = None
-        for _ in range(100):
-            async with pool.connection() as conn:
-                status = (await checkpoints.statuses(conn))["templates"]
-            if status.halted:
-                break
-            await asyncio.sleep(0.05)
-        assert status is not None and status.halted, "the halt is recorded for /health"
-        assert f"event {poison}" in status.halted and "division by zero" in status.halted
+        halted = await recorded_halt(pool, "templates")
+        assert f"event {poison}" in halted and "division by zero" in halted
         assert await checkpoint(pool, "templates") == before < poison < after
     finally:
         await projector.stop()
