@@ -93,8 +93,10 @@ class Usage:
 
     async def check_volumes(self, more_gb: int, new: bool) -> None:
         count, total_gb = await self._one(
+            # A volume being deleted stops counting when the delete is accepted (202), not when
+            # the host has finished wiping it: the customer has given it up.
             "SELECT count(*), coalesce(sum((doc->>'size_gb')::int), 0) FROM volumes"
-            " WHERE owner_id = %(owner)s AND NOT deleted"
+            " WHERE owner_id = %(owner)s AND NOT deleted AND doc->>'status' <> 'DELETING'"
         )
         quotas = self._quotas
         if new and _over(quotas.volumes, count, 1):

@@ -34,6 +34,7 @@ import nats
 import nats.errors
 import pytest
 
+from events.subjects import COMMANDS_ROOT
 from services.cli.embedded import free_port
 from services.security.host_keys import host_key
 from tests.api_helpers import template_body, wait_for
@@ -561,7 +562,7 @@ def nats_connections(cluster: Cluster, name: str) -> list[dict[str, Any]]:
     script = (
         "import json, urllib.request;"
         "print(json.dumps(json.load(urllib.request.urlopen("
-        "'http://127.0.0.1:8222/connz?limit=1024', timeout=5))['connections']))"
+        "'http://127.0.0.1:8222/connz?limit=1024&subs=1', timeout=5))['connections']))"
     )
     for node in ("n1", "n2", "n3"):
         found += [
@@ -586,6 +587,19 @@ def test_two_replicas_share_the_work_and_one_can_die(cluster: Cluster) -> None:
     wait_for(lambda: len(cluster.containers("deciders")) == 2, 60, "two deciders")
     wait_for(lambda: len(cluster.containers("projector")) == 2, 60, "two projectors")
     cluster.wait_healthy(60)
+    # A container that runs is not yet a replica that takes commands: wait until both deciders
+    # have joined the commands' queue group on NATS.
+    wait_for(
+        lambda: (
+            [
+                f"{COMMANDS_ROOT}.>" in c.get("subscriptions_list", [])
+                for c in nats_connections(cluster, "deciders")
+            ]
+            == [True, True]
+        ),
+        60,
+        "both decider replicas in the commands' queue group",
+    )
     with careful_load(cluster.url, 4) as record:
         time.sleep(8)
         delivered = {c["cid"]: c["out_msgs"] for c in nats_connections(cluster, "deciders")}
