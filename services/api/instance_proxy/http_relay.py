@@ -1,5 +1,5 @@
-"""HTTP through the proxy: the request streamed to the instance's port (services/api/
-instance_proxy/upstream.py), the response streamed back as it comes (server-sent events and long
+"""HTTP through the proxy: the request streamed to the instance's port (services/
+upstream_http.py), the response streamed back as it comes (server-sent events and long
 downloads included), neither held whole.
 
 Limits: a body over `max_body_bytes` is refused (413; by its Content-Length before anything is
@@ -20,13 +20,13 @@ from services.api.instance_proxy.meter import InstanceMeter
 from services.api.instance_proxy.routing import ProxyRoute
 from services.api.instance_proxy.settings import ProxySettings
 from services.api.instance_proxy.targets import BadGateway, Upstream
-from services.api.instance_proxy.upstream import (
+from services.errors import GpuWorkerError
+from services.upstream_http import (
     UpstreamError,
     UpstreamPool,
     UpstreamResponse,
     UpstreamTimeout,
 )
-from services.errors import GpuWorkerError
 
 log = logging.getLogger("gpuworker.proxy")
 

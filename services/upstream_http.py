@@ -1,6 +1,6 @@
-"""A lean HTTP/1.1 client for the proxy's upstream side: asyncio streams and httptools' C parser
-(llhttp, the one uvicorn's server side uses), with a small pool of kept-alive connections per
-instance port.
+"""A lean HTTP/1.1 client for the instance proxy's upstream side (services/api/instance_proxy/):
+asyncio streams and httptools' C parser (llhttp, the one uvicorn's server side uses), with a small
+pool of kept-alive connections per instance port.
 
 Why not httpx: per proxied request it cost more CPU than everything else the proxy does
 together (pool bookkeeping, h11 in pure Python, trace hooks), and the proxy needs none of its
