@@ -1,6 +1,7 @@
-"""A lean HTTP/1.1 client for the instance proxy's upstream side (services/api/instance_proxy/):
-asyncio streams and httptools' C parser (llhttp, the one uvicorn's server side uses), with a small
-pool of kept-alive connections per instance port.
+"""A lean HTTP/1.1 client: asyncio streams and httptools' C parser (llhttp, the one uvicorn's
+server side uses), with a small pool of kept-alive connections per address. The instance proxy's
+upstream side (services/api/instance_proxy/) streams through it; the simulated serverless worker
+makes its whole-body calls to the api with `call`.
 
 Why not httpx: per proxied request it cost more CPU than everything else the proxy does
 together (pool bookkeeping, h11 in pure Python, trace hooks), and the proxy needs none of its
@@ -41,6 +42,8 @@ class _Parsed:
         self.headers_done = False
         self.chunks: deque[bytes] = deque()
         self.complete = False
+        self.keep_alive = False
+        self.parser: httptools.HttpResponseParser | None = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
@@ -53,6 +56,10 @@ class _Parsed:
 
     def on_message_complete(self) -> None:
         self.complete = True
+        # Asked now: once this callback returns, llhttp resets for the next message, and
+        # should_keep_alive() then answers False, which left every connection unused again.
+        assert self.parser is not None
+        self.keep_alive = self.parser.should_keep_alive()
 
 
 class UpstreamResponse:
@@ -110,10 +117,7 @@ class UpstreamResponse:
     async def aclose(self) -> None:
         """Back to the pool when the exchange ended cleanly and may go on, else closed."""
         reusable = (
-            self._done
-            and not self._bodyless
-            and self._parsed.complete
-            and self._parser.should_keep_alive()
+            self._done and not self._bodyless and self._parsed.complete and self._parsed.keep_alive
         )
         if reusable:
             self._pool.give_back(self._target, self._reader, self._writer)
@@ -207,17 +211,20 @@ class UpstreamPool:
         method: str,
         target: bytes,
         headers: Headers,
-        body: AsyncIterator[bytes] | None,
+        body: AsyncIterator[bytes] | bytes | None,
         chunked: bool,
     ) -> UpstreamResponse:
         """Sends the request (streaming `body`) and reads up to the end of the response's head.
         A kept-alive connection the instance had closed meanwhile is replaced once, when the
-        request has no body to replay."""
+        request's body can be sent again (none, or bytes)."""
         address = (host, port)
         pooled = self._pooled(address)
-        if pooled is not None and body is None:
+        replayable = body is None or isinstance(body, bytes)
+        if pooled is not None and replayable:
             try:
-                return await self._exchange(address, *pooled, method, target, headers, None, False)
+                return await self._exchange(
+                    address, *pooled, method, target, headers, body, chunked
+                )
             except UpstreamTimeout:
                 raise
             except UpstreamError:
@@ -227,6 +234,27 @@ class UpstreamPool:
         reader, writer = await self._connect(address)
         return await self._exchange(address, reader, writer, method, target, headers, body, chunked)
 
+    async def call(
+        self,
+        host: str,
+        port: int,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        body: bytes | None = None,
+    ) -> tuple[int, bytes]:
+        """A whole request and the whole response: (status, body)."""
+        if body is not None:
+            headers = [*headers, (b"content-length", b"%d" % len(body))]
+        response = await self.request(host, port, method, target, headers, body, False)
+        try:
+            whole = response.whole_body()
+            if whole is None:
+                whole = b"".join([chunk async for chunk in response.body()])
+            return response.status, whole
+        finally:
+            await response.aclose()
+
     async def _exchange(
         self,
         address: tuple[str, int],
@@ -235,17 +263,19 @@ class UpstreamPool:
         method: str,
         target: bytes,
         headers: Headers,
-        body: AsyncIterator[bytes] | None,
+        body: AsyncIterator[bytes] | bytes | None,
         chunked: bool,
     ) -> UpstreamResponse:
         parsed = _Parsed()
-        parser = httptools.HttpResponseParser(parsed)
+        parser = parsed.parser = httptools.HttpResponseParser(parsed)
         # Bare LF line ends, as CGI scripts write them (busybox httpd passes them on) and every
         # browser reads them; nothing else lenient: framing stays strict.
         parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         try:
             writer.write(_request_head(method, target, headers, chunked))
-            if body is not None:
+            if isinstance(body, bytes):
+                writer.write(body)
+            elif body is not None:
                 async for chunk in body:
                     if chunked:
                         writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
