@@ -43,6 +43,7 @@ from services.api.idempotency import IdempotencyMiddleware
 from services.api.instance_logs import LogReader, instance_logs
 from services.api.instance_proxy.front import instance_proxy
 from services.api.instances import InstanceController
+from services.api.job_payloads import JobPayloads
 from services.api.job_waits import JobWaits
 from services.api.jobs import JobController, status_body
 from services.api.json_body import JsonBodyRequest
@@ -51,7 +52,7 @@ from services.api.openapi_contract import document_contract
 from services.api.operator_metrics import refresh_forever
 from services.api.pagination import DEPENDENCIES, ListPage
 from services.api.quotas import QuotaGuard, Quotas
-from services.api.read_cache import ReadCache
+from services.api.read_cache import ReadCache, encoded_size
 from services.api.registry_auth import RegistryAuthController
 from services.api.storage_capacity import StorageGuard, StorageRules
 from services.api.templates import TemplateController
@@ -124,8 +125,10 @@ def create_app(settings: Settings) -> Litestar:
         job_waits = JobWaits(settings.database_url)
         await job_waits.start()
 
+        payloads = JobPayloads(pool)
+
         async def render(job_id: str) -> bytes | None:
-            return await status_body(pool, job_id)
+            return await status_body(payloads, job_id)
 
         webhooks = WebhookSender(
             pool, render, settings.webhook_retry_delay_s, settings.webhook_allowed_hosts
@@ -143,11 +146,13 @@ def create_app(settings: Settings) -> Litestar:
             box=SecretBox(settings.secret_key),
             jwt=jwt_auth,
             cache=ReadCache[ListPage](watcher, lambda page: len(page.body)),
+            rows=ReadCache[Any](watcher, encoded_size),
             quotas=QuotaGuard(locks, Quotas.from_env()),
             storage=StorageGuard(locks, StorageRules.from_env()),
             api_keys=ApiKeyLookup(pool, watcher, ApiKeyHasher(settings.secret_key)),
             worker_tokens=WorkerTokens(settings.secret_key),
             job_waits=job_waits,
+            payloads=payloads,
         )
         # Reaching into instances: their container logs (from their hosts' agents) and the
         # proxy to their HTTP ports (served in front of this app: services/roles/api.py).

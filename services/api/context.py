@@ -17,6 +17,7 @@ from projections.aggregate_table import AggregateTable
 from services.api.api_key_lookup import ApiKeyLookup
 from services.api.command_bus import CommandBus
 from services.api.consistency import CheckpointWatcher
+from services.api.job_payloads import JobPayloads
 from services.api.job_waits import JobWaits
 from services.api.login_throttle import LoginThrottle
 from services.api.pagination import ListPage
@@ -42,11 +43,14 @@ class ApiContext:
     box: SecretBox
     jwt: JWTAuth[Any, Any]
     cache: ReadCache[ListPage]
+    # Single read-model rows read on hot paths (an endpoint on every job call).
+    rows: ReadCache[Any]
     quotas: QuotaGuard
     storage: StorageGuard
     api_keys: ApiKeyLookup
     worker_tokens: WorkerTokens
     job_waits: JobWaits
+    payloads: JobPayloads
     # Access tokens already verified, for the api's middleware and the instance proxy alike.
     verified_tokens: VerifiedTokens = field(default_factory=VerifiedTokens)
 

@@ -208,7 +208,16 @@ def owned(state: EndpointState | None, user_id: str) -> EndpointState:
 
 
 async def owned_endpoint(request: Request[Any, Any, Any], endpoint_id: str) -> EndpointState:
-    state = await read_models.get(context_of(request).pool, ENDPOINTS, endpoint_id)
+    # Every job call reads its endpoint, which changes seldom: kept while the endpoints read
+    # model has not moved (services/api/read_cache.py), the one PostgreSQL read per job it
+    # was is gone from the hot path.
+    ctx = context_of(request)
+
+    async def load() -> EndpointState | None:
+        state: EndpointState | None = await read_models.get(ctx.pool, ENDPOINTS, endpoint_id)
+        return state
+
+    state = await ctx.rows.get_or_load(ENDPOINTS.name, endpoint_id, load)
     return owned(state, request.user.id)
 
 

@@ -1,7 +1,11 @@
 """Waiting for jobs to finish, for `runsync`: the jobs projection NOTIFYs each job that became final
 (projections/jobs.py) once its row is committed, and one LISTEN connection per api process wakes
 whoever waits for it. Nothing is polled; should the connection drop (a notice missed), a waiter
-also reads the job again every second."""
+also reads the job again every second.
+
+When the job's result came in through this very process (its worker's done call), the done
+handler hands the final state over once the read model shows it (`settle`), and the waiter
+answers with it instead of reading the row back."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import psycopg
 
 from projections.jobs import CHANNEL
 from services.api.notifications import listen_forever
+from services.deciders.job import JobState
 
 RECHECK_S = 1.0
 
@@ -25,8 +30,11 @@ class JobWatch:
 
     def __init__(self) -> None:
         self._final = asyncio.Event()
+        # The job's final state, when this process already has it (see `JobWaits.settle`).
+        self.settled: JobState | None = None
 
-    def announce(self) -> None:
+    def announce(self, settled: JobState | None = None) -> None:
+        self.settled = self.settled or settled
         self._final.set()
 
     async def wait(self, timeout: float) -> None:
@@ -69,6 +77,11 @@ class JobWaits:
     def _wake(self, job_id: str) -> None:
         for watch in self._watches.get(job_id, ()):
             watch.announce()
+
+    def settle(self, state: JobState) -> None:
+        """`state` is final and visible in the jobs read model: its waiters need not read it."""
+        for watch in self._watches.get(state.id, ()):
+            watch.announce(state)
 
     async def _listen(self) -> None:
         await listen_forever(

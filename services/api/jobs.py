@@ -25,15 +25,15 @@ import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.params import FromPath, QueryParameter
 from msgspec import Meta
-from psycopg_pool import AsyncConnectionPool
 
 from events.job import JobSpec
 from projections.catalog import PROJECTIONS
-from services.api import job_payloads, read_models
+from services.api import read_models
 from services.api.body_limit import RUN_BODY_BYTES, RUNSYNC_BODY_BYTES
 from services.api.context import context_of
 from services.api.endpoint_activity import activity_of
 from services.api.endpoints import owned_endpoint
+from services.api.job_payloads import JobPayloads
 from services.api.request_ids import derived, new_resource_id
 from services.command_wire import Reply
 from services.deciders.job import (
@@ -181,7 +181,7 @@ def expired(state: JobState, now_ms: int | None = None) -> bool:
     return state.expires_ms is not None and state.expires_ms < now_ms
 
 
-async def job_view(pool: AsyncConnectionPool[Any], state: JobState) -> JobOut:
+async def job_view(payloads: JobPayloads, state: JobState) -> JobOut:
     out = JobOut(
         id=state.id,
         status=state.status,
@@ -192,7 +192,7 @@ async def job_view(pool: AsyncConnectionPool[Any], state: JobState) -> JobOut:
         error=state.reason if state.status in ("FAILED", "CANCELLED", "TIMED_OUT") else None,
     )
     if state.result is not None:
-        body = await job_payloads.get(pool, state.id, state.result)
+        body = await payloads.get(state.id, state.result)
         if body is not None:
             result = msgspec.json.decode(body, type=WorkerResult)
             out.output = result.output
@@ -238,7 +238,7 @@ class JobController(Controller):
                 raise BadRequest(f"field `webhook`: {exc}") from None
         policy = data.policy or PolicyIn()
         job_id = job_id or new_resource_id(request)
-        reference = await job_payloads.put(ctx.pool, job_id, bytes(data.input))
+        reference = await ctx.payloads.put(job_id, bytes(data.input))
         settings = ctx.settings
         spec = JobSpec(
             endpoint_id=endpoint.id,
@@ -286,22 +286,22 @@ class JobController(Controller):
             state = await self._submit(request, endpoint_id, body, sync=True, job_id=job_id)
             while not state.final and (left := deadline - loop.time()) > 0:
                 await watch.wait(left)
-                state = await read_models.get(ctx.pool, JOBS, state.id) or state
-        return _json(await job_view(ctx.pool, state))
+                state = watch.settled or await read_models.get(ctx.pool, JOBS, state.id) or state
+        return _json(await job_view(ctx.payloads, state))
 
     @get("/status/{job_id:str}", summary="A job's status, and its output or error once final")
     async def status(
         self, request: Request[Any, Any, Any], endpoint_id: FromPath[str], job_id: FromPath[str]
     ) -> Response[bytes]:
         state = await owned_job(request, endpoint_id, job_id)
-        return _json(await job_view(context_of(request).pool, state))
+        return _json(await job_view(context_of(request).payloads, state))
 
     @get("/stream/{job_id:str}", summary="A streaming job's partial outputs not read before")
     async def stream(
         self, request: Request[Any, Any, Any], endpoint_id: FromPath[str], job_id: FromPath[str]
     ) -> Response[bytes]:
         state = await owned_job(request, endpoint_id, job_id)
-        partials = await job_payloads.take_partials(context_of(request).pool, state.id)
+        partials = await context_of(request).payloads.take_partials(state.id)
         return _json(StreamOut(state.status, [Partial(msgspec.Raw(p)) for p in partials]))
 
     @post("/cancel/{job_id:str}", status_code=200, summary="Cancel a queued or running job")
@@ -312,7 +312,7 @@ class JobController(Controller):
         current = await owned_job(request, endpoint_id, job_id)
         command = CancelJob(actor=request.user.id, at=datetime.now(UTC))
         state: JobState = await ctx.execute(JOBS, current.id, command, request)
-        return _json(await job_view(ctx.pool, state))
+        return _json(await job_view(ctx.payloads, state))
 
     @post("/retry/{job_id:str}", status_code=200, summary="Queue a FAILED or TIMED_OUT job again")
     async def retry(
@@ -368,9 +368,9 @@ class JobController(Controller):
         )
 
 
-async def status_body(pool: AsyncConnectionPool[Any], job_id: str) -> bytes | None:
+async def status_body(payloads: JobPayloads, job_id: str) -> bytes | None:
     """A job's status as /status shows it (for its webhook), or None if it is gone."""
-    state: JobState | None = await read_models.get(pool, JOBS, job_id)
+    state: JobState | None = await read_models.get(payloads.pool, JOBS, job_id)
     if state is None or expired(state):
         return None
-    return msgspec.json.encode(await job_view(pool, state))
+    return msgspec.json.encode(await job_view(payloads, state))

@@ -17,10 +17,18 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+import msgspec
+
 from services.api.consistency import CheckpointWatcher
 
 MAX_ENTRIES = 10_000
 MAX_BYTES = 64 * 1024 * 1024
+
+
+def encoded_size(value: object) -> int:
+    """What a read-model row weighs in the cache: its JSON size (about what it holds)."""
+    return len(msgspec.json.encode(value))
+
 
 Value = TypeVar("Value")
 

@@ -200,14 +200,18 @@ class WorkerProtocolController(Controller):
             # What the job would refuse is never stored (a worker runs customer code).
             raise Conflict(_refusal(held, worker_id))
         if not repeat:
-            await job_payloads.put(ctx.pool, job_id, body)
+            await ctx.payloads.put(job_id, body)
         done = DoneRequest(
             worker_id=worker_id, job_id=job_id, result=reference, failed=result.failed
         )
         reply = await _ask(ctx, endpoint_id, DONE, done)
         # Like every write: a status read after this answer shows the result.
-        await ctx.watcher.wait(JOBS.name, reply.sequence, ctx.settings.read_your_writes_timeout_s)
+        visible = await ctx.watcher.wait(
+            JOBS.name, reply.sequence, ctx.settings.read_your_writes_timeout_s
+        )
         state = msgspec.json.decode(reply.state, type=JobState)
+        if visible and state.final:
+            ctx.job_waits.settle(state)
         return _json(Accepted(state.id, state.status))
 
     @post(
@@ -228,7 +232,7 @@ class WorkerProtocolController(Controller):
         partial = _decoded(body, Partial, 'the partial output is not `{"output": …}`')
         if held.status != "IN_PROGRESS" or held.worker_id != worker_id:
             raise Conflict(_refusal(held, worker_id))
-        if not await job_payloads.add_partial(ctx.pool, job_id, bytes(partial.output)):
+        if not await ctx.payloads.add_partial(job_id, bytes(partial.output)):
             limit = job_payloads.MAX_STREAM_BYTES // (1024 * 1024)
             raise PayloadTooLarge(f"job {job_id}'s partial outputs pass {limit} MiB: refused")
         return _json(Accepted(job_id, "IN_PROGRESS"))
@@ -338,5 +342,5 @@ def _refusal(held: JobState, worker_id: str) -> str:
 
 async def _inputs(ctx: ApiContext, offers: list[Offer]) -> list[tuple[str, bytes]]:
     """Each offered job with its input, from the payload store."""
-    bodies = await job_payloads.get_many(ctx.pool, [(o.id, o.input) for o in offers])
+    bodies = await ctx.payloads.get_many([(o.id, o.input) for o in offers])
     return [(o.id, bodies.get((o.id, o.input.sha256), b"null")) for o in offers]

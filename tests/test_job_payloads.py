@@ -1,0 +1,100 @@
+"""Job payloads: always durable in PostgreSQL first; the recent bodies an api process keeps only
+spare it reading back what it has just written, and never serve a body past its time or budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from psycopg_pool import AsyncConnectionPool
+
+from services.api.job_payloads import JobPayloads, RecentBodies, ref_of
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_kept_body_is_served_until_its_time_is_up() -> None:
+    clock = FakeClock()
+    recent = RecentBodies(ttl_s=60, clock=clock)
+    recent.keep(("j1", "aa"), b"input")
+    clock.now += 59
+    assert recent.get(("j1", "aa")) == b"input"
+    assert recent.get(("j1", "bb")) is None  # another content address of the same job
+    clock.now += 2
+    assert recent.get(("j1", "aa")) is None
+    assert recent.bytes == 0 and len(recent) == 0
+
+
+def test_bodies_past_the_budget_go_oldest_first_and_large_ones_are_not_kept() -> None:
+    recent = RecentBodies(max_bytes=10, max_body=6, clock=FakeClock())
+    recent.keep(("a", "1"), b"aaaa")
+    recent.keep(("b", "1"), b"bbbb")
+    recent.keep(("c", "1"), b"cccc")
+    assert recent.get(("a", "1")) is None
+    assert recent.get(("b", "1")) == b"bbbb" and recent.get(("c", "1")) == b"cccc"
+    recent.keep(("d", "1"), b"d" * 7)
+    assert recent.get(("d", "1")) is None
+    assert recent.bytes == 8
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["keep", "get", "tick"]),
+            st.integers(0, 15),
+            # Sizes spread evenly up to past the largest kept body, so the budget is often hit.
+            st.integers(0, 40).map(lambda n: bytes([n]) * n),
+        ),
+        max_size=60,
+    )
+)
+def test_the_budget_holds_and_a_served_body_is_the_last_one_kept(
+    steps: list[tuple[str, int, bytes]],
+) -> None:
+    clock = FakeClock()
+    recent = RecentBodies(max_bytes=64, max_body=32, ttl_s=10, clock=clock)
+    last: dict[str, tuple[float, bytes]] = {}
+    for action, n, body in steps:
+        key = (f"job{n}", "sha")
+        if action == "keep":
+            recent.keep(key, body)
+            if len(body) <= 32:
+                last[key[0]] = (clock.now, body)
+            else:
+                last.pop(key[0], None)
+        elif action == "get":
+            served = recent.get(key)
+            if served is not None:
+                kept_at, expected = last[key[0]]
+                assert served == expected and clock.now < kept_at + 10
+        else:
+            clock.now += n * 2
+        assert recent.bytes <= 64
+        assert recent.bytes == sum(len(recent._entries[k][1]) for k in recent._entries)
+
+
+async def test_every_body_is_in_postgres_and_another_process_reads_it_there(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    writer = JobPayloads(pool)
+    ref = await writer.put("job-1", b'{"prompt": "hi"}')
+    assert ref == ref_of(b'{"prompt": "hi"}')
+    # Served from what this process kept: no read.
+    assert await writer.get("job-1", ref) == b'{"prompt": "hi"}'
+    assert writer.recent.hits == 1
+    # Another api process has nothing kept: it reads PostgreSQL.
+    reader = JobPayloads(pool)
+    other = await writer.put("job-2", b"[1, 2]")
+    found = await reader.get_many([("job-1", ref), ("job-2", other), ("job-3", other)])
+    assert found == {("job-1", ref.sha256): b'{"prompt": "hi"}', ("job-2", other.sha256): b"[1, 2]"}
+    assert reader.recent.hits == 0
+    # A content address names one body: a different result for the same job is another key.
+    assert await writer.get("job-1", ref_of(b"other")) is None
