@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -32,9 +33,9 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
-import httpx
 from benchlib import (
     ROOT,
     NatsServer,
@@ -49,6 +50,8 @@ from benchlib import (
     verdict,
 )
 from fleet_lib import percentile
+
+from services.upstream_http import UpstreamPool
 
 GPU = "NVIDIA GeForce RTX 4090"
 IMAGE = "local/busybox:latest"
@@ -91,30 +94,37 @@ async def through(
     # Where the rest of a job's time goes: its run on the worker, and the whole /runsync.
     THROUGH_DETAIL.clear()
     left = iter(range(jobs))
-    # A connection per client: one pool of `concurrency` connections checks each of them on
-    # every request (httpx looks for dropped ones), and the bench would measure that.
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    # The load comes from the lean HTTP/1.1 client the simulated workers use (services/
+    # upstream_http.py), a connection per client: with httpx, the clients' own CPU was a fair
+    # share of this 2-core machine's, taken from the stack being measured.
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    pool = UpstreamPool(10.0, 120.0, keep_per_target=concurrency)
+    headers = [
+        (b"host", f"{host}:{port}".encode()),
+        (b"authorization", f"Bearer {key}".encode()),
+        (b"content-type", b"application/json"),
+    ]
+    target = f"/endpoints/{endpoint_id}/runsync".encode()
 
     async def loop() -> None:
-        async with httpx.AsyncClient(
-            base_url=url, headers={"authorization": f"Bearer {key}"}, timeout=120, limits=limits
-        ) as client:
-            for n in left:
-                began = time.perf_counter()
-                response = await client.post(
-                    f"/endpoints/{endpoint_id}/runsync", json={"input": {"i": n}}
-                )
-                body = response.json()
-                if response.status_code != 200 or body.get("status") != "COMPLETED":
-                    raise RuntimeError(f"job {n}: {response.status_code} {body}")
-                delays.append(float(body["delayTime"]))
-                THROUGH_DETAIL.setdefault("execution", []).append(float(body["executionTime"]))
-                THROUGH_DETAIL.setdefault("runsync", []).append(
-                    (time.perf_counter() - began) * 1000
-                )
+        for n in left:
+            began = time.perf_counter()
+            status, content = await pool.call(
+                host, port, "POST", target, headers, b'{"input":{"i":%d}}' % n
+            )
+            body = json.loads(content)
+            if status != 200 or body.get("status") != "COMPLETED":
+                raise RuntimeError(f"job {n}: {status} {body}")
+            delays.append(float(body["delayTime"]))
+            THROUGH_DETAIL.setdefault("execution", []).append(float(body["executionTime"]))
+            THROUGH_DETAIL.setdefault("runsync", []).append((time.perf_counter() - began) * 1000)
 
     started = time.perf_counter()
-    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    try:
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+    finally:
+        await pool.close()
     elapsed = time.perf_counter() - started
     return jobs / elapsed, delays
 

@@ -18,9 +18,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
-import httpx
 import msgspec
+
+from services.upstream_http import UpstreamError, UpstreamPool
 
 log = logging.getLogger("gpuworker.agent.simulated-worker")
 
@@ -28,6 +30,9 @@ TAKE_ENV = "RUNPOD_WEBHOOK_GET_JOB"
 EXIT_CODE_ENV = "SIMULATED_EXIT_CODE"
 # A call that failed (the api restarting, …) is tried again after this pause.
 RETRY_PAUSE_S = 0.5
+CONNECT_TIMEOUT_S = 10.0
+# Longer than any long poll the api holds a take for.
+READ_TIMEOUT_S = 120.0
 DONE_ATTEMPTS = 3
 
 
@@ -56,28 +61,37 @@ def _seconds(raw: bytes, default_s: float) -> float:
         return default_s
 
 
-def _connection() -> httpx.AsyncClient:
-    """One kept-alive connection to the api, for one taker (or the pinger): a pool shared by many
-    checks each of its connections on every request (httpx looks for dropped ones), which took
-    most of the agent's CPU with 64 takers in one pool."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(10.0, read=120.0),
-        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-        trust_env=False,
-    )
+class _Route(msgspec.Struct, frozen=True):
+    """One worker URL as the lean client wants it: where to connect, and what to ask."""
+
+    host: str
+    port: int
+    target: str
+
+    @classmethod
+    def of(cls, url: str) -> _Route:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise ValueError(f"a simulated worker speaks plain HTTP to the api, not {url!r}")
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        return cls(parts.hostname, parts.port or 80, target)
 
 
 class SimulatedWorker:
     def __init__(self, env: Mapping[str, str]) -> None:
         worker_id = env["RUNPOD_POD_ID"]
-        self._take = env[TAKE_ENV].replace("$ID", worker_id) + "&job_in_progress=0"
+        self._take = _Route.of(env[TAKE_ENV].replace("$ID", worker_id) + "&job_in_progress=0")
         self._done = env["RUNPOD_WEBHOOK_POST_OUTPUT"].replace("$RUNPOD_POD_ID", worker_id)
-        self._ping = env["RUNPOD_WEBHOOK_PING"].replace("$RUNPOD_POD_ID", worker_id)
-        self._headers = {"authorization": env["RUNPOD_AI_API_KEY"]}
+        self._ping = _Route.of(env["RUNPOD_WEBHOOK_PING"].replace("$RUNPOD_POD_ID", worker_id))
+        host = f"{self._take.host}:{self._take.port}".encode()
+        self._headers = [(b"host", host), (b"authorization", env["RUNPOD_AI_API_KEY"].encode())]
         self._ping_s = max(0.1, int(env.get("RUNPOD_PING_INTERVAL", "10000")) / 1000)
         self._takers = max(1, int(env.get("SIMULATED_WORKER_CONCURRENCY", "1") or 1))
         self._job_s = max(0, int(env.get("SIMULATED_JOB_MS", "0") or 0)) / 1000
         self._running: set[str] = set()
+        # The lean client (services/upstream_http.py): with httpx, a worker's calls took most of
+        # a simulated host's CPU, which benchmarks and scale tests then measured as the stack's.
+        self._api = UpstreamPool(CONNECT_TIMEOUT_S, READ_TIMEOUT_S, keep_per_target=1024)
         self.completed = 0
 
     async def run(self) -> None:
@@ -89,54 +103,61 @@ class SimulatedWorker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._api.close()
+
+    async def _call(
+        self, method: str, route: _Route, body: bytes | None = None
+    ) -> tuple[int, bytes]:
+        headers = self._headers
+        if body is not None:
+            headers = [*headers, (b"content-type", b"application/json")]
+        return await self._api.call(
+            route.host, route.port, method, route.target.encode(), headers, body
+        )
 
     async def _pinger(self) -> None:
-        async with _connection() as client:
-            while True:
-                url = f"{self._ping}&job_id={','.join(sorted(self._running))}"
-                with contextlib.suppress(httpx.HTTPError):
-                    await client.get(url, headers=self._headers)
-                await asyncio.sleep(self._ping_s)
+        while True:
+            running = ",".join(sorted(self._running))
+            ping = msgspec.structs.replace(
+                self._ping, target=f"{self._ping.target}&job_id={running}"
+            )
+            with contextlib.suppress(UpstreamError):
+                await self._call("GET", ping)
+            await asyncio.sleep(self._ping_s)
 
     async def _taker(self) -> None:
-        async with _connection() as client:
-            await self._take_forever(client)
-
-    async def _take_forever(self, client: httpx.AsyncClient) -> None:
         while True:
             try:
-                response = await client.get(self._take, headers=self._headers)
-            except httpx.HTTPError:
+                status, content = await self._call("GET", self._take)
+            except UpstreamError:
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
-            if response.status_code == 204:
+            if status == 204:
                 continue
-            if response.status_code != 200:
+            if status != 200:
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
-            job = msgspec.json.decode(response.content, type=_Job)
+            job = msgspec.json.decode(content, type=_Job)
             self._running.add(job.id)
             try:
-                await self._run_job(client, job)
+                await self._run_job(job)
             finally:
                 self._running.discard(job.id)
 
-    async def _run_job(self, client: httpx.AsyncClient, job: _Job) -> None:
+    async def _run_job(self, job: _Job) -> None:
         took = _seconds(bytes(job.input), self._job_s)
         if took:
             await asyncio.sleep(took)
         body = b'{"output":' + bytes(job.input) + b"}"
-        url = self._done.replace("$ID", job.id) + "&isStream=false"
+        done = _Route.of(self._done.replace("$ID", job.id) + "&isStream=false")
         for _ in range(DONE_ATTEMPTS):
             try:
-                response = await client.post(
-                    url, content=body, headers={**self._headers, "content-type": "application/json"}
-                )
-            except httpx.HTTPError:
+                status, _ = await self._call("POST", done, body)
+            except UpstreamError:
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
-            if response.status_code < 500:
-                self.completed += response.status_code == 200
+            if status < 500:
+                self.completed += status == 200
                 return
             await asyncio.sleep(RETRY_PAUSE_S)
         log.warning("simulated worker: the result of job %s was not accepted", job.id)
