@@ -3,8 +3,10 @@ spare it reading back what it has just written, and never serve a body past its 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import psycopg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
@@ -98,3 +100,32 @@ async def test_every_body_is_in_postgres_and_another_process_reads_it_there(
     assert reader.recent.hits == 0
     # A content address names one body: a different result for the same job is another key.
     assert await writer.get("job-1", ref_of(b"other")) is None
+
+
+async def test_puts_at_the_same_moment_share_a_statement_and_each_is_durable(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    payloads = JobPayloads(pool, writers=1)
+    refs = await asyncio.gather(*(payloads.put(f"job-{n}", b"[%d]" % n) for n in range(50)))
+    # All were queued before the writer ran: one statement wrote them all.
+    assert payloads.statements == 1
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT job_id, sha256, body FROM job_payloads")
+        rows = {(job, sha): bytes(body) for job, sha, body in await cur.fetchall()}
+    assert rows == {(f"job-{n}", refs[n].sha256): b"[%d]" % n for n in range(50)}
+
+
+async def test_a_failed_batch_fails_each_of_its_puts_and_the_next_batch_is_written(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    payloads = JobPayloads(pool, writers=1)
+    async with pool.connection() as conn:
+        await conn.execute("ALTER TABLE job_payloads RENAME TO job_payloads_away")
+    results = await asyncio.gather(
+        *(payloads.put(f"job-{n}", b"%d" % n) for n in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(r, psycopg.errors.UndefinedTable) for r in results), results
+    async with pool.connection() as conn:
+        await conn.execute("ALTER TABLE job_payloads_away RENAME TO job_payloads")
+    ref = await payloads.put("job-9", b"9")
+    assert await JobPayloads(pool).get("job-9", ref) == b"9"

@@ -43,6 +43,7 @@ from services.api.idempotency import IdempotencyMiddleware
 from services.api.instance_logs import LogReader, instance_logs
 from services.api.instance_proxy.front import instance_proxy
 from services.api.instances import InstanceController
+from services.api.job_offers import RecentOffers
 from services.api.job_payloads import JobPayloads
 from services.api.job_waits import JobWaits
 from services.api.jobs import JobController, status_body
@@ -153,6 +154,7 @@ def create_app(settings: Settings) -> Litestar:
             worker_tokens=WorkerTokens(settings.secret_key),
             job_waits=job_waits,
             payloads=payloads,
+            offers=RecentOffers(),
         )
         # Reaching into instances: their container logs (from their hosts' agents) and the
         # proxy to their HTTP ports (served in front of this app: services/roles/api.py).

@@ -17,6 +17,7 @@ from projections.aggregate_table import AggregateTable
 from services.api.api_key_lookup import ApiKeyLookup
 from services.api.command_bus import CommandBus
 from services.api.consistency import CheckpointWatcher
+from services.api.job_offers import RecentOffers
 from services.api.job_payloads import JobPayloads
 from services.api.job_waits import JobWaits
 from services.api.login_throttle import LoginThrottle
@@ -51,6 +52,7 @@ class ApiContext:
     worker_tokens: WorkerTokens
     job_waits: JobWaits
     payloads: JobPayloads
+    offers: RecentOffers
     # Access tokens already verified, for the api's middleware and the instance proxy alike.
     verified_tokens: VerifiedTokens = field(default_factory=VerifiedTokens)
 

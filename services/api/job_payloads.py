@@ -1,9 +1,10 @@
 """Job inputs, results and partial outputs in PostgreSQL, by job id and SHA-256: the events carry
 only a `PayloadRef` (events/job.py says why).
 
-A payload is written before the command that names it is sent, in its own short statement, so a
-job is never appended without its input and a `run` answers only once both are durable. What a job
-leaves here is deleted once its retention ends (services/processes/job_retention.py).
+A payload is written before the command that names it is sent (in one short statement with the
+others put at that moment: `JobPayloads`), so a job is never appended without its input and a
+`run` answers only once both are durable. What a job leaves here is deleted once its retention
+ends (services/processes/job_retention.py).
 
 Each api process also keeps the small payloads it wrote or read in the last minute (`RecentBodies`),
 because on the hot path a body is read moments after it was written, often by the same process: a
@@ -13,11 +14,12 @@ every write still goes to PostgreSQL first, so a body is never only here."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -27,6 +29,10 @@ from events.job import PayloadRef
 MAX_STREAM_BYTES = 64 * 1024 * 1024
 
 Key = tuple[str, str]  # (job id, sha256)
+# Statements writing payloads at once, per api process; and what one statement may hold.
+WRITERS = 2
+MAX_BATCH = 128
+MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 
 def ref_of(body: bytes) -> PayloadRef:
@@ -85,21 +91,84 @@ class RecentBodies:
             self.bytes -= len(entry[1])
 
 
+class _Queued(NamedTuple):
+    job_id: str
+    sha256: str
+    body: bytes
+    written: asyncio.Future[None]
+
+
 class JobPayloads:
-    def __init__(self, pool: AsyncConnectionPool[Any], recent: RecentBodies | None = None) -> None:
+    """Puts are written in batches (group commit): while a write is in flight, the puts that
+    come meanwhile queue, and the next statement writes them all. Under load that is one
+    statement and one commit for many jobs instead of one each (each a round trip to PostgreSQL
+    and a WAL flush); a put alone waits for nothing but its own write."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        recent: RecentBodies | None = None,
+        writers: int = WRITERS,
+    ) -> None:
         self.pool = pool
         self.recent = recent or RecentBodies()
+        self._queue: deque[_Queued] = deque()
+        self._max_writers = writers
+        self._writers: set[asyncio.Task[None]] = set()
+        self.statements = 0
 
     async def put(self, job_id: str, body: bytes) -> PayloadRef:
         ref = ref_of(body)
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO job_payloads (job_id, sha256, body) VALUES (%s, %s, %s)"
-                " ON CONFLICT DO NOTHING",
-                (job_id, ref.sha256, body),
-            )
+        written = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(job_id, ref.sha256, body, written))
+        if len(self._writers) < self._max_writers:
+            task = asyncio.create_task(self._write_queued(), name="job-payload-writer")
+            self._writers.add(task)
+            task.add_done_callback(self._writers.discard)
+        await written
         self.recent.keep((job_id, ref.sha256), body)
         return ref
+
+    def _next_batch(self) -> list[_Queued]:
+        batch: list[_Queued] = []
+        size = 0
+        while self._queue and len(batch) < MAX_BATCH and (not batch or size < MAX_BATCH_BYTES):
+            queued = self._queue.popleft()
+            if not queued.written.done():  # its request went away: nobody waits for it
+                batch.append(queued)
+                size += len(queued.body)
+        return batch
+
+    async def _write_queued(self) -> None:
+        while batch := self._next_batch():
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute(
+                        "INSERT INTO job_payloads (job_id, sha256, body)"
+                        " SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[])"
+                        " ON CONFLICT DO NOTHING",
+                        (
+                            [q.job_id for q in batch],
+                            [q.sha256 for q in batch],
+                            [q.body for q in batch],
+                        ),
+                    )
+                self.statements += 1
+            except Exception as exc:
+                # Each put of the batch fails as its own write would have (503 for a database
+                # that is down), and the next batch tries again.
+                for queued in batch:
+                    if not queued.written.done():
+                        queued.written.set_exception(exc)
+                continue
+            except BaseException:
+                for queued in batch:
+                    if not queued.written.done():
+                        queued.written.cancel()
+                raise
+            for queued in batch:
+                if not queued.written.done():
+                    queued.written.set_result(None)
 
     async def get_many(self, wanted: list[tuple[str, PayloadRef]]) -> dict[Key, bytes]:
         """The bodies of (job id, ref) pairs, by (job id, sha256); missing ones are left out."""

@@ -20,7 +20,10 @@ Authentication: the worker's token, sent raw in `Authorization` (RUNPOD_AI_API_K
 from the user API: no user token works here and a worker token works nowhere else.
 
 A take answers as soon as the job's take is stored (it does not wait for the jobs read model:
-this is the hot path); a done answers once the read model shows the result, like every write.
+this is the hot path); a done answers once the read model shows the result, like every write. A
+done for a job this process offered that worker stores its result at once (services/api/
+job_offers.py); any other asks the dispatcher first whether the worker holds the job, so that
+what would be refused is never stored.
 Nothing here holds a database connection while it waits: the long polls wait on a NATS request to
 the job dispatcher (services/processes/job_dispatcher.py)."""
 
@@ -148,6 +151,8 @@ class WorkerProtocolController(Controller):
         reply = msgspec.json.decode(data, type=TakeReply)
         if reply.error is not None:
             raise from_body(reply.error)
+        for offer in reply.jobs:
+            ctx.offers.offered(offer.id, worker_id)
         return await _inputs(ctx, reply.jobs)
 
     @get("/job-take/{worker_id:str}", summary="Take a job (long poll; 204: none came)")
@@ -191,20 +196,27 @@ class WorkerProtocolController(Controller):
         worker_id: FromPath[str],
         job_id: FromPath[str],
     ) -> Response[bytes]:
-        ctx, body, held = await _about_a_job(request, endpoint_id, worker_id, job_id)
-        job_id = held.id
+        ctx = _authenticated(request, endpoint_id, worker_id)
+        job_id = read_models.checked_id(job_id, "job")
+        body = await request.body()
         result = _decoded(body, WorkerResult, "the result is not a JSON object")
-        reference = job_payloads.ref_of(body)
-        repeat = held.result == reference and held.status in ("COMPLETED", "FAILED")
-        if held.worker_id != worker_id or not (held.status == "IN_PROGRESS" or repeat):
-            # What the job would refuse is never stored (a worker runs customer code).
-            raise Conflict(_refusal(held, worker_id))
-        if not repeat:
-            await ctx.payloads.put(job_id, body)
+        if ctx.offers.holds(job_id, worker_id):
+            # This process gave the job to this worker: store first, the dispatcher judges.
+            reference = await ctx.payloads.put(job_id, body)
+        else:
+            held = await _held(ctx, endpoint_id, job_id)
+            reference = job_payloads.ref_of(body)
+            repeat = held.result == reference and held.status in ("COMPLETED", "FAILED")
+            if held.worker_id != worker_id or not (held.status == "IN_PROGRESS" or repeat):
+                # What the job would refuse is never stored (a worker runs customer code).
+                raise Conflict(_refusal(held, worker_id))
+            if not repeat:
+                await ctx.payloads.put(job_id, body)
         done = DoneRequest(
             worker_id=worker_id, job_id=job_id, result=reference, failed=result.failed
         )
         reply = await _ask(ctx, endpoint_id, DONE, done)
+        ctx.offers.forget(job_id)
         # Like every write: a status read after this answer shows the result.
         visible = await ctx.watcher.wait(
             JOBS.name, reply.sequence, ctx.settings.read_your_writes_timeout_s
