@@ -20,6 +20,7 @@ import docker.errors
 import httpx
 import pytest
 
+from services.agent.host_agent import own_disk_name
 from services.agent.runtime import LABEL_HOST, LABEL_INSTANCE, LABEL_MANAGED
 from tests.api_helpers import template_body, user_client, wait_for
 from tests.docker_fixtures import busybox_image, clean_host, docker_client  # noqa: F401
@@ -348,6 +349,11 @@ def test_restarted_agent_reconciles_with_docker(
                 # (anyone can put labels on a container: that one is not ours).
                 named = _leftover(docker_client, busybox_image, host_id, named=True)
                 unnamed = _leftover(docker_client, busybox_image, host_id, named=False)
+                # The left-over's own disk: nothing names its instance, which is not proof
+                # that it is gone (a WORK stream made again says nothing yet), so it stays.
+                disk = docker_client.volumes.create(
+                    own_disk_name(named.labels[LABEL_INSTANCE]), labels={LABEL_HOST: host_id}
+                )
                 assert get_instance(client, gone["id"])["status"] == "RUNNING"
 
                 agent.start()
@@ -357,6 +363,8 @@ def test_restarted_agent_reconciles_with_docker(
                 assert "start" in exited["actions"]
 
                 wait_for(lambda: _removed(named), 20, "the left-over container removed")
+                disk.reload()  # raises NotFound had the agent deleted it
+                disk.remove()
 
                 # The untouched instance kept its container, still running.
                 assert get_instance(client, keep["id"])["status"] == "RUNNING"

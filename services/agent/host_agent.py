@@ -538,16 +538,33 @@ class HostAgent:
 
     async def _reconcile_leftovers(self) -> None:
         """After a restart: containers with no live instance behind them are removed; instances
-        whose containers vanished are found by the first reconcile of each."""
+        whose containers vanished are found by the first reconcile of each.
+
+        A container whose instance this host's work does not name at all loses its container
+        but keeps its disk. Its GPUs must be freed, since the host's work gives them to others;
+        but its data is deleted only on the word of a TERMINATED state. If the WORK stream was
+        lost or made again, an agent that restarts before the deciders have published its work
+        again sees nothing at all. It would otherwise wipe every customer's disk on the host.
+        Once the work is back, an instance whose container went this way shows as EXITED, and
+        starts again with its disk."""
         for container in await self._runtime.list_managed():
             if self._serverless is not None and self._serverless.knows(container.instance_id):
                 continue  # a live worker's: its own reconcile looks after it
             state = self._instances.get(container.instance_id)
-            if state is None or state.status == "TERMINATED":
+            if state is not None and state.status == "TERMINATED":
                 log.warning("removing left-over container of instance %s", container.instance_id)
                 await self._runtime.remove(
                     container.instance_id, disk_to_delete(state, container.instance_id)
                 )
+            elif state is None:
+                log.warning(
+                    "removing the container of instance %s, which this host's work does not"
+                    " name; its disk, if it has one (%s), is kept: remove it by hand once the"
+                    " instance is known to be gone",
+                    container.instance_id,
+                    own_disk_name(container.instance_id),
+                )
+                await self._runtime.remove(container.instance_id, None)
 
     async def _watch_disks(self) -> None:
         while True:
