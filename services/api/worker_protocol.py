@@ -196,9 +196,7 @@ class WorkerProtocolController(Controller):
         worker_id: FromPath[str],
         job_id: FromPath[str],
     ) -> Response[bytes]:
-        ctx = _authenticated(request, endpoint_id, worker_id)
-        job_id = read_models.checked_id(job_id, "job")
-        body = await request.body()
+        ctx, job_id, body = await _posted(request, endpoint_id, worker_id, job_id)
         result = _decoded(body, WorkerResult, "the result is not a JSON object")
         if ctx.offers.holds(job_id, worker_id):
             # This process gave the job to this worker: store first, the dispatcher judges.
@@ -239,8 +237,8 @@ class WorkerProtocolController(Controller):
         worker_id: FromPath[str],
         job_id: FromPath[str],
     ) -> Response[bytes]:
-        ctx, body, held = await _about_a_job(request, endpoint_id, worker_id, job_id)
-        job_id = held.id
+        ctx, job_id, body = await _posted(request, endpoint_id, worker_id, job_id)
+        held = await _held(ctx, endpoint_id, job_id)
         partial = _decoded(body, Partial, 'the partial output is not `{"output": …}`')
         if held.status != "IN_PROGRESS" or held.worker_id != worker_id:
             raise Conflict(_refusal(held, worker_id))
@@ -301,14 +299,13 @@ async def _long_poll(ctx: ApiContext, subject: str, message: Any, wait_s: float)
         return None
 
 
-async def _about_a_job(
+async def _posted(
     request: Request[Any, Any, Any], endpoint_id: str, worker_id: str, job_id: str
-) -> tuple[ApiContext, bytes, JobState]:
-    """A worker's post about a job: its body, and the job as the dispatcher has it."""
+) -> tuple[ApiContext, str, bytes]:
+    """A worker's post about a job: the worker authenticated, the job's id checked, the body."""
     ctx = _authenticated(request, endpoint_id, worker_id)
     job_id = read_models.checked_id(job_id, "job")
-    body = await request.body()
-    return ctx, body, await _held(ctx, endpoint_id, job_id)
+    return ctx, job_id, await request.body()
 
 
 async def _held(ctx: ApiContext, endpoint_id: str, job_id: str) -> JobState:
