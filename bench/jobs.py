@@ -33,7 +33,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import docker
 from benchlib import (
@@ -51,7 +50,7 @@ from benchlib import (
 )
 from fleet_lib import percentile
 
-from services.upstream_http import UpstreamPool
+from services.upstream_http import HttpTarget, UpstreamPool
 
 GPU = "NVIDIA GeForce RTX 4090"
 IMAGE = "local/busybox:latest"
@@ -97,22 +96,18 @@ async def through(
     # The load comes from the lean HTTP/1.1 client the simulated workers use (services/
     # upstream_http.py), a connection per client: with httpx, the clients' own CPU was a fair
     # share of this 2-core machine's, taken from the stack being measured.
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    runsync = HttpTarget.of(f"{url}/endpoints/{endpoint_id}/runsync")
     pool = UpstreamPool(10.0, 120.0, keep_per_target=concurrency)
     headers = [
-        (b"host", f"{host}:{port}".encode()),
+        runsync.host_header,
         (b"authorization", f"Bearer {key}".encode()),
         (b"content-type", b"application/json"),
     ]
-    target = f"/endpoints/{endpoint_id}/runsync".encode()
 
     async def loop() -> None:
         for n in left:
             began = time.perf_counter()
-            status, content = await pool.call(
-                host, port, "POST", target, headers, b'{"input":{"i":%d}}' % n
-            )
+            status, content = await pool.call("POST", runsync, headers, b'{"input":{"i":%d}}' % n)
             body = json.loads(content)
             if status != 200 or body.get("status") != "COMPLETED":
                 raise RuntimeError(f"job {n}: {status} {body}")

@@ -1,7 +1,7 @@
 """A lean HTTP/1.1 client: asyncio streams and httptools' C parser (llhttp, the one uvicorn's
 server side uses), with a small pool of kept-alive connections per address. The instance proxy's
 upstream side (services/api/instance_proxy/) streams through it; the simulated serverless worker
-makes its whole-body calls to the api with `call`.
+and bench/jobs make their whole-body calls to the api with `call`, to an `HttpTarget`.
 
 Why not httpx: per proxied request it cost more CPU than everything else the proxy does
 together (pool bookkeeping, h11 in pure Python, trace hooks), and the proxy needs none of its
@@ -18,12 +18,34 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import httptools
 
 Headers = list[tuple[bytes, bytes]]
 READ_SIZE = 65536
 _NO_BODY_STATUS = frozenset({204, 304})
+
+
+class HttpTarget(NamedTuple):
+    """A plain-HTTP URL as the pool wants it: where to connect, and the request target."""
+
+    host: str
+    port: int
+    target: str  # path and query
+
+    @classmethod
+    def of(cls, url: str) -> HttpTarget:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise ValueError(f"this client speaks plain HTTP only, not {url!r}")
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        return cls(parts.hostname, parts.port or 80, target)
+
+    @property
+    def host_header(self) -> tuple[bytes, bytes]:
+        return (b"host", f"{self.host}:{self.port}".encode())
 
 
 class UpstreamError(Exception):
@@ -235,18 +257,14 @@ class UpstreamPool:
         return await self._exchange(address, reader, writer, method, target, headers, body, chunked)
 
     async def call(
-        self,
-        host: str,
-        port: int,
-        method: str,
-        target: bytes,
-        headers: Headers,
-        body: bytes | None = None,
+        self, method: str, to: HttpTarget, headers: Headers, body: bytes | None = None
     ) -> tuple[int, bytes]:
         """A whole request and the whole response: (status, body)."""
         if body is not None:
             headers = [*headers, (b"content-length", b"%d" % len(body))]
-        response = await self.request(host, port, method, target, headers, body, False)
+        response = await self.request(
+            to.host, to.port, method, to.target.encode(), headers, body, False
+        )
         try:
             whole = response.whole_body()
             if whole is None:

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import httptools
 
-from services.upstream_http import UpstreamPool
+from services.upstream_http import HttpTarget, UpstreamPool
 
 
 class _Request:
@@ -72,11 +72,11 @@ async def test_calls_send_their_bodies_on_one_kept_alive_connection() -> None:
     pool = UpstreamPool(5.0, 5.0)
     async with echo_server(close_after=100) as (echo, port):
         for n in range(3):
-            status, body = await pool.call(
-                "127.0.0.1", port, "POST", b"/done?x=1", [(b"host", b"h")], b'{"n":%d}' % n
-            )
+            done = HttpTarget.of(f"http://127.0.0.1:{port}/done?x=1")
+            status, body = await pool.call("POST", done, [done.host_header], b'{"n":%d}' % n)
             assert (status, body) == (200, b'POST /done?x=1 {"n":%d}' % n)
-        assert (await pool.call("127.0.0.1", port, "GET", b"/take", []))[1] == b"GET /take "
+        take = HttpTarget("127.0.0.1", port, "/take")
+        assert (await pool.call("GET", take, []))[1] == b"GET /take "
         assert echo.connections == 1
         await pool.close()
 
@@ -85,7 +85,8 @@ async def test_a_connection_closed_in_the_pool_is_replaced_and_the_request_sent_
     pool = UpstreamPool(5.0, 5.0)
     async with echo_server(close_after=1) as (echo, port):
         for n in range(3):
-            status, body = await pool.call("127.0.0.1", port, "POST", b"/r", [], b"%d" % n)
+            to = HttpTarget("127.0.0.1", port, "/r")
+            status, body = await pool.call("POST", to, [], b"%d" % n)
             assert (status, body) == (200, b"POST /r %d" % n)
             await asyncio.sleep(0.05)  # the server's close reaches the pooled connection
         assert echo.requests == [b"0", b"1", b"2"]

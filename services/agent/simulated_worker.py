@@ -18,11 +18,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 import msgspec
 
-from services.upstream_http import UpstreamError, UpstreamPool
+from services.upstream_http import HttpTarget, UpstreamError, UpstreamPool
 
 log = logging.getLogger("gpuworker.agent.simulated-worker")
 
@@ -61,30 +60,20 @@ def _seconds(raw: bytes, default_s: float) -> float:
         return default_s
 
 
-class _Route(msgspec.Struct, frozen=True):
-    """One worker URL as the lean client wants it: where to connect, and what to ask."""
-
-    host: str
-    port: int
-    target: str
-
-    @classmethod
-    def of(cls, url: str) -> _Route:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or parts.hostname is None:
-            raise ValueError(f"a simulated worker speaks plain HTTP to the api, not {url!r}")
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        return cls(parts.hostname, parts.port or 80, target)
-
-
 class SimulatedWorker:
     def __init__(self, env: Mapping[str, str]) -> None:
         worker_id = env["RUNPOD_POD_ID"]
-        self._take = _Route.of(env[TAKE_ENV].replace("$ID", worker_id) + "&job_in_progress=0")
-        self._done = env["RUNPOD_WEBHOOK_POST_OUTPUT"].replace("$RUNPOD_POD_ID", worker_id)
-        self._ping = _Route.of(env["RUNPOD_WEBHOOK_PING"].replace("$RUNPOD_POD_ID", worker_id))
-        host = f"{self._take.host}:{self._take.port}".encode()
-        self._headers = [(b"host", host), (b"authorization", env["RUNPOD_AI_API_KEY"].encode())]
+        self._take = HttpTarget.of(env[TAKE_ENV].replace("$ID", worker_id) + "&job_in_progress=0")
+        # Its target still holds `$ID`, which each job's id replaces.
+        self._done = HttpTarget.of(
+            env["RUNPOD_WEBHOOK_POST_OUTPUT"].replace("$RUNPOD_POD_ID", worker_id)
+            + "&isStream=false"
+        )
+        self._ping = HttpTarget.of(env["RUNPOD_WEBHOOK_PING"].replace("$RUNPOD_POD_ID", worker_id))
+        self._headers = [
+            self._take.host_header,
+            (b"authorization", env["RUNPOD_AI_API_KEY"].encode()),
+        ]
         self._ping_s = max(0.1, int(env.get("RUNPOD_PING_INTERVAL", "10000")) / 1000)
         self._takers = max(1, int(env.get("SIMULATED_WORKER_CONCURRENCY", "1") or 1))
         self._job_s = max(0, int(env.get("SIMULATED_JOB_MS", "0") or 0)) / 1000
@@ -106,21 +95,17 @@ class SimulatedWorker:
             await self._api.close()
 
     async def _call(
-        self, method: str, route: _Route, body: bytes | None = None
+        self, method: str, to: HttpTarget, body: bytes | None = None
     ) -> tuple[int, bytes]:
         headers = self._headers
         if body is not None:
             headers = [*headers, (b"content-type", b"application/json")]
-        return await self._api.call(
-            route.host, route.port, method, route.target.encode(), headers, body
-        )
+        return await self._api.call(method, to, headers, body)
 
     async def _pinger(self) -> None:
         while True:
             running = ",".join(sorted(self._running))
-            ping = msgspec.structs.replace(
-                self._ping, target=f"{self._ping.target}&job_id={running}"
-            )
+            ping = self._ping._replace(target=f"{self._ping.target}&job_id={running}")
             with contextlib.suppress(UpstreamError):
                 await self._call("GET", ping)
             await asyncio.sleep(self._ping_s)
@@ -149,7 +134,7 @@ class SimulatedWorker:
         if took:
             await asyncio.sleep(took)
         body = b'{"output":' + bytes(job.input) + b"}"
-        done = _Route.of(self._done.replace("$ID", job.id) + "&isStream=false")
+        done = self._done._replace(target=self._done.target.replace("$ID", job.id))
         for _ in range(DONE_ATTEMPTS):
             try:
                 status, _ = await self._call("POST", done, body)
