@@ -37,6 +37,7 @@ from services.errors import BadRequest, NotFound
 from services.security.api_keys import PREFIX, ApiKeyHasher, well_formed
 from services.security.secret_box import generate_key
 from tests.api_helpers import assert_error, me, signup, template_body
+from tests.manual_clock import ManualClock
 from tests.servers import Stack
 from tests.test_api_secrets import Blobs, _database_blobs, _drain, _stream_blobs
 
@@ -467,14 +468,6 @@ def test_keys_are_random_or_fixed_by_their_seed_and_hashed_under_the_secret_key(
     assert len(hasher.digest(key)) == 64 and key not in hasher.digest(key)
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def _store(pool: AsyncConnectionPool[Any], state: ApiKeyState, sequence: int) -> None:
     """Write a key's row as the projector would."""
     async with pool.connection() as conn:
@@ -486,7 +479,7 @@ async def test_the_lookup_cache_forgets_a_key_within_a_second_even_without_notif
     pool: AsyncConnectionPool[Any], checkpoint_watcher: CheckpointWatcher
 ) -> None:
     hasher = ApiKeyHasher(generate_key())
-    clock = _Clock()
+    clock = ManualClock()
     lookup = ApiKeyLookup(pool, checkpoint_watcher, hasher, clock=clock)
     key, owner = hasher.mint(None), new_id()
     state = ApiKeyState(
@@ -523,7 +516,7 @@ async def test_the_lookup_cache_forgets_a_key_when_the_checkpoint_moves(
     pool: AsyncConnectionPool[Any], checkpoint_watcher: CheckpointWatcher
 ) -> None:
     hasher = ApiKeyHasher(generate_key())
-    lookup = ApiKeyLookup(pool, checkpoint_watcher, hasher, clock=_Clock())
+    lookup = ApiKeyLookup(pool, checkpoint_watcher, hasher, clock=ManualClock())
     key = hasher.mint(None)
     state = ApiKeyState(
         id=new_id(),

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from services.api.job_offers import RecentOffers
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.manual_clock import ManualClock
 
 
 def test_only_the_worker_offered_the_job_holds_it_and_only_until_the_offer_ends() -> None:
-    clock = FakeClock()
+    clock = ManualClock(50.0)
     offers = RecentOffers(ttl_s=10, clock=clock)
     offers.offered("job-1", "w1")
     assert offers.holds("job-1", "w1")
@@ -27,7 +20,7 @@ def test_only_the_worker_offered_the_job_holds_it_and_only_until_the_offer_ends(
 
 
 def test_a_done_job_is_forgotten_and_the_memory_is_bounded() -> None:
-    offers = RecentOffers(ttl_s=10, max_offers=3, clock=FakeClock())
+    offers = RecentOffers(ttl_s=10, max_offers=3, clock=ManualClock(50.0))
     for n in range(5):
         offers.offered(f"job-{n}", "w1")
     assert len(offers) == 3

@@ -12,18 +12,11 @@ from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
 from services.api.job_payloads import JobPayloads, RecentBodies, ref_of
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.manual_clock import ManualClock
 
 
 def test_a_kept_body_is_served_until_its_time_is_up() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     recent = RecentBodies(ttl_s=60, clock=clock)
     recent.keep(("j1", "aa"), b"input")
     clock.now += 59
@@ -35,7 +28,7 @@ def test_a_kept_body_is_served_until_its_time_is_up() -> None:
 
 
 def test_bodies_past_the_budget_go_oldest_first_and_large_ones_are_not_kept() -> None:
-    recent = RecentBodies(max_bytes=10, max_body=6, clock=FakeClock())
+    recent = RecentBodies(max_bytes=10, max_body=6, clock=ManualClock())
     recent.keep(("a", "1"), b"aaaa")
     recent.keep(("b", "1"), b"bbbb")
     recent.keep(("c", "1"), b"cccc")
@@ -61,7 +54,7 @@ def test_bodies_past_the_budget_go_oldest_first_and_large_ones_are_not_kept() ->
 def test_the_budget_holds_and_a_served_body_is_the_last_one_kept(
     steps: list[tuple[str, int, bytes]],
 ) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     recent = RecentBodies(max_bytes=64, max_body=32, ttl_s=10, clock=clock)
     last: dict[str, tuple[float, bytes]] = {}
     for action, n, body in steps:
