@@ -65,7 +65,10 @@ class _Parsed:
         self.chunks: deque[bytes] = deque()
         self.complete = False
         self.keep_alive = False
-        self.parser: httptools.HttpResponseParser | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        # Bare LF line ends, as CGI scripts write them (busybox httpd passes them on) and every
+        # browser reads them; nothing else lenient: framing stays strict.
+        self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
@@ -80,7 +83,6 @@ class _Parsed:
         self.complete = True
         # Asked now: once this callback returns, llhttp resets for the next message, and
         # should_keep_alive() then answers False, which left every connection unused again.
-        assert self.parser is not None
         self.keep_alive = self.parser.should_keep_alive()
 
 
@@ -91,7 +93,6 @@ class UpstreamResponse:
         target: tuple[str, int],
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        parser: httptools.HttpResponseParser,
         parsed: _Parsed,
         bodyless: bool,
     ) -> None:
@@ -99,10 +100,9 @@ class UpstreamResponse:
         self._target = target
         self._reader = reader
         self._writer = writer
-        self._parser = parser
         self._parsed = parsed
         self._bodyless = bodyless
-        self.status = parser.get_status_code()
+        self.status = parsed.parser.get_status_code()
         self.headers = parsed.headers
         self._done = bodyless or parsed.complete
 
@@ -132,7 +132,7 @@ class UpstreamResponse:
                     return
                 raise UpstreamError("the instance closed the connection mid-response")
             try:
-                self._parser.feed_data(data)
+                parsed.parser.feed_data(data)
             except httptools.HttpParserError as exc:
                 raise UpstreamError(f"malformed response: {exc}") from None
 
@@ -285,10 +285,7 @@ class UpstreamPool:
         chunked: bool,
     ) -> UpstreamResponse:
         parsed = _Parsed()
-        parser = parsed.parser = httptools.HttpResponseParser(parsed)
-        # Bare LF line ends, as CGI scripts write them (busybox httpd passes them on) and every
-        # browser reads them; nothing else lenient: framing stays strict.
-        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        parser = parsed.parser
         try:
             writer.write(_request_head(method, target, headers, chunked))
             if isinstance(body, bytes):
@@ -319,7 +316,7 @@ class UpstreamPool:
             raise
         status = parser.get_status_code()
         bodyless = method == "HEAD" or status in _NO_BODY_STATUS or status < 200
-        return UpstreamResponse(self, address, reader, writer, parser, parsed, bodyless)
+        return UpstreamResponse(self, address, reader, writer, parsed, bodyless)
 
     async def close(self) -> None:
         for kept in self._idle.values():
