@@ -40,7 +40,7 @@ def ref_of(body: bytes) -> PayloadRef:
 
 
 class RecentBodies:
-    """Bodies by content address for `ttl_s`, least recently used first out past `max_bytes`.
+    """Bodies by content address for `ttl_s`, the oldest kept first out past `max_bytes`.
     Bodies above `max_body` are not kept: large ones are rare, and would push out many small."""
 
     def __init__(
@@ -65,9 +65,9 @@ class RecentBodies:
         self._drop(key)
         if len(body) > self._max_body:
             return
-        self._entries[key] = (self._clock() + self._ttl_s, body)
-        self.bytes += len(body)
         now = self._clock()
+        self._entries[key] = (now + self._ttl_s, body)
+        self.bytes += len(body)
         while self._entries:
             oldest_key, (until, _body) = next(iter(self._entries.items()))
             if self.bytes <= self._max_bytes and until > now:
@@ -191,9 +191,9 @@ class JobPayloads:
                 ([job for job, _ in missing], [sha for _, sha in missing]),
             )
             rows = await cur.fetchall()
-        for job_id, sha256, body in rows:
-            found[(job_id, sha256)] = bytes(body)
-            self.recent.keep((job_id, sha256), bytes(body))
+        for job_id, sha256, stored in rows:
+            body = found[(job_id, sha256)] = bytes(stored)
+            self.recent.keep((job_id, sha256), body)
         return found
 
     async def get(self, job_id: str, ref: PayloadRef) -> bytes | None:
