@@ -51,10 +51,13 @@ async def _owners(
     """Every aggregate of `events` with its owner: those known before this batch from the table,
     the rest from their first event here (inserted in the caller's transaction)."""
     refs = list({e.aggregate for e in events})
+    # One primary-key probe per aggregate (LATERAL; LIMIT keeps it from being flattened into a
+    # join). As a plain join, a planner whose statistics lag behind this fast-growing table
+    # chose to scan all of it for every batch.
     cur = await conn.execute(
-        "SELECT o.resource_type, o.resource_id, o.owner_id FROM audit_owners o"
-        " JOIN unnest(%s::text[], %s::text[]) AS r (t, i)"
-        " ON o.resource_type = r.t AND o.resource_id = r.i",
+        "SELECT r.t, r.i, o.owner_id FROM unnest(%s::text[], %s::text[]) AS r (t, i)"
+        " CROSS JOIN LATERAL (SELECT owner_id FROM audit_owners"
+        " WHERE resource_type = r.t AND resource_id = r.i LIMIT 1) AS o",
         ([r.type for r in refs], [r.id for r in refs]),
     )
     owners: dict[AggregateRef, str | None] = {
@@ -108,6 +111,7 @@ class AuditProjection:
 
     name = CHECKPOINT
     filter_subjects = list(SUBJECTS)
+    pipelined = True  # no COPY among its statements
 
     async def apply(self, conn: psycopg.AsyncConnection[Any], events: Sequence[Envelope]) -> None:
         await record(conn, events)

@@ -184,10 +184,13 @@ class JobPayloads:
         if not missing:
             return found
         async with self.pool.connection() as conn:
+            # A key probe each (LATERAL, LIMIT: never flattened into a join that a planner with
+            # stale statistics could answer by scanning this fast-growing table).
             cur = await conn.execute(
-                "SELECT p.job_id, p.sha256, p.body FROM job_payloads p"
-                " JOIN unnest(%s::text[], %s::text[]) AS w(job_id, sha256)"
-                " ON p.job_id = w.job_id AND p.sha256 = w.sha256",
+                "SELECT w.job_id, w.sha256, p.body"
+                " FROM unnest(%s::text[], %s::text[]) AS w(job_id, sha256)"
+                " CROSS JOIN LATERAL (SELECT body FROM job_payloads"
+                " WHERE job_id = w.job_id AND sha256 = w.sha256 LIMIT 1) AS p",
                 ([job for job, _ in missing], [sha for _, sha in missing]),
             )
             rows = await cur.fetchall()
