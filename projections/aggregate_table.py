@@ -51,6 +51,8 @@ class AggregateTable:
     created_at_of: Callable[[Any], datetime]
     deleted_of: Callable[[Any], bool] = lambda _state: False
     after_apply: AfterApply | None = None
+    # Its statements need no COPY: the projection runner may send them pipelined.
+    pipelined: bool = True
 
     @property
     def filter_subject(self) -> str:
