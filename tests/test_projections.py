@@ -414,17 +414,27 @@ class RefusedByPostgres:
     name = TEMPLATES.name
     filter_subjects = TEMPLATES.filter_subjects
 
+    def __init__(self, pipelined: bool) -> None:
+        # Pipelined, the refusal surfaces only at a later sync (the commit), after the batch's
+        # other statements were sent.
+        self.pipelined = pipelined
+
     async def apply(self, conn: psycopg.AsyncConnection[Any], events: Sequence[Envelope]) -> None:
         await TEMPLATES.apply(conn, events)
         if any(getattr(e.data, "name", None) == "poison" for e in events):
             await conn.execute("SELECT 1 / 0")
 
 
+@pytest.mark.parametrize("pipelined", [False, True], ids=["careful", "pipelined"])
 async def test_an_event_postgres_refuses_halts_the_projection_loudly(
-    projector_nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner
+    projector_nc: NatsClient,
+    pool: AsyncConnectionPool[Any],
+    runner: DeciderRunner,
+    pipelined: bool,
 ) -> None:
     """Before, such an error was taken for "database unavailable" and retried every second,
-    forever, with /health showing the projection current."""
+    forever, with /health showing the projection current. A pipelined batch that fails is
+    applied again the careful way, so the events before the refused one are still kept."""
 
     def create(name: str) -> CreateTemplate:
         return CreateTemplate(
@@ -434,7 +444,7 @@ async def test_an_event_postgres_refuses_halts_the_projection_loudly(
     before = await send(runner, new_id(), create("a"))
     poison = await send(runner, new_id(), create("poison"))
     after = await send(runner, new_id(), create("b"))
-    projector = ProjectionRunner(projector_nc, pool, [RefusedByPostgres()])
+    projector = ProjectionRunner(projector_nc, pool, [RefusedByPostgres(pipelined)])
     await projector.start()
     try:
         await wait_for_checkpoint(pool, "templates", before)
