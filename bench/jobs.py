@@ -9,7 +9,8 @@ one nats-server (fsync always, as `up` runs it) shared by the stack and the raw 
 `gpuworker up --runtime simulated` (then `--runtime docker`, with a host id of its own) on it.
 
 - simulated: an endpoint with workersMin = workersMax = 4 warm simulated workers (each takes 16
-  jobs at once: SIMULATED_WORKER_CONCURRENCY), `--concurrency` clients each looping
+  jobs at once: SIMULATED_WORKER_CONCURRENCY, fetched as the SDK does, one job-take-batch for
+  its free slots), `--concurrency` clients each looping
   `POST /runsync` ({"input": {"i": n}}, answered once the job is COMPLETED). Jobs/s over the
   whole run and p50/p99 of `delayTime` (queue -> start, as the api reports it).
 - raw: the same number of clients each looping a JetStream publish with ack (a file stream) and a

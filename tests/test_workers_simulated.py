@@ -8,7 +8,9 @@ simulated workers take jobs through the worker protocol over HTTP, and the ledge
   session is exactly its events' span; `gpuworker ledger verify` is clean.
 - workersMin 1 keeps one active worker warm; deleting the endpoint stops it.
 - A crash-looping template: the endpoint is unhealthy with the reason, and the autoscaler backs
-  off instead of spinning."""
+  off instead of spinning.
+- A worker that runs several jobs at once (SIMULATED_WORKER_CONCURRENCY, taken as the SDK's
+  JobScaler does: one job-take-batch for its free slots) runs them side by side, never more."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import httpx
 import pytest
 
 from events.endpoint import WorkerPlaced, WorkerStarted, WorkerStopped, WorkerStopRequested
-from events.job import JobTaken
+from events.job import JobCompleted, JobTaken
 from tests.api_helpers import assert_error, wait_for
 from tests.serverless_helpers import GPU, TEMPLATE, account, create_endpoint, run, status
 from tests.servers import Stack, running_stack
@@ -277,4 +279,36 @@ def test_workers_take_gpus_in_the_endpoints_order_of_preference_and_never_share_
     uuids = [u for p in placed for u in p.gpu_uuids]
     assert len(uuids) == 3 and len(set(uuids)) == 3, uuids
     assert len({p.lease_id for p in placed}) == 3
+    assert client.delete(f"/endpoints/{ep['id']}").status_code in (200, 204)
+
+
+def test_a_worker_with_free_slots_takes_several_jobs_and_runs_them_side_by_side(
+    autoscaled: Stack, client: httpx.Client
+) -> None:
+    ep = create_endpoint(
+        client,
+        workersMin=1,
+        workersMax=1,
+        env={"SIMULATED_WORKER_CONCURRENCY": "4", "SIMULATED_JOB_MS": "800"},
+    )
+    wait_for(lambda: endpoint(client, ep["id"])["workersIdle"] == 1, 30, "a warm worker")
+    jobs = [run(client, ep["id"], {"n": i}) for i in range(8)]
+
+    def all_completed() -> bool:
+        return all(status(client, ep["id"], j)["status"] == "COMPLETED" for j in jobs)
+
+    wait_for(all_completed, 30, "the jobs completed")
+    spans: list[tuple[datetime, datetime]] = []
+    workers: set[str] = set()
+    for job_id in jobs:
+        events = job_events(autoscaled, job_id)
+        taken = [e for e in events if isinstance(e.data, JobTaken)]
+        completed = [e for e in events if isinstance(e.data, JobCompleted)]
+        assert len(taken) == len(completed) == 1, events
+        workers.add(taken[0].data.worker_id)
+        spans.append((taken[0].occurred_at, completed[0].occurred_at))
+    assert len(workers) == 1
+    # How many ran at each start: the slots were used, and never more than there are.
+    overlaps = [sum(1 for a, b in spans if a <= start < b) for start, _end in spans]
+    assert 2 <= max(overlaps) <= 4, spans
     assert client.delete(f"/endpoints/{ep['id']}").status_code in (200, 204)

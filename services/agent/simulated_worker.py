@@ -6,7 +6,9 @@ and "completes" each job by answering its input as its output. So development st
 and benchmarks run the whole path a real worker takes, without containers.
 
 Knobs, from the container's env (a template's or an endpoint's own):
-- SIMULATED_WORKER_CONCURRENCY: jobs it runs at once (takers), default 1;
+- SIMULATED_WORKER_CONCURRENCY: jobs it runs at once, default 1. Like the SDK's JobScaler, one
+  fetcher asks for as many jobs as it has free slots (job-take-batch when that is more than one)
+  and waits for a slot when all are busy;
 - SIMULATED_JOB_MS: how long each job takes, default 0; a job whose input is an object with a
   number `sleep` takes that many seconds (as the example busybox worker does);
 - SIMULATED_EXIT_CODE: the container exits with this code as soon as it has started (a
@@ -63,7 +65,11 @@ def _seconds(raw: bytes, default_s: float) -> float:
 class SimulatedWorker:
     def __init__(self, env: Mapping[str, str]) -> None:
         worker_id = env["RUNPOD_POD_ID"]
-        self._take = HttpTarget.of(env[TAKE_ENV].replace("$ID", worker_id) + "&job_in_progress=0")
+        take_url = env[TAKE_ENV].replace("$ID", worker_id)
+        self._take = HttpTarget.of(take_url + "&job_in_progress=0")
+        self._take_batch = HttpTarget.of(
+            take_url.replace("/job-take/", "/job-take-batch/") + "&job_in_progress=1"
+        )
         # Its target still holds `$ID`, which each job's id replaces.
         self._done = HttpTarget.of(
             env["RUNPOD_WEBHOOK_POST_OUTPUT"].replace("$RUNPOD_POD_ID", worker_id)
@@ -78,17 +84,19 @@ class SimulatedWorker:
         self._takers = max(1, int(env.get("SIMULATED_WORKER_CONCURRENCY", "1") or 1))
         self._job_s = max(0, int(env.get("SIMULATED_JOB_MS", "0") or 0)) / 1000
         self._running: set[str] = set()
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
         # The lean client (services/upstream_http.py): with httpx, a worker's calls took most of
         # a simulated host's CPU, which benchmarks and scale tests then measured as the stack's.
         self._api = UpstreamPool(CONNECT_TIMEOUT_S, READ_TIMEOUT_S, keep_per_target=1024)
         self.completed = 0
 
     async def run(self) -> None:
-        tasks = [asyncio.create_task(self._taker()) for _ in range(self._takers)]
-        tasks.append(asyncio.create_task(self._pinger()))
+        tasks = [asyncio.create_task(self._fetcher()), asyncio.create_task(self._pinger())]
         try:
             await asyncio.gather(*tasks)
         finally:
+            tasks.extend(self._jobs)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -110,10 +118,21 @@ class SimulatedWorker:
                 await self._call("GET", ping)
             await asyncio.sleep(self._ping_s)
 
-    async def _taker(self) -> None:
+    def _take_target(self, wanted: int) -> HttpTarget:
+        if wanted == 1:
+            return self._take
+        batch = self._take_batch
+        return batch._replace(target=f"{batch.target}&batch_size={wanted}")
+
+    async def _fetcher(self) -> None:
         while True:
+            wanted = self._takers - len(self._running)
+            if wanted <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
             try:
-                status, content = await self._call("GET", self._take)
+                status, content = await self._call("GET", self._take_target(wanted))
             except UpstreamError:
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
@@ -122,12 +141,19 @@ class SimulatedWorker:
             if status != 200:
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
-            job = msgspec.json.decode(content, type=_Job)
-            self._running.add(job.id)
-            try:
-                await self._run_job(job)
-            finally:
-                self._running.discard(job.id)
+            taken = msgspec.json.decode(content, type=_Job | list[_Job])
+            for job in taken if isinstance(taken, list) else [taken]:
+                self._running.add(job.id)
+                task = asyncio.create_task(self._run_then_free(job))
+                self._jobs.add(task)
+                task.add_done_callback(self._jobs.discard)
+
+    async def _run_then_free(self, job: _Job) -> None:
+        try:
+            await self._run_job(job)
+        finally:
+            self._running.discard(job.id)
+            self._slot_freed.set()
 
     async def _run_job(self, job: _Job) -> None:
         took = _seconds(bytes(job.input), self._job_s)
