@@ -322,6 +322,20 @@ def test_workers_of_an_older_version_get_no_new_jobs(serverless_stack: Stack) ->
         assert take(current, new, "w-new") == {"id": job_id, "input": 1}
 
 
+def test_a_runsync_that_answers_before_the_end_leaves_its_job_readable(
+    serverless_stack: Stack,
+) -> None:
+    """runsync waits for the job's end, not for its queued row; when it answers before the end
+    (here at once, ?wait=0), the id it gives must already be readable, as after /run."""
+    _key, client = account(serverless_stack)
+    endpoint = create_endpoint(client)
+    for n in range(20):
+        answer = client.post(f"/endpoints/{endpoint['id']}/runsync?wait=0", json={"input": n})
+        assert answer.status_code == 200 and answer.json()["status"] == "IN_QUEUE", answer.text
+        job_id = answer.json()["id"]
+        assert status(client, endpoint["id"], job_id) == {"id": job_id, "status": "IN_QUEUE"}
+
+
 def test_idempotent_run(serverless_stack: Stack) -> None:
     _key, client = account(serverless_stack)
     endpoint = create_endpoint(client)
