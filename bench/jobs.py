@@ -236,8 +236,9 @@ def on_docker(workdir: Path, args: argparse.Namespace) -> list[str]:
         },
     )
     stack.workdir.mkdir()
-    nats.start()
+    # Before anything is started: with no Docker engine, nothing is left running.
     client = docker.from_env()
+    nats.start()
     os.environ["GPUWORKER_HOST_ID"] = host_id  # the agent's NATS login is made for this host
     lines: list[str] = []
     stack.start()
