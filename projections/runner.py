@@ -200,15 +200,12 @@ class ProjectionRunner:
         if _pipelined(p):
             try:
                 return await self._apply_pipelined(p, msgs, position, pending)
-            except (CheckpointMoved, asyncio.CancelledError):
+            except CheckpointMoved:
                 raise
-            except psycopg.Error as exc:
-                if not isinstance(exc, EVENT_ERRORS):
-                    raise
-                log.info(
-                    "projection %s: a batch failed (%s); applying it again in steps", p.name, exc
-                )
             except Exception as exc:
+                # The database being unavailable is no fault of the batch's events.
+                if isinstance(exc, psycopg.Error) and not isinstance(exc, EVENT_ERRORS):
+                    raise
                 log.info(
                     "projection %s: a batch failed (%s); applying it again in steps", p.name, exc
                 )
