@@ -27,6 +27,15 @@ from urllib.parse import quote
 from events.subjects import check_token
 
 WORKER_ROUTES = "/worker/v1"
+# Each route of the worker protocol -> the method the runpod SDK uses on it.
+ROUTE_METHODS = {
+    "job-take": "GET",
+    "job-take-batch": "GET",
+    "job-stop": "GET",
+    "ping": "GET",
+    "job-done": "POST",
+    "job-stream": "POST",
+}
 # The env a customer may not set on an endpoint: the worker protocol's own.
 RESERVED_PREFIXES = ("RUNPOD_WEBHOOK_", "GPUWORKER_")
 RESERVED_NAMES = frozenset(

@@ -362,3 +362,39 @@ def test_a_jobs_partial_outputs_are_capped(serverless_stack: Stack) -> None:
         assert_error(worker.post(path, content=b'{"output": 1}'), 413, "64 MiB")
     streamed = client.get(f"/endpoints/{endpoint['id']}/stream/{job_id}").json()
     assert len(streamed["stream"]) == 4
+
+
+def test_worker_protocol_refusals_are_in_the_seeds_shape_and_counted(
+    serverless_stack: Stack,
+) -> None:
+    """The protocol is served ahead of Litestar (services/api/worker_front.py): its refusals still
+    read like every other route's, and its requests are in the api's Prometheus series."""
+    _key, client = account(serverless_stack)
+    endpoint = create_endpoint(client)
+    version = f"?v={endpoint['version']}"
+    with worker_client(serverless_stack, endpoint, "w1") as worker:
+        batch = worker_path(endpoint, "job-take-batch", "w1")
+        for size in ("0", "65", "two"):
+            assert_error(worker.get(f"{batch}&batch_size={size}"), 400, "`batch_size`")
+        take_path = worker_path(endpoint, "job-take", "w1")
+        assert_error(worker.get(take_path.replace(version, "?v=one")), 400, "`v`")
+        # Not the protocol's (a route's wrong method): Litestar answers, as everywhere.
+        assert_error(worker.post(take_path), 405, "allowed:", "GET")
+        job_id = run(client, endpoint["id"], 1)
+        taken = take(worker, endpoint, "w1")
+        assert taken is not None and taken["id"] == job_id
+        assert_error(done(worker, endpoint, "w1", job_id, b"[1]"), 400, "not a JSON object")
+        assert_error(done(worker, endpoint, "w1", "no such job", b"{}"), 404, "job not found")
+        too_big = b'{"output": "' + b"x" * (20 * 1024 * 1024 + 64 * 1024) + b'"}'
+        assert_error(done(worker, endpoint, "w1", job_id, too_big), 413, "20 MiB")
+        assert done(worker, endpoint, "w1", job_id, b'{"output": 2}').status_code == 200
+    assert status(client, endpoint["id"], job_id)["output"] == 2
+    metrics = httpx.get(f"{serverless_stack.url}/metrics", timeout=30).text
+    done_series = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("litestar_requests_total{")
+        and 'path="/worker/v1/{endpoint_id}/job-done/{worker_id}/{job_id}"' in line
+    ]
+    assert any('status_code="413"' in line for line in done_series), done_series
+    assert any('status_code="200"' in line for line in done_series), done_series

@@ -33,19 +33,10 @@ from litestar.types import HTTPScope, Receive, Scope, Send
 
 from services.api.body_limit import RESULT_BODY_BYTES
 from services.http_keep_alive import KEEP_ALIVE_S, KeepAliveHttpProtocol
-from services.worker_env import WORKER_ROUTES
+from services.worker_env import ROUTE_METHODS, WORKER_ROUTES
 
 log = logging.getLogger("gpuworker.agent.relay")
 
-# Route -> the method the runpod SDK uses on it.
-ROUTES = {
-    "job-take": "GET",
-    "job-take-batch": "GET",
-    "job-stop": "GET",
-    "ping": "GET",
-    "job-done": "POST",
-    "job-stream": "POST",
-}
 _PATH = re.compile(
     rf"^{re.escape(WORKER_ROUTES)}/(?P<endpoint>[A-Za-z0-9_.~-]{{1,128}})/(?P<route>[a-z-]+)/"
     r"[A-Za-z0-9_.~/-]{1,300}$"
@@ -59,7 +50,7 @@ def relayed_endpoint(method: str, path: str) -> str | None:
     """The endpoint id a worker protocol request is about, or None when it is not one the relay
     forwards (another path, route or method)."""
     match = _PATH.match(path)
-    if match is None or ROUTES.get(match["route"]) != method or ".." in path:
+    if match is None or ROUTE_METHODS.get(match["route"]) != method or ".." in path:
         return None
     return match["endpoint"]
 

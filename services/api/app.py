@@ -11,7 +11,7 @@ from typing import Any
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 from litestar.security.jwt import JWTAuth, Token
 from psycopg_pool import AsyncConnectionPool
 
@@ -55,6 +55,7 @@ from services.api.pagination import DEPENDENCIES, ListPage
 from services.api.quotas import QuotaGuard, Quotas
 from services.api.read_cache import ReadCache, encoded_size
 from services.api.registry_auth import RegistryAuthController
+from services.api.request_metrics import PROMETHEUS
 from services.api.storage_capacity import StorageGuard, StorageRules
 from services.api.templates import TemplateController
 from services.api.volumes import VolumeController
@@ -180,7 +181,6 @@ def create_app(settings: Settings) -> Litestar:
     def document_error_contract(app: Litestar) -> None:
         document_contract(app.openapi_schema, PUBLIC_PATHS)
 
-    prometheus = PrometheusConfig(app_name="gpuworker", group_path=True)
     return Litestar(
         route_handlers=[
             AuthController,
@@ -214,7 +214,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         on_startup=[document_error_contract],
         on_app_init=[jwt_auth.on_app_init],
-        middleware=[prometheus.middleware, DefineMiddleware(IdempotencyMiddleware)],
+        middleware=[PROMETHEUS.middleware, DefineMiddleware(IdempotencyMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         dependencies=DEPENDENCIES,
         request_max_body_size=MAX_BODY_BYTES,

@@ -95,34 +95,34 @@ def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Re
     return error_response(code, message, headers or None)
 
 
-def on_domain_error(_request: Request[Any, Any, Any], exc: GpuWorkerError) -> Response[Any]:
-    retry_after = getattr(exc, "retry_after_s", None)
-    headers = {"retry-after": str(retry_after)} if retry_after else None
-    return error_response(exc.code, exc.message, headers)
+DATABASE_DOWN = "the database (PostgreSQL) is unavailable; retry shortly"
+BUS_DOWN = "the message bus (NATS) is unavailable; retry shortly"
 
 
-def on_database_down(_request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.warning("PostgreSQL unavailable: %s", type(exc).__name__)
-    return error_response(503, "the database (PostgreSQL) is unavailable; retry shortly")
-
-
-def on_nats_down(_request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.warning("NATS unavailable: %s", type(exc).__name__)
-    return error_response(503, "the message bus (NATS) is unavailable; retry shortly")
-
-
-def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+def seed_error(exc: Exception, where: str) -> tuple[int, str, dict[str, str] | None]:
+    """(status, message, headers) for anything a handler raised but an HTTPException; `where`
+    ("METHOD /path") names the request in the log of what was not expected. Shared by Litestar's
+    handlers and what is served ahead of them (services/api/worker_front.py)."""
+    if isinstance(exc, GpuWorkerError):
+        retry_after = getattr(exc, "retry_after_s", None)
+        return exc.code, exc.message, {"retry-after": str(retry_after)} if retry_after else None
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
+        log.warning("PostgreSQL unavailable: %s", type(exc).__name__)
+        return 503, DATABASE_DOWN, None
+    if isinstance(exc, nats.errors.Error):
+        log.warning("NATS unavailable: %s", type(exc).__name__)
+        return 503, BUS_DOWN, None
     if isinstance(exc, msgspec.DecodeError | msgspec.ValidationError):
-        return error_response(400, f"request body is not valid JSON: {exc}")
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal error; it has been logged")
+        return 400, f"request body is not valid JSON: {exc}", None
+    log.error("unhandled error on %s", where, exc_info=exc)
+    return 500, "internal error; it has been logged", None
+
+
+def on_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    return error_response(*seed_error(exc, f"{request.method} {request.url.path}"))
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: on_http_exception,
-    GpuWorkerError: on_domain_error,
-    psycopg.OperationalError: on_database_down,
-    PoolTimeout: on_database_down,
-    nats.errors.Error: on_nats_down,
-    Exception: on_unexpected,
+    Exception: on_error,
 }

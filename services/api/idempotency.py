@@ -35,16 +35,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import psycopg
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from events.ids import new_id
+from services.api.asgi_io import ClientGone, error_body, read_body, send_json
 from services.api.body_limit import limit_for, too_large
 from services.api.request_ids import RETRY, SEED
-from services.errors import ErrorBody, ErrorResponse, error_type
 from services.security.secret_box import SecretBox
 
 log = logging.getLogger("gpuworker.api")
@@ -79,54 +78,6 @@ class Answer:
     sealed: bool = False
 
 
-async def _send_json(
-    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(extra or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-def _error(code: int, message: str) -> bytes:
-    return msgspec.json.encode(ErrorResponse(ErrorBody(code, error_type(code), message)))
-
-
-class ClientGone(Exception):
-    """The client disconnected before its body was complete: nothing to run, no one to answer."""
-
-
-async def _read_body(scope: Scope, receive: Receive) -> bytes | None:
-    """The whole body, or None as soon as it is known to pass the limit: announced by
-    Content-Length, or read so far. Chunks are joined once (repeated `+=` is quadratic)."""
-    limit = limit_for(scope["path"])
-    announced = dict(scope["headers"]).get(b"content-length")
-    if announced is not None and announced.strip().isdigit() and int(announced) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message: Any = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        more = bool(message.get("more_body", False))
-    return b"".join(chunks)
-
-
 class IdempotencyMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -143,16 +94,18 @@ class IdempotencyMiddleware:
             return
         key = raw_key.decode("latin-1").strip()
         if not key or len(key) > MAX_KEY_LENGTH:
-            await _send_json(
-                send, 400, _error(400, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+            await send_json(
+                send,
+                400,
+                error_body(400, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters"),
             )
             return
         try:
-            body = await _read_body(scope, receive)
+            body = await read_body(scope, receive)
         except ClientGone:
             return
         if body is None:
-            await _send_json(send, 413, _error(413, too_large(limit_for(scope["path"]))))
+            await send_json(send, 413, error_body(413, too_large(limit_for(scope["path"]))))
             return
         request_hash = hashlib.sha256(scope["path"].encode() + b"\n" + body).hexdigest()
         ctx = scope["litestar_app"].state.ctx
@@ -162,8 +115,10 @@ class IdempotencyMiddleware:
         try:
             claim = await self._claim(pool, owner, key, request_hash)
         except (psycopg.Error, PoolTimeout):
-            await _send_json(
-                send, 503, _error(503, "the database (PostgreSQL) is unavailable; retry shortly")
+            await send_json(
+                send,
+                503,
+                error_body(503, "the database (PostgreSQL) is unavailable; retry shortly"),
             )
             return
         if isinstance(claim, Answer):
@@ -175,7 +130,7 @@ class IdempotencyMiddleware:
                 if claim.retry_after_s is not None
                 else None
             )
-            await _send_json(send, claim.status, stored, extra)
+            await send_json(send, claim.status, stored, extra)
             return
         state = scope.setdefault("state", {})
         state[SEED] = claim.seed
@@ -252,12 +207,12 @@ class IdempotencyMiddleware:
             )
             found = await cur.fetchone()
             if found is None:
-                return Answer(409, _error(409, "this Idempotency-Key is being released; retry"))
+                return Answer(409, error_body(409, "this Idempotency-Key is being released; retry"))
             stored_hash, status, stored, seed, lease_left = found
             if stored_hash != request_hash:
                 return Answer(
                     409,
-                    _error(
+                    error_body(
                         409,
                         "this Idempotency-Key was already used with a different request;"
                         " use a new key for a new request",
@@ -269,7 +224,7 @@ class IdempotencyMiddleware:
                 wait = max(1, math.ceil(lease_left))
                 return Answer(
                     409,
-                    _error(
+                    error_body(
                         409,
                         "a request with this Idempotency-Key is still in progress;"
                         f" retry in {wait} s (it completes or is taken over by then)",

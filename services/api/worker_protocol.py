@@ -30,6 +30,7 @@ the job dispatcher (services/processes/job_dispatcher.py)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -96,17 +97,34 @@ class Accepted(msgspec.Struct, frozen=True):
     status: str
 
 
-def _json(value: Any) -> Response[bytes]:
-    return Response(msgspec.json.encode(value), media_type=MediaType.JSON)
+class PingQuery(msgspec.Struct, frozen=True):
+    """A ping's query: `job_id` lists the running jobs (comma-separated); `status=unhealthy`
+    with `check` and `reason` reports a failed fitness check."""
+
+    v: int | None = None
+    job_id: str | None = None
+    status: str | None = None
+    check: str | None = None
+    reason: str | None = None
 
 
-def _no_content() -> Response[bytes]:
-    return Response(b"", status_code=204)
+_encode = msgspec.json.Encoder().encode
+PING_OK = _encode({"status": "ok"})
 
 
-def _authenticated(request: Request[Any, Any, Any], endpoint_id: str, worker_id: str) -> ApiContext:
-    ctx = context_of(request)
-    token = request.headers.get("authorization", "").strip()
+@dataclass(frozen=True)
+class WorkerCall:
+    """A worker's request, authenticated: made only by `authenticated`."""
+
+    ctx: ApiContext
+    endpoint_id: str
+    worker_id: str
+
+
+def authenticated(
+    ctx: ApiContext, authorization: str, endpoint_id: str, worker_id: str
+) -> WorkerCall:
+    token = authorization.strip()
     scheme, _, rest = token.partition(" ")
     if scheme.lower() == "bearer":
         token = rest.strip()
@@ -116,44 +134,121 @@ def _authenticated(request: Request[Any, Any, Any], endpoint_id: str, worker_id:
             "worker token is not valid for this endpoint and worker: send the RUNPOD_AI_API_KEY"
             " the worker was started with in `Authorization`"
         )
-    return ctx
+    return WorkerCall(ctx, endpoint_id, worker_id)
 
 
-async def _request(ctx: ApiContext, subject: str, payload: bytes, timeout: float) -> bytes:
-    try:
-        msg = await ctx.nc.request(subject, payload, timeout=timeout)
-    except nats.errors.NoRespondersError:
-        raise ServiceUnavailable("the job dispatcher is not running; retry shortly") from None
-    except (nats.errors.TimeoutError, TimeoutError):
-        raise ServiceUnavailable("the job dispatcher did not answer; retry shortly") from None
-    data: bytes = msg.data
-    return data
+async def take(call: WorkerCall, batch: int, v: int | None) -> list[tuple[str, bytes]]:
+    """Up to `batch` jobs as (id, input), after a long poll; [] when none came."""
+    ctx, worker_id = call.ctx, call.worker_id
+    wait_s = ctx.settings.job_poll_max_s
+    request = TakeRequest(worker_id=worker_id, batch=batch, version=v, wait_ms=int(wait_s * 1000))
+    data = await _long_poll(ctx, worker_subject(call.endpoint_id, TAKE), request, wait_s)
+    if data is None:
+        return []
+    reply = msgspec.json.decode(data, type=TakeReply)
+    if reply.error is not None:
+        raise from_body(reply.error)
+    for offer in reply.jobs:
+        ctx.offers.offered(offer.id, worker_id)
+    return await _inputs(ctx, reply.jobs)
+
+
+def taken_body(jobs: list[tuple[str, bytes]], batch: bool) -> bytes:
+    taken = [TakenJob(job_id, msgspec.Raw(body)) for job_id, body in jobs]
+    return _encode(taken if batch else taken[0])
+
+
+async def done(call: WorkerCall, job_id: str, body: bytes) -> bytes:
+    """A job's result stored and judged; the answer's body."""
+    ctx, endpoint_id, worker_id = call.ctx, call.endpoint_id, call.worker_id
+    result = _decoded(body, WorkerResult, "the result is not a JSON object")
+    if ctx.offers.holds(job_id, worker_id):
+        # This process gave the job to this worker: store first, the dispatcher judges.
+        reference = await ctx.payloads.put(job_id, body)
+    else:
+        held = await _held(ctx, endpoint_id, job_id)
+        reference = job_payloads.ref_of(body)
+        repeat = held.result == reference and held.status in ("COMPLETED", "FAILED")
+        if held.worker_id != worker_id or not (held.status == "IN_PROGRESS" or repeat):
+            # What the job would refuse is never stored (a worker runs customer code).
+            raise Conflict(_refusal(held, worker_id))
+        if not repeat:
+            await ctx.payloads.put(job_id, body)
+    request = DoneRequest(
+        worker_id=worker_id, job_id=job_id, result=reference, failed=result.failed
+    )
+    reply = await _ask(ctx, endpoint_id, DONE, request)
+    ctx.offers.forget(job_id)
+    # Like every write: a status read after this answer shows the result.
+    visible = await ctx.watcher.wait(
+        JOBS.name, reply.sequence, ctx.settings.read_your_writes_timeout_s
+    )
+    state = msgspec.json.decode(reply.state, type=JobState)
+    if visible and state.final:
+        ctx.job_waits.settle(state)
+    return _encode(Accepted(state.id, state.status))
+
+
+async def stream(call: WorkerCall, job_id: str, body: bytes) -> bytes:
+    """A partial output kept; the answer's body."""
+    ctx, worker_id = call.ctx, call.worker_id
+    held = await _held(ctx, call.endpoint_id, job_id)
+    partial = _decoded(body, Partial, 'the partial output is not `{"output": …}`')
+    if held.status != "IN_PROGRESS" or held.worker_id != worker_id:
+        raise Conflict(_refusal(held, worker_id))
+    if not await ctx.payloads.add_partial(job_id, bytes(partial.output)):
+        limit = job_payloads.MAX_STREAM_BYTES // (1024 * 1024)
+        raise PayloadTooLarge(f"job {job_id}'s partial outputs pass {limit} MiB: refused")
+    return _encode(Accepted(job_id, "IN_PROGRESS"))
+
+
+async def ping(call: WorkerCall, query: PingQuery) -> bytes:
+    ctx, endpoint_id, worker_id = call.ctx, call.endpoint_id, call.worker_id
+    running = [j for j in (query.job_id or "").split(",") if read_models.valid_id(j)][:1000]
+    unhealthy = None
+    if query.status == "unhealthy":
+        check, reason = query.check or "fitness check", query.reason or "no reason given"
+        # Customer code wrote it: PostgreSQL stores no NUL byte (it would answer 500).
+        unhealthy = f"{check} failed: {reason}".replace("\x00", "")[:MAX_REASON]
+    await record_ping(ctx.pool, endpoint_id, worker_id, query.v, running, unhealthy)
+    message = Ping(worker_id=worker_id, job_ids=running, version=query.v, unhealthy=unhealthy)
+    await ctx.nc.publish(worker_subject(endpoint_id, PING), msgspec.json.encode(message))
+    return PING_OK
+
+
+async def stop(call: WorkerCall) -> list[str]:
+    """The jobs the worker must drop, after a long poll; [] when none."""
+    ctx = call.ctx
+    wait_s = ctx.settings.job_poll_max_s
+    request = StopRequest(worker_id=call.worker_id, wait_ms=int(wait_s * 1000))
+    data = await _long_poll(ctx, worker_subject(call.endpoint_id, STOP), request, wait_s)
+    reply = msgspec.json.decode(data, type=StopReply) if data else StopReply([])
+    return reply.job_ids
+
+
+def stop_body(job_ids: list[str]) -> bytes:
+    return _encode(JobsToStop(job_ids))
+
+
+def _json(body: bytes) -> Response[bytes]:
+    return Response(body, media_type=MediaType.JSON)
+
+
+def _no_content() -> Response[bytes]:
+    return Response(b"", status_code=204)
+
+
+def _call(request: Request[Any, Any, Any], endpoint_id: str, worker_id: str) -> WorkerCall:
+    authorization = request.headers.get("authorization", "")
+    return authenticated(context_of(request), authorization, endpoint_id, worker_id)
 
 
 class WorkerProtocolController(Controller):
+    """What OpenAPI documents, and what serves these routes in an app without the front that
+    normally serves them first (services/api/worker_front.py); both call the functions above."""
+
     path = WORKER_ROUTES + "/{endpoint_id:str}"
     tags = ["worker protocol"]
-
-    async def _take(
-        self,
-        request: Request[Any, Any, Any],
-        endpoint_id: str,
-        worker_id: str,
-        batch: int,
-        v: int | None,
-    ) -> list[tuple[str, bytes]]:
-        ctx = _authenticated(request, endpoint_id, worker_id)
-        wait_s = ctx.settings.job_poll_max_s
-        take = TakeRequest(worker_id=worker_id, batch=batch, version=v, wait_ms=int(wait_s * 1000))
-        data = await _long_poll(ctx, worker_subject(endpoint_id, TAKE), take, wait_s)
-        if data is None:
-            return []
-        reply = msgspec.json.decode(data, type=TakeReply)
-        if reply.error is not None:
-            raise from_body(reply.error)
-        for offer in reply.jobs:
-            ctx.offers.offered(offer.id, worker_id)
-        return await _inputs(ctx, reply.jobs)
 
     @get("/job-take/{worker_id:str}", summary="Take a job (long poll; 204: none came)")
     async def job_take(
@@ -163,11 +258,8 @@ class WorkerProtocolController(Controller):
         worker_id: FromPath[str],
         v: FromQuery[int | None] = None,
     ) -> Response[bytes]:
-        jobs = await self._take(request, endpoint_id, worker_id, 1, v)
-        if not jobs:
-            return _no_content()
-        job_id, body = jobs[0]
-        return _json(TakenJob(job_id, msgspec.Raw(body)))
+        jobs = await take(_call(request, endpoint_id, worker_id), 1, v)
+        return _json(taken_body(jobs, batch=False)) if jobs else _no_content()
 
     @get("/job-take-batch/{worker_id:str}", summary="Take up to batch_size jobs (long poll)")
     async def job_take_batch(
@@ -178,10 +270,8 @@ class WorkerProtocolController(Controller):
         v: FromQuery[int | None] = None,
         batch_size: Annotated[int, QueryParameter(ge=1, le=MAX_BATCH)] = 1,
     ) -> Response[bytes]:
-        jobs = await self._take(request, endpoint_id, worker_id, batch_size, v)
-        if not jobs:
-            return _no_content()
-        return _json([TakenJob(job_id, msgspec.Raw(body)) for job_id, body in jobs])
+        jobs = await take(_call(request, endpoint_id, worker_id), batch_size, v)
+        return _json(taken_body(jobs, batch=True)) if jobs else _no_content()
 
     @post(
         "/job-done/{worker_id:str}/{job_id:str}",
@@ -196,33 +286,9 @@ class WorkerProtocolController(Controller):
         worker_id: FromPath[str],
         job_id: FromPath[str],
     ) -> Response[bytes]:
-        ctx, job_id, body = await _posted(request, endpoint_id, worker_id, job_id)
-        result = _decoded(body, WorkerResult, "the result is not a JSON object")
-        if ctx.offers.holds(job_id, worker_id):
-            # This process gave the job to this worker: store first, the dispatcher judges.
-            reference = await ctx.payloads.put(job_id, body)
-        else:
-            held = await _held(ctx, endpoint_id, job_id)
-            reference = job_payloads.ref_of(body)
-            repeat = held.result == reference and held.status in ("COMPLETED", "FAILED")
-            if held.worker_id != worker_id or not (held.status == "IN_PROGRESS" or repeat):
-                # What the job would refuse is never stored (a worker runs customer code).
-                raise Conflict(_refusal(held, worker_id))
-            if not repeat:
-                await ctx.payloads.put(job_id, body)
-        done = DoneRequest(
-            worker_id=worker_id, job_id=job_id, result=reference, failed=result.failed
-        )
-        reply = await _ask(ctx, endpoint_id, DONE, done)
-        ctx.offers.forget(job_id)
-        # Like every write: a status read after this answer shows the result.
-        visible = await ctx.watcher.wait(
-            JOBS.name, reply.sequence, ctx.settings.read_your_writes_timeout_s
-        )
-        state = msgspec.json.decode(reply.state, type=JobState)
-        if visible and state.final:
-            ctx.job_waits.settle(state)
-        return _json(Accepted(state.id, state.status))
+        call = _call(request, endpoint_id, worker_id)
+        job_id = read_models.checked_id(job_id, "job")
+        return _json(await done(call, job_id, await request.body()))
 
     @post(
         "/job-stream/{worker_id:str}/{job_id:str}",
@@ -237,15 +303,9 @@ class WorkerProtocolController(Controller):
         worker_id: FromPath[str],
         job_id: FromPath[str],
     ) -> Response[bytes]:
-        ctx, job_id, body = await _posted(request, endpoint_id, worker_id, job_id)
-        held = await _held(ctx, endpoint_id, job_id)
-        partial = _decoded(body, Partial, 'the partial output is not `{"output": …}`')
-        if held.status != "IN_PROGRESS" or held.worker_id != worker_id:
-            raise Conflict(_refusal(held, worker_id))
-        if not await ctx.payloads.add_partial(job_id, bytes(partial.output)):
-            limit = job_payloads.MAX_STREAM_BYTES // (1024 * 1024)
-            raise PayloadTooLarge(f"job {job_id}'s partial outputs pass {limit} MiB: refused")
-        return _json(Accepted(job_id, "IN_PROGRESS"))
+        call = _call(request, endpoint_id, worker_id)
+        job_id = read_models.checked_id(job_id, "job")
+        return _json(await stream(call, job_id, await request.body()))
 
     @get("/ping/{worker_id:str}", summary="The worker is alive, and runs the jobs in `job_id`")
     async def ping(
@@ -259,17 +319,8 @@ class WorkerProtocolController(Controller):
         check: FromQuery[str | None] = None,
         reason: FromQuery[str | None] = None,
     ) -> Response[bytes]:
-        ctx = _authenticated(request, endpoint_id, worker_id)
-        running = [j for j in (job_id or "").split(",") if read_models.valid_id(j)][:1000]
-        unhealthy = None
-        if status == "unhealthy":
-            unhealthy = f"{check or 'fitness check'} failed: {reason or 'no reason given'}"
-            # Customer code wrote it: PostgreSQL stores no NUL byte (it would answer 500).
-            unhealthy = unhealthy.replace("\x00", "")[:MAX_REASON]
-        await record_ping(ctx.pool, endpoint_id, worker_id, v, running, unhealthy)
-        ping = Ping(worker_id=worker_id, job_ids=running, version=v, unhealthy=unhealthy)
-        await ctx.nc.publish(worker_subject(endpoint_id, PING), msgspec.json.encode(ping))
-        return _json({"status": "ok"})
+        query = PingQuery(v=v, job_id=job_id, status=status, check=check, reason=reason)
+        return _json(await ping(_call(request, endpoint_id, worker_id), query))
 
     @get("/job-stop/{worker_id:str}", summary="Jobs the worker must drop (long poll; 204: none)")
     async def job_stop(
@@ -278,14 +329,19 @@ class WorkerProtocolController(Controller):
         endpoint_id: FromPath[str],
         worker_id: FromPath[str],
     ) -> Response[bytes]:
-        ctx = _authenticated(request, endpoint_id, worker_id)
-        wait_s = ctx.settings.job_poll_max_s
-        stop = StopRequest(worker_id=worker_id, wait_ms=int(wait_s * 1000))
-        data = await _long_poll(ctx, worker_subject(endpoint_id, STOP), stop, wait_s)
-        reply = msgspec.json.decode(data, type=StopReply) if data else StopReply([])
-        if not reply.job_ids:
-            return _no_content()
-        return _json(JobsToStop(reply.job_ids))
+        job_ids = await stop(_call(request, endpoint_id, worker_id))
+        return _json(stop_body(job_ids)) if job_ids else _no_content()
+
+
+async def _request(ctx: ApiContext, subject: str, payload: bytes, timeout: float) -> bytes:
+    try:
+        msg = await ctx.nc.request(subject, payload, timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise ServiceUnavailable("the job dispatcher is not running; retry shortly") from None
+    except (nats.errors.TimeoutError, TimeoutError):
+        raise ServiceUnavailable("the job dispatcher did not answer; retry shortly") from None
+    data: bytes = msg.data
+    return data
 
 
 async def _long_poll(ctx: ApiContext, subject: str, message: Any, wait_s: float) -> bytes | None:
@@ -297,15 +353,6 @@ async def _long_poll(ctx: ApiContext, subject: str, message: Any, wait_s: float)
     except ServiceUnavailable:
         await asyncio.sleep(min(wait_s, DISPATCHER_DOWN_PAUSE_S))
         return None
-
-
-async def _posted(
-    request: Request[Any, Any, Any], endpoint_id: str, worker_id: str, job_id: str
-) -> tuple[ApiContext, str, bytes]:
-    """A worker's post about a job: the worker authenticated, the job's id checked, the body."""
-    ctx = _authenticated(request, endpoint_id, worker_id)
-    job_id = read_models.checked_id(job_id, "job")
-    return ctx, job_id, await request.body()
 
 
 async def _held(ctx: ApiContext, endpoint_id: str, job_id: str) -> JobState:

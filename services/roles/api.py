@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import uvicorn
+from litestar import Litestar
+from litestar.types import ASGIApp
 
 from projections.migrate import migrate
 from services.api.app import create_app
 from services.api.instance_proxy.front import ProxyFront
+from services.api.worker_front import WorkerFront
 from services.config import Settings
 from services.http_keep_alive import KEEP_ALIVE_S, KeepAliveHttpProtocol
 
 
+def _front(app: Litestar) -> ASGIApp:
+    return WorkerFront(app, ProxyFront(app))
+
+
 def server_config(settings: Settings, host: str, port: int) -> uvicorn.Config:
     return uvicorn.Config(
-        # The instance proxy takes its requests before the api's routing does.
-        ProxyFront(create_app(settings)),
+        # The worker protocol and the instance proxy take their requests before the api's
+        # routing does.
+        _front(create_app(settings)),
         host=host,
         port=port,
         log_level="warning",
