@@ -3,25 +3,35 @@
 whoever waits for it. Nothing is polled; should the connection drop (a notice missed), a waiter
 also reads the job again every second.
 
-When the job's result came in through this very process (its worker's done call), the done
-handler hands the final state over once the read model shows it (`settle`), and the waiter
-answers with it instead of reading the row back."""
+The notice carries the final state (projections/jobs.py), and the waiter answers with it instead
+of reading the row back; a notice with only the job's id (a state too large for a payload) makes
+the waiter read the row. When the job's result came in through this very process (its worker's
+done call), the done handler also hands the final state over once the read model shows it
+(`settle`)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+import msgspec
 import psycopg
 
 from projections.jobs import CHANNEL
 from services.api.notifications import listen_forever
 from services.deciders.job import JobState
 
+log = logging.getLogger("gpuworker.api")
+
 RECHECK_S = 1.0
+
+
+class _Named(msgspec.Struct):
+    id: str
 
 
 class JobWatch:
@@ -74,9 +84,21 @@ class JobWaits:
                 if not watches:
                     del self._watches[job_id]
 
-    def _wake(self, job_id: str) -> None:
-        for watch in self._watches.get(job_id, ()):
-            watch.announce()
+    def _wake(self, note: str) -> None:
+        if not note.startswith("{"):
+            for watch in self._watches.get(note, ()):
+                watch.announce()
+            return
+        try:
+            state = msgspec.json.decode(note, type=JobState)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # A state this process cannot read (a projector of another version): the waiters of
+            # the job it names read the row; if it names none, they read it within RECHECK_S.
+            log.warning("job notice not understood (%s); the row will be read", exc)
+            with suppress(msgspec.DecodeError, msgspec.ValidationError):
+                self._wake(msgspec.json.decode(note, type=_Named).id)
+            return
+        self.settle(state)
 
     def settle(self, state: JobState) -> None:
         """`state` is final and visible in the jobs read model: its waiters need not read it."""
