@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from projections.migrate import migrate
 from services.api.consistency import CheckpointWatcher
+from services.api.job_waits import JobWaits
 from services.cli.embedded import EmbeddedNats
 from services.nats_permissions import DECIDERS_USER, OPERATOR_USER, PROJECTOR_USER
 from tests.serverless_helpers import SERVERLESS_ENV
@@ -117,3 +118,19 @@ async def checkpoint_watcher(database_url: str) -> AsyncIterator[CheckpointWatch
         yield watcher
     finally:
         await watcher.stop()
+
+
+@pytest.fixture
+async def job_waits(database_url: str) -> AsyncIterator[JobWaits]:
+    """The api's runsync waits (services/api/job_waits.py), once its LISTEN connection is up."""
+    waits = JobWaits(database_url)
+    await waits.start()
+    try:
+        for _ in range(100):
+            if waits.connected:
+                break
+            await asyncio.sleep(0.05)
+        assert waits.connected
+        yield waits
+    finally:
+        await waits.stop()

@@ -5,7 +5,6 @@ a notice with only the id, or one it cannot read, still wakes it to read the row
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import msgspec
@@ -14,7 +13,6 @@ import pytest
 
 from events.job import PayloadRef
 from projections.jobs import CHANNEL, MAX_NOTE_BYTES, notice
-from projections.migrate import migrate
 from services.api.job_waits import JobWaits
 from services.deciders.job import JobState
 
@@ -40,42 +38,26 @@ def _state(status: str = "COMPLETED", webhook: str | None = None) -> JobState:
     )
 
 
-@pytest.fixture
-async def waits(database_url: str) -> AsyncIterator[JobWaits]:
-    await migrate(database_url)
-    waits = JobWaits(database_url)
-    await waits.start()
-    try:
-        for _ in range(100):
-            if waits.connected:
-                break
-            await asyncio.sleep(0.05)
-        assert waits.connected
-        yield waits
-    finally:
-        await waits.stop()
-
-
 async def _notify(database_url: str, note: str) -> None:
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, note))
 
 
 async def test_a_notice_with_the_final_state_answers_the_waiter(
-    waits: JobWaits, database_url: str
+    job_waits: JobWaits, database_url: str
 ) -> None:
     final = _state()
-    with waits.watching("job-1") as watch:
+    with job_waits.watching("job-1") as watch:
         await _notify(database_url, notice("job-1", final))
         await watch.wait(5)
         assert watch.settled == final
 
 
 async def test_a_notice_with_the_id_only_wakes_the_waiter_to_read_the_row(
-    waits: JobWaits, database_url: str
+    job_waits: JobWaits, database_url: str
 ) -> None:
     for note in ("job-1", '{"id": "job-1", "status": "A STATUS OF A LATER VERSION"}'):
-        with waits.watching("job-1") as watch:
+        with job_waits.watching("job-1") as watch:
             began = asyncio.get_running_loop().time()
             await _notify(database_url, note)
             await watch.wait(5)

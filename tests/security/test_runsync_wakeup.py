@@ -19,31 +19,23 @@ from projections.jobs import CHANNEL
 from services.api.job_waits import RECHECK_S, JobWaits
 
 
-async def test_a_job_final_before_its_submit_returned_wakes_its_runsync(database_url: str) -> None:
-    waits = JobWaits(database_url)
-    await waits.start()
-    try:
-        for _ in range(100):
-            if waits.connected:
-                break
-            await asyncio.sleep(0.05)
-        assert waits.connected
-        job_id = str(uuid.uuid4())
-        loop = asyncio.get_running_loop()
-        with waits.watching(job_id) as watch:
-            # The submit is being answered; meanwhile the job is taken, run and announced final.
-            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as db:
-                await db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, job_id))
-            await asyncio.sleep(0.3)  # the announcement has arrived before anyone waits
-            began = loop.time()
-            await watch.wait(30)
-            took = loop.time() - began
-        assert took < RECHECK_S / 4, f"runsync slept {took:.2f} s on a job already final"
+async def test_a_job_final_before_its_submit_returned_wakes_its_runsync(
+    job_waits: JobWaits, database_url: str
+) -> None:
+    job_id = str(uuid.uuid4())
+    loop = asyncio.get_running_loop()
+    with job_waits.watching(job_id) as watch:
+        # The submit is being answered; meanwhile the job is taken, run and announced final.
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as db:
+            await db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, job_id))
+        await asyncio.sleep(0.3)  # the announcement has arrived before anyone waits
+        began = loop.time()
+        await watch.wait(30)
+        took = loop.time() - began
+    assert took < RECHECK_S / 4, f"runsync slept {took:.2f} s on a job already final"
 
-        other = str(uuid.uuid4())
-        with waits.watching(other) as watch:
-            began = loop.time()
-            await watch.wait(0.2)  # nothing announced: it waits its time, then re-reads
-            assert loop.time() - began >= 0.15
-    finally:
-        await waits.stop()
+    other = str(uuid.uuid4())
+    with job_waits.watching(other) as watch:
+        began = loop.time()
+        await watch.wait(0.2)  # nothing announced: it waits its time, then re-reads
+        assert loop.time() - began >= 0.15
