@@ -122,3 +122,16 @@ async def test_a_failed_batch_fails_each_of_its_puts_and_the_next_batch_is_writt
         await conn.execute("ALTER TABLE job_payloads_away RENAME TO job_payloads")
     ref = await payloads.put("job-9", b"9")
     assert await JobPayloads(pool).get("job-9", ref) == b"9"
+
+
+async def test_a_put_right_after_the_writers_finish_is_written(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    """A writer that found the queue empty is done at once, not when its task's done callback
+    runs: a put in between (here, the next put of the task its last write woke) must start a
+    writer, or it waits forever (a worker's done call that never answered, in bench/jobs.py)."""
+    payloads = JobPayloads(pool, writers=1)
+    for n in range(20):
+        async with asyncio.timeout(5):  # not wait_for: its task would add a turn of the loop
+            ref = await payloads.put(f"job-{n}", b"%d" % n)
+        assert ref == ref_of(b"%d" % n)

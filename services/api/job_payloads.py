@@ -114,17 +114,22 @@ class JobPayloads:
         self.recent = recent or RecentBodies()
         self._queue: deque[_Queued] = deque()
         self._max_writers = writers
-        self._writers: set[asyncio.Task[None]] = set()
+        # Writers still able to take a batch. Counted down by the writer itself the moment it
+        # finds the queue empty: its task lingers in `_tasks` until a done callback a turn of the
+        # loop later, and a put made in between that counted it would wait for it forever.
+        self._writing = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self.statements = 0
 
     async def put(self, job_id: str, body: bytes) -> PayloadRef:
         ref = ref_of(body)
         written = asyncio.get_running_loop().create_future()
         self._queue.append(_Queued(job_id, ref.sha256, body, written))
-        if len(self._writers) < self._max_writers:
+        if self._writing < self._max_writers:
+            self._writing += 1
             task = asyncio.create_task(self._write_queued(), name="job-payload-writer")
-            self._writers.add(task)
-            task.add_done_callback(self._writers.discard)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         await written
         self.recent.keep((job_id, ref.sha256), body)
         return ref
@@ -140,6 +145,12 @@ class JobPayloads:
         return batch
 
     async def _write_queued(self) -> None:
+        try:
+            await self._write_batches()
+        finally:
+            self._writing -= 1
+
+    async def _write_batches(self) -> None:
         while batch := self._next_batch():
             try:
                 async with self.pool.connection() as conn:
