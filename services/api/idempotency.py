@@ -43,6 +43,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from events.ids import new_id
 from services.api.asgi_io import ClientGone, error_body, read_body, send_json
 from services.api.body_limit import limit_for, too_large
+from services.api.errors import DATABASE_DOWN
 from services.api.request_ids import RETRY, SEED
 from services.security.secret_box import SecretBox
 
@@ -118,7 +119,7 @@ class IdempotencyMiddleware:
             await send_json(
                 send,
                 503,
-                error_body(503, "the database (PostgreSQL) is unavailable; retry shortly"),
+                error_body(503, DATABASE_DOWN),
             )
             return
         if isinstance(claim, Answer):

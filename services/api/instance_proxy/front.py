@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
-import msgspec
 from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import HTTPScope, Message, Receive, Scope, Send, WebSocketScope
 
+from services.api.asgi_io import error_body, send_json
 from services.api.authentication import user_of_headers
 from services.api.connection_limits import ConnectionLimiter, proxy_limiter
 from services.api.instance_proxy.headers import headers_size
@@ -31,14 +31,9 @@ from services.api.instance_proxy.routing import (
 from services.api.instance_proxy.settings import ProxySettings
 from services.api.instance_proxy.targets import NOT_FOUND, InstanceTargets, Upstream
 from services.api.instance_proxy.websocket_relay import WebSocketRelay
-from services.errors import ErrorBody, ErrorResponse, GpuWorkerError, NotFound, error_type
+from services.errors import GpuWorkerError, NotFound
 
 log = logging.getLogger("gpuworker.proxy")
-_encode = msgspec.json.Encoder().encode
-
-
-def _error(code: int, message: str) -> bytes:
-    return _encode(ErrorResponse(ErrorBody(code=code, type=error_type(code), message=message)))
 
 
 class InstanceProxy:
@@ -134,14 +129,10 @@ class _HeadersTooLarge(GpuWorkerError):
 
 
 async def _send_error(send: Send, exc: GpuWorkerError) -> None:
-    body = _error(exc.code, exc.message)
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     retry_after = getattr(exc, "retry_after_s", None)
-    if retry_after:
-        headers.append((b"retry-after", str(retry_after).encode()))
+    extra = [(b"retry-after", str(retry_after).encode())] if retry_after else []
     try:
-        await send(_message("http.response.start", status=exc.code, headers=headers))
-        await send(_message("http.response.body", body=body))
+        await send_json(send, exc.code, error_body(exc.code, exc.message), extra)
     except Exception as send_failed:  # the response had started already: nothing to add
         log.debug("proxy error not sent (%s): %s", send_failed, exc.message)
 
@@ -156,7 +147,7 @@ async def _deny_websocket(scope: Scope, send: Send, exc: GpuWorkerError) -> None
     """Refused before the handshake: as an HTTP response where the server can send one (the
     same 404 an HTTP request would get), else a close (which clients see as 403)."""
     if "websocket.http.response" in (scope.get("extensions") or {}):
-        body = _error(exc.code, exc.message)
+        body = error_body(exc.code, exc.message)
         headers = [(b"content-type", b"application/json")]
         await send(_message("websocket.http.response.start", status=exc.code, headers=headers))
         await send(_message("websocket.http.response.body", body=body))
