@@ -460,3 +460,41 @@ async def test_roles_starting_together_migrate_once_without_failing(database_url
     results = await asyncio.gather(*(migrate(database_url) for _ in range(4)))
     applied = sorted(v for r in results for v in r)
     assert applied == [v for v, _n, _s in available()], "each migration applied exactly once"
+
+
+class Lingering:
+    """The templates read model, gathering each batch for `linger_s` and noting its size."""
+
+    name = "templates"
+    filter_subjects = TEMPLATES.filter_subjects
+    pipelined = True
+    linger_s = 1.0
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    async def apply(self, conn: psycopg.AsyncConnection[Any], events: Sequence[Envelope]) -> None:
+        self.batches.append(len(events))
+        await TEMPLATES.apply(conn, events)
+
+
+async def test_a_lingering_projection_applies_a_burst_in_one_batch(
+    projector_nc: NatsClient, pool: AsyncConnectionPool[Any], runner: DeciderRunner
+) -> None:
+    """The audit log lingers (projections/audit.py): events a moment apart share a batch."""
+    lingering = Lingering()
+    projector = ProjectionRunner(projector_nc, pool, [lingering])
+    await projector.start()
+    try:
+        await wait_for_checkpoint(pool, "templates", 0)
+        last = 0
+        for n in range(5):
+            create = CreateTemplate(
+                actor="u", at=AT, name=f"t{n}", container=ContainerConfig(image_name="i")
+            )
+            last = await send(runner, new_id(), create)
+            await asyncio.sleep(0.02)
+        await wait_for_checkpoint(pool, "templates", last)
+    finally:
+        await projector.stop()
+    assert lingering.batches == [5]
