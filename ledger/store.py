@@ -47,7 +47,7 @@ async def load_tracked(
         return {}
     cur = await conn.execute(
         "SELECT doc::text FROM ledger_tracked WHERE (resource_type, resource_id) IN"
-        " (SELECT * FROM unnest(%s::text[], %s::text[]))"
+        " (SELECT * FROM unnest(%b::text[], %b::text[]))"
         " ORDER BY resource_type, resource_id FOR UPDATE",
         ([k[0] for k in wanted], [k[1] for k in wanted]),
     )
@@ -71,7 +71,7 @@ async def load_progress(
     if not wanted:
         return {}
     cur = await conn.execute(
-        "SELECT doc::text FROM ledger_progress WHERE session_id = ANY(%s)"
+        "SELECT doc::text FROM ledger_progress WHERE session_id = ANY(%b)"
         " ORDER BY session_id FOR UPDATE",
         (wanted,),
     )

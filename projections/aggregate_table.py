@@ -95,7 +95,7 @@ class AggregateTable:
         cur = await conn.execute(
             sql.SQL(
                 "SELECT id, doc::text, last_sequence FROM {}"
-                " WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+                " WHERE id = ANY(%b) ORDER BY id FOR UPDATE"
             ).format(table),
             (ids,),
         )

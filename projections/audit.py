@@ -55,7 +55,7 @@ async def _owners(
     # join). As a plain join, a planner whose statistics lag behind this fast-growing table
     # chose to scan all of it for every batch.
     cur = await conn.execute(
-        "SELECT r.t, r.i, o.owner_id FROM unnest(%s::text[], %s::text[]) AS r (t, i)"
+        "SELECT r.t, r.i, o.owner_id FROM unnest(%b::text[], %b::text[]) AS r (t, i)"
         " CROSS JOIN LATERAL (SELECT owner_id FROM audit_owners"
         " WHERE resource_type = r.t AND resource_id = r.i LIMIT 1) AS o",
         ([r.type for r in refs], [r.id for r in refs]),

@@ -51,7 +51,7 @@ async def job_effects(
             )
     if finished:
         await conn.execute(
-            "SELECT pg_notify(%s, note) FROM unnest(%s::text[]) AS note",
+            "SELECT pg_notify(%s, note) FROM unnest(%b::text[]) AS note",
             (CHANNEL, [finished[job_id] for job_id in sorted(finished)]),
         )
 

@@ -50,7 +50,7 @@ async def activity_of(
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT endpoint_id, status, count(*), COALESCE(sum((doc->>'retries')::int), 0)"
-            " FROM jobs WHERE endpoint_id = ANY(%s)"
+            " FROM jobs WHERE endpoint_id = ANY(%b)"
             " AND (status IN ('IN_QUEUE', 'IN_PROGRESS') OR expires_ms > %s)"
             " GROUP BY endpoint_id, status",
             (ids, now_ms),
@@ -70,7 +70,7 @@ async def activity_of(
             "SELECT l.endpoint_id, l.worker_id, l.unhealthy, EXISTS (SELECT 1 FROM jobs j"
             "  WHERE j.endpoint_id = l.endpoint_id AND j.status = 'IN_PROGRESS'"
             "  AND j.worker_id = l.worker_id)"
-            " FROM worker_liveness l WHERE l.endpoint_id = ANY(%s)"
+            " FROM worker_liveness l WHERE l.endpoint_id = ANY(%b)"
             " AND l.last_seen > now() - %s * interval '1 second'",
             (ids, lost_after_s),
         )

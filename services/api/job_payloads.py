@@ -156,7 +156,7 @@ class JobPayloads:
                 async with self.pool.connection() as conn:
                     await conn.execute(
                         "INSERT INTO job_payloads (job_id, sha256, body)"
-                        " SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[])"
+                        " SELECT * FROM unnest(%b::text[], %b::text[], %b::bytea[])"
                         " ON CONFLICT DO NOTHING",
                         (
                             [q.job_id for q in batch],
@@ -199,7 +199,7 @@ class JobPayloads:
             # stale statistics could answer by scanning this fast-growing table).
             cur = await conn.execute(
                 "SELECT w.job_id, w.sha256, p.body"
-                " FROM unnest(%s::text[], %s::text[]) AS w(job_id, sha256)"
+                " FROM unnest(%b::text[], %b::text[]) AS w(job_id, sha256)"
                 " CROSS JOIN LATERAL (SELECT body FROM job_payloads"
                 " WHERE job_id = w.job_id AND sha256 = w.sha256 LIMIT 1) AS p",
                 ([job for job, _ in missing], [sha for _, sha in missing]),

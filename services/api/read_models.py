@@ -49,7 +49,7 @@ async def get_many(
         return {}
     async with pool.connection() as conn:
         cur = await conn.execute(
-            sql.SQL("SELECT id, doc::text FROM {} WHERE id = ANY(%s)").format(
+            sql.SQL("SELECT id, doc::text FROM {} WHERE id = ANY(%b)").format(
                 sql.Identifier(table.name)
             ),
             (ids,),

@@ -77,14 +77,14 @@ async def costs_to_date(
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT resource_id, sum(CASE WHEN kind = 'usage' THEN amount_micros"
-            " ELSE -amount_micros END) FROM ledger_postings WHERE resource_id = ANY(%s)"
+            " ELSE -amount_micros END) FROM ledger_postings WHERE resource_id = ANY(%b)"
             " GROUP BY resource_id",
             (resource_ids,),
         )
         costs = {rid: int(total) for rid, total in await cur.fetchall()}
         cur = await conn.execute(
             "SELECT resource_id, doc::text FROM ledger_progress"
-            " WHERE resource_id = ANY(%s) AND NOT settled",
+            " WHERE resource_id = ANY(%b) AND NOT settled",
             (resource_ids,),
         )
         for rid, doc in await cur.fetchall():
