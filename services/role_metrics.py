@@ -1,10 +1,11 @@
 """Each role's own metrics, on its own port: what only that process sees, for Prometheus to scrape.
 
 The api's `/metrics` shows the fleet as the read models have it (services/api/operator_metrics.py);
-the figures here come from inside the other roles: how long placements take and how often
-decisions collide (deciders), how long ago each host was last heard from (deciders' host monitor),
-how far each projection's reader is behind the stream (projector, audit), when the ledger last
-accrued and how many budget stops it asked for (ledger), and what each agent does (agent).
+the figures here come from inside the other roles: how long placements take, how long JetStream
+takes to acknowledge an append and how often decisions collide (deciders), how long ago each host
+was last heard from (deciders' host monitor), how far each projection's reader is behind the
+stream (projector, audit), when the ledger last accrued and how many budget stops it asked for
+(ledger), and what each agent does (agent).
 
 A role serves them when GPUWORKER_METRICS_PORT is set (compose sets 9100), on
 GPUWORKER_METRICS_ADDR (default 127.0.0.1: a port nobody asked for stays off the network)."""
@@ -39,6 +40,12 @@ DECIDER_RETRIES = Counter(
     "gpuworker_decider_retried_commands",
     "Commands taken before (a client's or the bus's retry), answered from the aggregate's state",
     ["aggregate"],
+)
+APPEND_SECONDS = Histogram(
+    "gpuworker_event_append_seconds",
+    "Time from a decision's events sent to JetStream to their acknowledgement (stored, and with"
+    " `sync_interval: always` written to disk): the floor under every command's latency",
+    buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 PLACEMENT_KINDS = ("instance", "instance_start", "worker")
 PLACEMENT_SECONDS = Histogram(

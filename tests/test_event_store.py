@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
+from prometheus_client import REGISTRY
 
 from events.catalog import decode_event, version_of
 from events.container import ContainerChanges, ContainerConfig
@@ -314,3 +315,21 @@ async def test_an_append_no_stream_listens_to_is_known_not_stored(tmp_path: Path
             await client.close()
     finally:
         server.stop()
+
+
+def _appends_observed() -> float:
+    return float(REGISTRY.get_sample_value("gpuworker_event_append_seconds_count") or 0.0)
+
+
+async def test_each_applied_decision_times_its_append_once(store: JetStreamEventStore) -> None:
+    """gpuworker_event_append_seconds (README: the floor under every command's latency) counts
+    the appends that happened: a decision that changes nothing appends nothing."""
+    runner = DeciderRunner(store, DECIDERS)
+    template_id = new_id()
+    before = _appends_observed()
+    create = CreateTemplate(actor="u", at=AT, name="t", container=ContainerConfig(image_name="i"))
+    assert (await runner.handle("template", command(template_id, create))).error is None
+    assert _appends_observed() == before + 1
+    same = UpdateTemplate(actor="u", at=AT, name="t")
+    assert (await runner.handle("template", command(template_id, same))).error is None
+    assert _appends_observed() == before + 1, "nothing to append, nothing timed"

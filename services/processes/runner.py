@@ -36,6 +36,7 @@ from services.command_wire import CommandEnvelope, Reply
 from services.deciders.decider import Decider
 from services.errors import GpuWorkerError, ServiceUnavailable
 from services.role_metrics import (
+    APPEND_SECONDS,
     DECIDER_COMMANDS,
     DECIDER_CONFLICTS,
     DECIDER_RETRIES,
@@ -289,6 +290,7 @@ class DeciderRunner:
                 raise ServiceUnavailable(
                     "the request expired before it could be applied; nothing was changed"
                 )
+            began = time.perf_counter()
             try:
                 last = await self._store.append_all(writes)
             except WrongExpectedSequence:
@@ -297,6 +299,7 @@ class DeciderRunner:
                 for touched in decision.touched():
                     await self.catch_up(touched, self.known(touched))
                 continue
+            APPEND_SECONDS.observe(time.perf_counter() - began)
             sequences = {w.aggregate: seq for w, seq in zip(writes, last, strict=True)}
             decision.committed(sequences)
             DECIDER_COMMANDS.labels(target.type, "applied").inc()

@@ -294,6 +294,7 @@ OPERATOR_METRICS = {
     "gpuworker_ledger_accrual_lag_seconds": "ledger accrual lag",
     # the deciders
     "gpuworker_placement_seconds_bucket": "placement latency",
+    "gpuworker_event_append_seconds_bucket": "event store append latency",
     "gpuworker_decider_conflicts_total": "decider conflicts",
     "gpuworker_decider_retried_commands_total": "decider retries",
     "gpuworker_decider_commands_total": "commands by outcome",
