@@ -36,7 +36,6 @@ import os
 import statistics
 import subprocess
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from benchlib import (
     free_port,
     fund,
     http_json,
+    http_raw,
     machine_line,
     make_workdir,
     remove_workdir,
@@ -168,11 +168,10 @@ async def raw_round_trip(nats: NatsServer, ops: int, concurrency: int) -> tuple[
 
 def append_histogram(metrics_url: str) -> dict[float, float]:
     """The deciders' gpuworker_event_append_seconds: cumulative count by upper bound (s)."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        text = response.read().decode()
+    _status, text = http_raw(metrics_url)
     return {
         float(sample.labels["le"]): sample.value
-        for family in text_string_to_metric_families(text)
+        for family in text_string_to_metric_families(text.decode())
         if family.name == "gpuworker_event_append_seconds"
         for sample in family.samples
         if sample.name.endswith("_bucket")

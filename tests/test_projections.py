@@ -486,7 +486,6 @@ async def test_a_lingering_projection_applies_a_burst_in_one_batch(
     projector = ProjectionRunner(projector_nc, pool, [lingering])
     await projector.start()
     try:
-        await wait_for_checkpoint(pool, "templates", 0)
         last = 0
         for n in range(5):
             create = CreateTemplate(
